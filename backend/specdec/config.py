@@ -1,0 +1,154 @@
+"""One typed config per concern, each validated once in ``__post_init__``.
+
+Errors name the field, the value and the allowed range, so the same messages can travel
+unchanged to a Triton INVALID_ARG response.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+MODES = ("ar", "sync", "async")
+DTYPES = ("float32", "bfloat16", "float16")
+MAX_K = 16
+
+
+def _range_error(name: str, value, allowed: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is out of range: allowed {allowed}")
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    if value < lo or (hi is not None and value > hi):
+        raise _range_error(name, value, f"[{lo}, {hi if hi is not None else 'inf'}]")
+    return value
+
+
+def check_float(name: str, value, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    value = float(value)
+    bad = math.isnan(value) or value > hi or (value <= lo if lo_open else value < lo)
+    if bad:
+        raise _range_error(name, value, f"{'(' if lo_open else '['}{lo}, {hi}]")
+    return value
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Per-request decoding parameters (the names follow vLLM and the OpenAI API).
+
+    temperature 0 means greedy; top_k 0 means no top-k filter; num_draft_tokens overrides the
+    engine's K for this request (0 = plain autoregressive decoding for this request).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 64
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    chat: bool = False
+    num_draft_tokens: int | None = None
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        self.temperature = check_float("temperature", self.temperature, 0.0, 100.0)
+        self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        self.top_k = check_int("top_k", self.top_k, 0)
+        self.max_tokens = check_int("max_tokens", self.max_tokens, 1)
+        if self.seed is not None:
+            self.seed = check_int("seed", self.seed, 0, 2**64 - 1)
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop={self.stop!r} must be a list of non-empty strings")
+        if len(self.stop) > 16:
+            raise _range_error("len(stop)", len(self.stop), "[0, 16]")
+        if self.num_draft_tokens is not None:
+            self.num_draft_tokens = check_int("num_draft_tokens", self.num_draft_tokens, 0, MAX_K)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    """Paged KV cache sizing. ``num_blocks`` None = derive from ``memory_gib`` (or free GPU memory)."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_gib: float | None = None
+    gpu_memory_fraction: float = 0.8
+
+    def __post_init__(self):
+        check_int("block_size", self.block_size, 1, 4096)
+        if self.num_blocks is not None:
+            check_int("num_blocks", self.num_blocks, 1)
+        if self.memory_gib is not None:
+            check_float("kv_cache_memory_gib", self.memory_gib, 0.0, 4096.0, lo_open=True)
+        check_float("gpu_memory_fraction", self.gpu_memory_fraction, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(slots=True)
+class SpecConfig:
+    """What speculates and how much: draft kind, K, and the SSD knobs (fan-out, Saguaro, backup)."""
+
+    draft: str | None = None
+    k: int = 4
+    draft_kv_append: bool = True
+    ngram_max: int = 4
+    ngram_min: int = 1
+    fan_out: int | str = 3
+    fan_out_hit: list[int] | None = None
+    fan_out_miss: list[int] | None = None
+    sampler_x: float | None = None
+    backup: str = "jit"
+
+    def __post_init__(self):
+        check_int("k", self.k, 1, MAX_K)
+        check_int("ngram_max", self.ngram_max, 1, 32)
+        check_int("ngram_min", self.ngram_min, 1, self.ngram_max)
+        if self.backup not in ("jit", "fast", "auto"):
+            raise ValueError(f"backup={self.backup!r} is not one of ('jit', 'fast', 'auto')")
+        if self.sampler_x is not None:
+            check_float("sampler_x", self.sampler_x, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything an engine needs to start: models, placement, batching, cache, speculation."""
+
+    target: str = "smollm2-135m"
+    mode: str = "ar"
+    device: str = "cpu"
+    draft_device: str | None = None
+    dtype: str = "float32"
+    max_batch_size: int = 16
+    max_model_len: int | None = None
+    max_prefill_tokens: int = 8192
+    seed: int = 0
+    impl: str = "auto"
+    eager: bool = False
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    spec: SpecConfig = field(default_factory=SpecConfig)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.impl not in ("auto", "native", "hf"):
+            raise ValueError(f"impl={self.impl!r} is not one of ('auto', 'native', 'hf')")
+        check_int("max_batch_size", self.max_batch_size, 1, 1024)
+        check_int("max_prefill_tokens", self.max_prefill_tokens, 1)
+        if self.max_model_len is not None:
+            check_int("max_model_len", self.max_model_len, 2)
+        if self.mode != "ar" and self.spec.draft is None:
+            raise ValueError(f"mode={self.mode!r} needs a draft: a path, an alias, 'self:N' or 'ngram'")
+        if self.mode == "async" and self.spec.draft == "ngram":
+            raise ValueError("mode='async' needs a neural draft; 'ngram' is supported in mode='sync'")

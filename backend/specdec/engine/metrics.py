@@ -1,0 +1,60 @@
+"""One metrics object per engine: counters and timers that feed logs, bench JSON and Triton metrics."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class EngineMetrics:
+    prefill_steps: int = 0
+    prefill_tokens: int = 0
+    prefill_time: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0          # tokens committed by decode steps, after truncation
+    decode_time: float = 0.0
+    rounds: int = 0                 # sequence-rounds with >= 1 draft token
+    drafted: int = 0
+    accepted: int = 0
+    spec_tokens: int = 0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    draft_steps: int = 0
+    verify_steps: int = 0
+    cache_hits: int = 0
+    cache_lookups: int = 0
+    hit_tokens: int = 0
+    miss_tokens: int = 0
+    channel_wait_time: float = 0.0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    preemptions: int = 0
+    ar_fallbacks: int = 0
+    tokens_per_round_hist: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "tokens_per_round_hist"}
+        d["tokens_per_round_hist"] = dict(sorted(self.tokens_per_round_hist.items()))
+        d["acceptance_rate"] = self.accepted / self.drafted if self.drafted else 0.0
+        d["tokens_per_round"] = self.spec_tokens / self.rounds if self.rounds else 0.0
+        d["decode_tok_s"] = self.decode_tokens / self.decode_time if self.decode_time else 0.0
+        d["avg_draft_ms"] = 1e3 * self.draft_time / self.draft_steps if self.draft_steps else 0.0
+        d["avg_verify_ms"] = 1e3 * self.verify_time / self.verify_steps if self.verify_steps else 0.0
+        d["cache_hit_rate"] = self.cache_hits / self.cache_lookups if self.cache_lookups else 0.0
+        return d
+
+
+class Timer:
+    """Wall-clock timer that first waits for the device, so the time covers the queued work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)   # host sync: timing only, once per phase
+        return time.perf_counter()

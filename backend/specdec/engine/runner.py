@@ -1,0 +1,100 @@
+"""Model runners: turn a list of per-sequence :class:`Feed` s into one forward and its logits.
+
+A runner owns a model and that model's KV state; the scheduler owns sequences. Both runner
+kinds follow one rule: feeding a sequence at storage position ``start`` discards whatever it
+had cached at ``>= start`` (rollback by length, no copy). ``truncate`` does the same without a
+forward and returns freed space to the pool.
+
+* :class:`PagedRunner` (native Llama family): one paged KV pool, a :class:`BlockManager`, all
+  feeds of a step batched into one forward.
+* :class:`~specdec.engine.hf_runner.HFRunner` (any ``AutoModelForCausalLM``): the model's own
+  ``DynamicCache`` per sequence, rolled back with ``crop``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..layers.attention import build_context
+from .block_manager import BlockManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Feed:
+    """Tokens of one sequence to run through a model in this forward."""
+
+    seq_id: int
+    tokens: list[int]
+    start: int                                # storage position of tokens[0]
+    num_logits: int = 1                       # logits for the last num_logits tokens (0 = none)
+    positions: list[int] | None = None        # RoPE positions when they differ from storage positions
+    mask: torch.Tensor | None = None          # [len(tokens), start + len(tokens)] bool, custom visibility
+
+
+class PagedRunner:
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int,
+                 max_model_len: int, name: str = "target"):
+        a = model.arch
+        self.model, self.device, self.dtype, self.name = model, device, dtype, name
+        self.vocab_size = a.vocab_size
+        self.max_model_len = max_model_len
+        self.blocks = BlockManager(num_blocks, block_size)
+        shape = (model.num_layers, 2, num_blocks + 1, block_size, a.num_kv_heads, a.head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)     # block num_blocks = sentinel
+        self.kv_caches = list(self.kv.unbind(0))
+        log.info("%s KV cache: %d blocks x %d tokens (%.1f MiB) on %s", name, num_blocks, block_size,
+                 self.kv.numel() * self.kv.element_size() / 2**20, device)
+
+    # --- capacity -------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_free
+
+    def can_hold(self, needs: dict[int, int]) -> bool:
+        return self.blocks.can_hold(needs)
+
+    def truncate(self, seq_id: int, num_tokens: int) -> None:
+        self.blocks.truncate(seq_id, num_tokens)
+
+    def free(self, seq_id: int) -> None:
+        self.blocks.free(seq_id)
+
+    # --- forward --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, feeds: list[Feed]) -> torch.Tensor:
+        """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order."""
+        bs = self.blocks.block_size
+        ids, pos, slots, logit_rows = [], [], [], []
+        q_lens, kv_lens, q_starts, tables, masks = [], [], [], [], []
+        row = 0
+        for f in feeds:
+            n = len(f.tokens)
+            end = f.start + n
+            if end > self.max_model_len:
+                raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={self.max_model_len}")
+            table = self.blocks.ensure(f.seq_id, end)
+            p = np.arange(f.start, end)
+            ids.append(np.asarray(f.tokens, dtype=np.int64))
+            pos.append(p if f.positions is None else np.asarray(f.positions, dtype=np.int64))
+            slots.append(np.asarray(table, dtype=np.int64)[p // bs] * bs + p % bs)
+            logit_rows.append(np.arange(row + n - f.num_logits, row + n))
+            row += n
+            q_lens.append(n)
+            kv_lens.append(end)
+            q_starts.append(f.start)
+            tables.append(table)
+            masks.append(f.mask)
+        slot_mapping = torch.from_numpy(np.concatenate(slots))
+        ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks)
+        input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
+        positions = torch.from_numpy(np.concatenate(pos)).to(self.device, non_blocking=True)
+        index = np.concatenate(logit_rows)
+        logits_index = None if len(index) == row else torch.from_numpy(index).to(self.device, non_blocking=True)
+        if len(index) == 0:
+            logits_index = torch.zeros(0, dtype=torch.int64, device=self.device)
+        return self.model(input_ids, positions, ctx, self.kv_caches, logits_index)

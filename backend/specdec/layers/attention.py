@@ -1,0 +1,114 @@
+"""Paged attention over a block-table KV cache.
+
+Terms: a *slot* is one token's place in the pool, ``block_id * block_size + offset``. New
+tokens write their K/V into ``slot_mapping`` slots (padded rows write into the sentinel block
+the block manager never hands out), then each sequence attends over the first ``kv_len``
+slots of its block table, with a visibility mask:
+
+* default: query at storage index ``s`` sees KV storage indices ``<= s`` (causal), which covers
+  prefill, decode, verify (K+1 queries) and the draft's multi-token catch-up alike;
+* custom: a per-sequence boolean mask [q_len, kv_len], used by SSD's tree decode where
+  branches are independent chains stored side by side.
+
+Backend: PyTorch SDPA over the gathered blocks (any device).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttnContext:
+    """Per-forward attention metadata, built once and shared by all layers."""
+
+    slot_mapping: torch.Tensor        # [T] int64, flat slot each new token writes
+    block_tables: torch.Tensor        # [B, max_blocks] int64
+    q_index: torch.Tensor             # [B, max_q] int64, row of q for each padded query
+    out_index: torch.Tensor           # [T] int64, padded position (b * max_q + i) of each query row
+    mask: torch.Tensor | None         # [B, 1, max_q, max_kv] bool (True = visible) or None
+    max_kv: int
+    is_causal: bool = False           # single fresh prefill: SDPA's causal path, no mask tensor
+
+
+def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], block_tables: list[list[int]],
+                  slot_mapping: torch.Tensor, block_size: int, device: torch.device,
+                  custom_masks: list[torch.Tensor | None] | None = None) -> AttnContext:
+    """Build an :class:`AttnContext`.
+
+    q_lens[b] queries of sequence b occupy storage indices q_starts[b] .. q_starts[b]+q_lens[b]-1
+    and the sequence attends over kv_lens[b] slots. custom_masks[b], if given, is [q_lens[b], kv_lens[b]].
+    """
+    B = len(q_lens)
+    max_q, max_kv = max(q_lens), max(kv_lens)
+    nb = (max_kv + block_size - 1) // block_size
+    tables = torch.zeros((B, nb), dtype=torch.int64)
+    for b, t in enumerate(block_tables):
+        n = min(len(t), nb)
+        tables[b, :n] = torch.tensor(t[:n], dtype=torch.int64)
+    q_lens_t = torch.tensor(q_lens, dtype=torch.int64)
+    starts = torch.cumsum(q_lens_t, 0) - q_lens_t                          # [B] first row of each seq
+    ar = torch.arange(max_q, dtype=torch.int64)
+    valid = ar[None, :] < q_lens_t[:, None]                                 # [B, max_q]
+    q_index = torch.where(valid, starts[:, None] + ar[None, :], torch.zeros(()).long())
+    out_index = (torch.arange(B)[:, None] * max_q + ar[None, :])[valid]     # [T]
+
+    has_custom = custom_masks is not None and any(m is not None for m in custom_masks)
+    mask = None
+    is_causal = False
+    if B == 1 and not has_custom and q_starts[0] + q_lens[0] == kv_lens[0]:
+        # One sequence whose queries end the context: either plain decode (q_len 1, sees all)
+        # or a fresh prefill (q_len == kv_len, causal). Anything else needs the explicit mask.
+        if q_lens[0] == 1:
+            pass
+        elif q_lens[0] == kv_lens[0]:
+            is_causal = True
+        else:
+            mask = _causal_mask(q_starts, max_q, max_kv, valid)
+    else:
+        mask = _causal_mask(q_starts, max_q, max_kv, valid)
+        if has_custom:
+            for b, m in enumerate(custom_masks):
+                if m is not None:
+                    mask[b, 0, : m.shape[0]] = False
+                    mask[b, 0, : m.shape[0], : m.shape[1]] = m.to(torch.bool).cpu()
+    return AttnContext(
+        slot_mapping=slot_mapping.to(device, non_blocking=True),
+        block_tables=tables.to(device, non_blocking=True),
+        q_index=q_index.to(device, non_blocking=True),
+        out_index=out_index.to(device, non_blocking=True),
+        mask=None if mask is None else mask.to(device, non_blocking=True),
+        max_kv=max_kv, is_causal=is_causal,
+    )
+
+
+def _causal_mask(q_starts, max_q, max_kv, valid) -> torch.Tensor:
+    qpos = torch.tensor(q_starts, dtype=torch.int64)[:, None] + torch.arange(max_q)[None, :]
+    qpos = torch.where(valid, qpos, torch.zeros(()).long())                # pad rows see slot 0 only
+    return (torch.arange(max_kv)[None, None, :] <= qpos[:, :, None]).unsqueeze(1)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """k_cache/v_cache [num_blocks, block_size, KVH, D]; k/v [T, KVH, D]; slot_mapping [T]."""
+    kvh, d = k.shape[1], k.shape[2]
+    k_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, v)
+
+
+def torch_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          ctx: AttnContext, scale: float) -> torch.Tensor:
+    """q [T, H, D] -> [T, H, D], attending over the cache (already holding this step's K/V)."""
+    B = ctx.block_tables.shape[0]
+    _, bs, kvh, d = k_cache.shape
+    keys = k_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]    # [B, L, KVH, D]
+    vals = v_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]
+    qb = q[ctx.q_index]                                                       # [B, max_q, H, D]
+    out = F.scaled_dot_product_attention(
+        qb.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
+        attn_mask=ctx.mask, is_causal=ctx.is_causal, scale=scale,
+        enable_gqa=q.shape[1] != kvh)                                         # [B, H, max_q, D]
+    out = out.transpose(1, 2).reshape(-1, q.shape[1], d)
+    return out[ctx.out_index]

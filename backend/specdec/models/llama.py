@@ -1,0 +1,168 @@
+"""Native Llama-family decoder (Llama 2/3.x, SmolLM2, Qwen2, Qwen3) over a paged KV cache.
+
+One flat token batch per forward: ``input_ids`` [T] with their RoPE ``positions`` [T]; the
+:class:`AttnContext` says where each token's K/V goes and what it may attend to. Q/K/V and
+gate/up are fused into one matrix each at load time. Logits are computed only for the rows
+that ask for them (``logits_index``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.attention import AttnContext, torch_paged_attention, write_kv
+from ..layers.norm import RMSNorm
+from ..layers.rotary import RotaryEmbedding, inverse_frequencies
+
+NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
+_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                  "mistral": "MistralForCausalLM"}
+
+
+def architecture_of(cfg) -> str:
+    """The checkpoint's architecture name; configs converted from GGUF may only carry model_type."""
+    archs = getattr(cfg, "architectures", None)
+    if archs:
+        return archs[0]
+    return _BY_MODEL_TYPE.get(getattr(cfg, "model_type", ""), getattr(cfg, "model_type", "?"))
+
+
+@dataclass(slots=True)
+class LlamaArch:
+    """Shapes and options of a Llama-family checkpoint, read from its HF config."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    qkv_bias: bool
+    qk_norm: bool
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_hf(cls, cfg) -> "LlamaArch":
+        arch = architecture_of(cfg)
+        if arch not in NATIVE_ARCHITECTURES:
+            raise ValueError(f"architecture {arch!r} has no native implementation; native ones: {NATIVE_ARCHITECTURES}")
+        if getattr(cfg, "use_sliding_window", False) or (arch == "MistralForCausalLM" and getattr(cfg, "sliding_window", None)):
+            raise ValueError(f"{arch} with sliding-window attention is not supported natively; use impl='hf'")
+        heads = cfg.num_attention_heads
+        return cls(
+            architecture=arch, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size, num_layers=cfg.num_hidden_layers, num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(getattr(cfg, "attention_bias", False)),
+            qk_norm=arch == "Qwen3ForCausalLM",
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            max_position_embeddings=cfg.max_position_embeddings,
+        )
+
+    def kv_bytes_per_token(self, dtype: torch.dtype, num_layers: int | None = None) -> int:
+        layers = self.num_layers if num_layers is None else num_layers
+        return 2 * layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class Attention(nn.Module):
+    def __init__(self, a: LlamaArch, rotary: RotaryEmbedding):
+        super().__init__()
+        self.h, self.kvh, self.d = a.num_heads, a.num_kv_heads, a.head_dim
+        self.qkv = nn.Linear(a.hidden_size, (self.h + 2 * self.kvh) * self.d, bias=a.qkv_bias)
+        self.o_proj = nn.Linear(self.h * self.d, a.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.d, a.rms_norm_eps) if a.qk_norm else None
+        self.k_norm = RMSNorm(self.d, a.rms_norm_eps) if a.qk_norm else None
+        self.rotary = rotary
+        self.scale = self.d ** -0.5
+
+    def forward(self, x, positions, ctx: AttnContext, kv_cache: torch.Tensor):
+        """x [T, hidden]; kv_cache [2, num_blocks, block_size, KVH, D]."""
+        qkv = self.qkv(x)
+        q, k, v = qkv.split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], dim=-1)
+        q = q.view(-1, self.h, self.d)
+        k = k.view(-1, self.kvh, self.d)
+        v = v.view(-1, self.kvh, self.d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        write_kv(kv_cache[0], kv_cache[1], k, v, ctx.slot_mapping)
+        o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
+        return self.o_proj(o.reshape(-1, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, a: LlamaArch):
+        super().__init__()
+        self.gate_up = nn.Linear(a.hidden_size, 2 * a.intermediate_size, bias=False)
+        self.down = nn.Linear(a.intermediate_size, a.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, a: LlamaArch, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.attn = Attention(a, rotary)
+        self.post_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.mlp = MLP(a)
+
+    def forward(self, x, positions, ctx, kv_cache):
+        x = x + self.attn(self.input_norm(x), positions, ctx, kv_cache)
+        return x + self.mlp(self.post_norm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, a: LlamaArch, hf_config, max_positions: int):
+        super().__init__()
+        self.arch = a
+        inv_freq, scaling = inverse_frequencies(hf_config)
+        self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
+        self.embed = nn.Embedding(a.vocab_size, a.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(a, self.rotary) for _ in range(a.num_layers))
+        self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.lm_head = nn.Linear(a.hidden_size, a.vocab_size, bias=False)
+
+    def set_rotary(self, rotary: RotaryEmbedding) -> None:
+        self.rotary = rotary
+        for layer in self.layers:
+            layer.attn.rotary = rotary
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttnContext,
+                kv_caches: list[torch.Tensor], logits_index: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, positions [T]; kv_caches: one [2, NB, BS, KVH, D] per layer.
+
+        Returns float32 logits [N, V] for the rows in logits_index (all rows if None).
+        """
+        x = self.embed(input_ids)
+        for layer, cache in zip(self.layers, kv_caches):
+            x = layer(x, positions, ctx, cache)
+        if logits_index is not None:
+            x = x[logits_index]
+        return self.lm_head(self.norm(x)).float()
+
+    def first_layers(self, n: int) -> "LlamaForCausalLM":
+        """A draft made of this model's first n layers, final norm and LM head (weights shared)."""
+        if not 1 <= n < self.num_layers:
+            raise ValueError(f"self:{n}: the number of layers must be in [1, {self.num_layers - 1}]")
+        draft = object.__new__(LlamaForCausalLM)
+        nn.Module.__init__(draft)
+        draft.arch = self.arch
+        draft.rotary, draft.embed, draft.norm, draft.lm_head = self.rotary, self.embed, self.norm, self.lm_head
+        draft.layers = nn.ModuleList(list(self.layers[:n]))
+        return draft

@@ -1,0 +1,180 @@
+"""Loading checkpoints: HF folders (safetensors), GGUF (through the registry), tokenizers.
+
+``load_model`` picks the native Llama-family implementation when the architecture has one
+(``impl="auto"``) and otherwise the generic ``AutoModelForCausalLM`` path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..layers.rotary import RotaryEmbedding, inverse_frequencies
+from .llama import NATIVE_ARCHITECTURES, LlamaArch, LlamaForCausalLM, architecture_of
+from .registry import resolve
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model ready for a runner: ``kind`` is "native" or "hf"."""
+
+    kind: str
+    module: torch.nn.Module
+    hf_config: object
+    folder: Path
+    arch: LlamaArch | None = None
+    extra_folders: tuple = ()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+
+def load_hf_config(folder: Path):
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except Exception as e:  # transformers raises several types for unknown model_type
+        raise ValueError(f"model folder {folder}: config.json could not be read by transformers: {e}") from e
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:
+        raise ValueError(f"model folder {folder}: expected tokenizer files (tokenizer.json or tokenizer.model): {e}") from e
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def eos_token_ids(folder: Path, hf_config, tokenizer) -> set[int]:
+    """EOS ids from generation_config.json, config.json and the tokenizer (union)."""
+    ids: set[int] = set()
+
+    def add(v):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+
+    gen = folder / "generation_config.json"
+    if gen.exists():
+        add(json.loads(gen.read_text()).get("eos_token_id"))
+    add(getattr(hf_config, "eos_token_id", None))
+    if tokenizer is not None and not ids:
+        add(tokenizer.eos_token_id)
+    return ids
+
+
+def load_model(name: str, device: torch.device, dtype: str, impl: str = "auto",
+               max_positions: int | None = None) -> LoadedModel:
+    folder = resolve(name)
+    cfg = load_hf_config(folder)
+    arch_name = architecture_of(cfg)
+    if impl == "native" or (impl == "auto" and arch_name in NATIVE_ARCHITECTURES):
+        a = LlamaArch.from_hf(cfg)
+        module = _load_native(folder, cfg, a, device, DTYPES[dtype], max_positions or a.max_position_embeddings)
+        return LoadedModel("native", module, cfg, folder, arch=a)
+    return LoadedModel("hf", _load_generic(folder, cfg, device, DTYPES[dtype]), cfg, folder)
+
+
+def _load_generic(folder: Path, cfg, device, dtype):
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except Exception as e:
+        arch = architecture_of(cfg)
+        raise ValueError(f"model folder {folder}: architecture {arch!r} could not be loaded as a causal LM: {e}") from e
+    return model.to(device).eval()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"model folder {folder}: expected *.safetensors weight files")
+    return files
+
+
+def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: int) -> LlamaForCausalLM:
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(a, cfg, max_positions)
+    model = model.to_empty(device=device)
+    model.set_rotary(RotaryEmbedding(*inverse_frequencies(cfg), max_positions).to(device))
+    params = dict(model.named_parameters())
+    h, kvh, d, inter = a.num_heads, a.num_kv_heads, a.head_dim, a.intermediate_size
+    qkv_rows = {"q_proj": (0, h * d), "k_proj": (h * d, kvh * d), "v_proj": ((h + kvh) * d, kvh * d)}
+    loaded: set[str] = set()
+
+    def put(name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None):
+        p = params[name]
+        src = tensor.to(dtype=torch.float32)
+        with torch.no_grad():
+            if rows is None:
+                if p.shape != src.shape:
+                    raise ValueError(f"{folder}: weight {name} has shape {tuple(src.shape)}, expected {tuple(p.shape)}")
+                p.copy_(src.to(p.dtype))
+            else:
+                p[rows[0]: rows[0] + rows[1]].copy_(src.to(p.dtype))
+        loaded.add(name if rows is None else f"{name}[{rows[0]}]")
+
+    for f in _weight_files(folder):
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            for key in sf.keys():
+                target = _map_key(key, qkv_rows, inter)
+                if target is None:
+                    continue
+                name, rows = target
+                if name not in params:
+                    continue
+                put(name, sf.get_tensor(key), rows)
+    if "lm_head.weight" not in loaded:
+        model.lm_head.weight = model.embed.weight       # tied embeddings
+    missing = [n for n in params if n != "lm_head.weight" and not any(x == n or x.startswith(n + "[") for x in loaded)]
+    if missing:
+        raise ValueError(f"model folder {folder}: weights missing for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    return model.to(dtype=dtype).eval()
+
+
+def _map_key(key: str, qkv_rows: dict, inter: int):
+    """HF checkpoint name -> (our parameter name, row slice or None)."""
+    if key == "model.embed_tokens.weight":
+        return "embed.weight", None
+    if key == "model.norm.weight":
+        return "norm.weight", None
+    if key == "lm_head.weight":
+        return "lm_head.weight", None
+    if not key.startswith("model.layers."):
+        return None
+    parts = key.split(".")
+    i, rest = parts[2], ".".join(parts[3:])
+    pre = f"layers.{i}."
+    if rest.startswith("self_attn.") and rest.split(".")[1] in qkv_rows:
+        proj, kind = rest.split(".")[1], rest.split(".")[2]
+        return pre + f"attn.qkv.{kind}", qkv_rows[proj]
+    simple = {
+        "self_attn.o_proj.weight": "attn.o_proj.weight",
+        "self_attn.q_norm.weight": "attn.q_norm.weight",
+        "self_attn.k_norm.weight": "attn.k_norm.weight",
+        "mlp.down_proj.weight": "mlp.down.weight",
+        "input_layernorm.weight": "input_norm.weight",
+        "post_attention_layernorm.weight": "post_norm.weight",
+    }
+    if rest in simple:
+        return pre + simple[rest], None
+    if rest == "mlp.gate_proj.weight":
+        return pre + "mlp.gate_up.weight", (0, inter)
+    if rest == "mlp.up_proj.weight":
+        return pre + "mlp.gate_up.weight", (inter, inter)
+    return None
