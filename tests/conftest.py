@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random HF folders (built once per session) and small engines."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+from tiny import make_model, word_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(model_dir) -> Path:
+    """Target: 2-layer random Llama with llama3 RoPE scaling and a byte-level BPE tokenizer."""
+    return make_model(model_dir / "llama", "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_draft(model_dir) -> Path:
+    """An unrelated random Llama with the same tokenizer (acceptance near 0)."""
+    return make_model(model_dir / "llama_draft", "llama", layers=1, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(model_dir) -> Path:
+    return make_model(model_dir / "qwen2", "qwen2", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(model_dir) -> Path:
+    return make_model(model_dir / "qwen3", "qwen3", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(model_dir) -> Path:
+    return make_model(model_dir / "gpt2", "gpt2", seed=4)
+
+
+@pytest.fixture(scope="session")
+def small_vocab_pair(model_dir) -> tuple[Path, Path]:
+    """Target and a differently distributed draft over a 12-token vocabulary (for chi-square tests)."""
+    tok = word_tokenizer(12)
+    t = make_model(model_dir / "sv_target", "llama", layers=2, hidden=32, heads=2, kv_heads=1, seed=10,
+                   tokenizer=tok, init_std=0.3)
+    d = make_model(model_dir / "sv_draft", "llama", layers=1, hidden=32, heads=2, kv_heads=1, seed=11,
+                   tokenizer=tok, init_std=0.3)
+    return t, d
+
+
+PROMPTS = [[5, 17, 33, 99, 100, 7], [42], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [200, 201, 3],
+           [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [77, 78], [150, 151, 152, 153, 154], [9, 9, 9, 9]]
