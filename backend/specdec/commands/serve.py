@@ -1,0 +1,124 @@
+"""`specdec serve`: run the Triton deployment (preprocessing -> target -> postprocessing ensemble).
+
+Writes a copy of model_repository/ with these settings (the checked-in one is never changed),
+starts tritonserver (the image's, or the one in the nvidia-pytriton wheel), waits until
+/v2/health/ready answers 200, prints the endpoints and stays in the foreground until Ctrl-C.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve through NVIDIA Triton (HTTP, gRPC streaming, metrics)")
+    g = p.add_argument_group("engine")
+    g.add_argument("--target", default="smollm2-135m", help="alias, HF folder or .gguf (default: smollm2-135m)")
+    g.add_argument("--draft", default=None,
+                   help="'ngram', 'self:N', folder/alias, or 'none' (default: the target's default draft)")
+    g.add_argument("--mode", default=None, choices=["ar", "sync", "async"],
+                   help="decoding mode (default: sync with a draft, else ar)")
+    g.add_argument("--k", type=int, default=4, help="draft tokens per round (requests may ask for fewer)")
+    g.add_argument("--fan-out", default="3", help="SSD fan-out (async mode)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on GPU")
+    g.add_argument("--max-batch-size", type=int, default=16, help="sequences the engine batches together")
+    g.add_argument("--max-model-len", type=int, default=0, help="0 = the model's limit")
+    g.add_argument("--num-kv-blocks", type=int, default=0, help="0 = derived from memory")
+    g.add_argument("--default-max-tokens", type=int, default=128, help="when a request sends no max_tokens")
+    g.add_argument("--chat", action="store_true", help="apply the chat template unless a request says otherwise")
+    d = p.add_argument_group("placement")
+    d.add_argument("--target-gpu", type=int, default=None, help="GPU of the target (default: 0 if CUDA, else CPU)")
+    d.add_argument("--draft-gpu", type=int, default=None,
+                   help="run the draft as its own Triton model on this GPU (draft_location=separate)")
+    d.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
+    d.add_argument("--rendezvous-port", type=int, default=29500, help="target <-> draft channel port")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--model-repository", type=Path, default=None, help="source repository (default: ./model_repository)")
+    s.add_argument("--workdir", type=Path, default=None, help="where the generated repository and log go")
+    s.add_argument("--tritonserver", default=None, help="tritonserver binary (default: image's or pytriton wheel's)")
+    s.add_argument("--ready-timeout", type=float, default=600.0)
+    s.add_argument("--verbose", action="store_true", help="tritonserver --log-verbose=1")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args, cuda: bool):
+    from ..models.registry import ALIASES
+    from ..triton.settings import Settings
+    draft = args.draft
+    if draft is None:
+        draft = ALIASES[args.target].default_draft if args.target in ALIASES else None
+    if draft in ("none", ""):
+        draft = None
+    mode = args.mode or ("sync" if draft else "ar")
+    return Settings(target=args.target, draft=draft or "", mode=mode, k=args.k, fan_out=str(args.fan_out),
+                    dtype=args.dtype or ("bfloat16" if cuda else "float32"),
+                    engine_max_batch_size=args.max_batch_size, max_model_len=args.max_model_len,
+                    num_kv_blocks=args.num_kv_blocks,
+                    draft_location="separate" if args.draft_gpu is not None else "in_target",
+                    rendezvous=f"tcp://127.0.0.1:{args.rendezvous_port}",
+                    default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..models.registry import resolve
+    from ..triton.launcher import Ports, TritonServer
+    from ..triton.repository import write_repository
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    target_gpu = args.target_gpu if args.target_gpu is not None else (0 if cuda else None)
+    if not cuda and (args.target_gpu is not None or args.draft_gpu is not None):
+        print("error: --target-gpu/--draft-gpu given but CUDA is not available (use --cpu)", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args, cuda)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="specdec-serve-"))
+    resolve(settings.target)                       # converts packaged weights once, before the models race
+    if settings.draft and settings.draft not in ("ngram",) and not settings.draft.startswith("self:"):
+        resolve(settings.draft)
+    repo = write_repository(workdir / "model_repository", settings, target_gpu=target_gpu,
+                            draft_gpu=args.draft_gpu, source=args.model_repository)
+    server = TritonServer(repo, workdir, host=args.host, ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
+                          tritonserver=args.tritonserver, verbose=args.verbose)
+    where = "CPU" if target_gpu is None else f"GPU {target_gpu}"
+    draft = settings.draft_spec or "none (AR)"
+    if settings.draft_location == "separate":
+        draft += f" on GPU {args.draft_gpu}"
+    print(f"specdec serve: target={settings.target} on {where}, mode={settings.mode}, draft={draft}, "
+          f"K={settings.k}, dtype={settings.dtype}\n  repository: {repo}\n  log: {server.log_path}", file=sys.stderr)
+    t0 = time.perf_counter()
+    server.start()
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.wait_ready(args.ready_timeout)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        server.stop()
+        return 1
+    print(f"ready in {time.perf_counter() - t0:.1f} s\n"
+          f"  HTTP     {server.http_url}  (POST /v2/models/ensemble/generate_stream)\n"
+          f"  gRPC     {server.grpc_url}  (model 'ensemble', streaming)\n"
+          f"  metrics  {server.metrics_url}", flush=True)
+    while not stop["now"] and server.proc.poll() is None:
+        time.sleep(0.5)
+    code = server.proc.poll()
+    if code is not None:
+        print(f"tritonserver exited with code {code}; last log lines:\n{server.log_tail()}", file=sys.stderr)
+        return code or 1
+    print("stopping tritonserver ...", file=sys.stderr)
+    server.stop()
+    return 0
+

@@ -1,0 +1,60 @@
+"""The ``preprocessing`` Triton model: validates a request, applies the chat template, tokenizes.
+
+Outputs ``input_ids`` INT32 [-1] and ``sampling_parameters`` STRING [1] (validated JSON) for the
+target. A bad request gets one INVALID_ARG error that names the field, its value and the allowed
+range; the ensemble passes it to the client and no engine work happens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import pbio
+from .schema import check_lengths, parse_request
+from .settings import read_settings
+
+
+def load_tokenizer_and_limit(target: str, max_model_len: int = 0):
+    """The target's tokenizer and context limit, computed as the engine computes them."""
+    from ..models.loader import load_hf_config, load_tokenizer
+    from ..models.registry import resolve
+    folder = resolve(target)
+    cfg = load_hf_config(folder)
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+    return load_tokenizer(folder), min(max_model_len or limit, limit)
+
+
+def encode(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of a prompt, exactly as ``LLM.encode`` makes them."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("apply_chat_template=True is not supported by this model: its tokenizer has no "
+                             "chat template; allowed [False]")
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                  add_generation_prompt=True, return_dict=False))
+    return list(tokenizer.encode(text))
+
+
+class PreprocessingModel:
+    def initialize(self, args):
+        self.log = pbio.setup_logging(args["model_name"])
+        self.settings = read_settings(args)
+        self.tokenizer, self.max_model_len = load_tokenizer_and_limit(self.settings.target, self.settings.max_model_len)
+        self.log.info("tokenizer of %s loaded; max_model_len=%d", self.settings.target, self.max_model_len)
+
+    def execute(self, requests):
+        pb_utils = pbio.pb()
+        responses = []
+        for request in requests:
+            try:
+                text, req = parse_request(pbio.getter(request), default_max_tokens=self.settings.default_max_tokens,
+                                          max_model_len=self.max_model_len, default_chat=self.settings.apply_chat_template)
+                ids = encode(self.tokenizer, text, req.apply_chat_template)
+                check_lengths(len(ids), req.params["max_tokens"], self.max_model_len)
+            except (ValueError, UnicodeDecodeError) as e:
+                responses.append(pbio.error_response("INVALID_ARG", str(e)))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pbio.tensor("input_ids", ids, np.int32),
+                pbio.string_tensor("sampling_parameters", req.to_json()),
+            ]))
+        return responses
