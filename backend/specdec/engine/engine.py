@@ -233,8 +233,8 @@ class LLMEngine:
             recovery = argmax.gather(1, accepted[:, None]).squeeze(1)
         else:
             q = None if K == 0 or prop.probs is None else prop.probs[:, :Kv].to(self.device)
-            u = rows.uniforms(Kv + 1)
-            accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, Kv])
+            u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
+            accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
         acc, rec = accepted.tolist(), recovery.tolist()           # host sync: the round's outcome
         t2 = self.timer.now()
         m.verify_time += t2 - t1

@@ -1,0 +1,25 @@
+"""The embedded default (SmolLM2-135M-Instruct, real weights) on CPU: sync equals AR at temperature 0."""
+import pytest
+
+from specdec import LLM, SamplingParams
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about GPUs.", "List three prime numbers."]
+
+
+@pytest.fixture(scope="module")
+def ar_outputs():
+    llm = LLM("smollm2-135m", mode="ar", max_batch_size=4)
+    assert llm.engine.target.kind == "native" and llm.engine.target.arch.num_layers == 30
+    return llm.generate(PROMPTS, SamplingParams(max_tokens=16, chat=True))
+
+
+@pytest.mark.parametrize("draft", ["self:8", "ngram"])
+def test_smollm2_sync_equals_ar(draft, ar_outputs):
+    llm = LLM("smollm2-135m", draft=draft, mode="sync", k=3, max_batch_size=4)
+    outs = llm.generate(PROMPTS, SamplingParams(max_tokens=16, chat=True))
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ar_outputs]
+    assert sum(o.stats["drafted"] for o in outs) > 0
+
+
+def test_smollm2_answers_sensibly(ar_outputs):
+    assert "Paris" in ar_outputs[0].text
