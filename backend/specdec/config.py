@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 MODES = ("ar", "sync", "async")
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_K = 16
+MAX_FAN_OUT = 64
 
 
 def _range_error(name: str, value, allowed: str) -> ValueError:
@@ -96,7 +97,16 @@ class CacheConfig:
 
 @dataclass(slots=True)
 class SpecConfig:
-    """What speculates and how much: draft kind, K, and the SSD knobs (fan-out, Saguaro, backup)."""
+    """What speculates and how much: draft kind, K, and the SSD knobs (fan-out, Saguaro, backup).
+
+    draft: a folder/alias, ``self:N``, ``ngram``, or ``remote:tcp://HOST:PORT`` (a draft worker
+    listening there, e.g. the Triton ``draft`` model). SSD (mode "async"): ``fan_out`` F gives
+    the uniform list [F] * (K+1), or "geometric" (lists computed from the measured acceptance
+    and cache-miss power law, with ``fan_out_budget`` candidates per sequence, default 3(K+1));
+    ``fan_out_hit`` / ``fan_out_miss`` are explicit lists (K+1 entries, equal sums) used after a
+    cache hit / a backup speculation. ``sampler_x`` is Saguaro's C in (0, 1]. ``backup``: "jit"
+    (draft the missed rows on the critical path), "fast" (random tokens) or "auto".
+    """
 
     draft: str | None = None
     k: int = 4
@@ -106,10 +116,13 @@ class SpecConfig:
     fan_out: int | str = 3
     fan_out_hit: list[int] | None = None
     fan_out_miss: list[int] | None = None
+    fan_out_budget: int | None = None
     sampler_x: float | None = None
     backup: str = "jit"
+    channel_timeout_s: float = 120.0
 
     def __post_init__(self):
+        from .spec.fanout import check_fan_out
         check_int("k", self.k, 1, MAX_K)
         check_int("ngram_max", self.ngram_max, 1, 32)
         check_int("ngram_min", self.ngram_min, 1, self.ngram_max)
@@ -117,6 +130,34 @@ class SpecConfig:
             raise ValueError(f"backup={self.backup!r} is not one of ('jit', 'fast', 'auto')")
         if self.sampler_x is not None:
             check_float("sampler_x", self.sampler_x, 0.0, 1.0, lo_open=True)
+        if self.fan_out != "geometric":
+            if isinstance(self.fan_out, str):
+                raise ValueError(f"fan_out={self.fan_out!r} must be an integer or 'geometric'")
+            check_int("fan_out", self.fan_out, 1, MAX_FAN_OUT)
+        if self.fan_out_budget is not None:
+            check_int("fan_out_budget", self.fan_out_budget, 1, MAX_FAN_OUT * (MAX_K + 1))
+        if self.fan_out_hit is not None:
+            self.fan_out_hit = check_fan_out("fan_out_hit", self.fan_out_hit, self.k)
+        if self.fan_out_miss is not None:
+            self.fan_out_miss = check_fan_out("fan_out_miss", self.fan_out_miss, self.k)
+        if self.fan_out_hit is not None and self.fan_out_miss is not None \
+                and sum(self.fan_out_hit) != sum(self.fan_out_miss):
+            raise ValueError(f"fan_out_hit (sum {sum(self.fan_out_hit)}) and fan_out_miss (sum "
+                             f"{sum(self.fan_out_miss)}) must have the same budget (sum)")
+        if self.fan_out_miss is not None and self.fan_out_hit is None and self.fan_out != "geometric" \
+                and sum(self.fan_out_miss) != self.fan_out * (self.k + 1):
+            raise ValueError(f"fan_out_miss sums to {sum(self.fan_out_miss)} but the hit list [fan_out={self.fan_out}] "
+                             f"* (K+1) sums to {self.fan_out * (self.k + 1)}: give fan_out_hit too, or match the budget")
+        if self.fan_out_budget is not None and self.fan_out_hit is not None and self.fan_out_budget != sum(self.fan_out_hit):
+            raise ValueError(f"fan_out_budget={self.fan_out_budget} != sum(fan_out_hit)={sum(self.fan_out_hit)}")
+        check_float("channel_timeout_s", self.channel_timeout_s, 0.0, 86400.0, lo_open=True)
+        if self.draft is not None and self.draft.startswith("remote:"):
+            from .spec.transport import parse_rendezvous
+            parse_rendezvous(self.draft[len("remote:"):])
+
+    @property
+    def remote(self) -> bool:
+        return self.draft is not None and self.draft.startswith("remote:")
 
 
 @dataclass(slots=True)
@@ -152,3 +193,7 @@ class EngineConfig:
             raise ValueError(f"mode={self.mode!r} needs a draft: a path, an alias, 'self:N' or 'ngram'")
         if self.mode == "async" and self.spec.draft == "ngram":
             raise ValueError("mode='async' needs a neural draft; 'ngram' is supported in mode='sync'")
+        if self.spec.remote and self.mode == "ar":
+            raise ValueError(f"draft={self.spec.draft!r} needs mode 'sync' or 'async'")
+        if self.spec.sampler_x is not None and self.mode != "async":
+            raise ValueError(f"sampler_x={self.spec.sampler_x} (Saguaro sampling) needs mode='async'; got mode={self.mode!r}")

@@ -39,6 +39,13 @@ class LLM:
     ``self:N`` (target's first N layers) or ``ngram``. mode: "ar", "sync" or "async" (default:
     "sync" when a draft is given, else "ar"). With ``mode="sync"`` and no draft, the target's
     default draft is used when the alias names one.
+
+    ``mode="async"`` is SSD: the draft runs in a worker process on ``draft_device`` (started
+    here, ended by :meth:`close` or ``with LLM(...) as llm``). ``draft="remote:tcp://HOST:PORT"``
+    uses a worker started elsewhere (e.g. the Triton ``draft`` model); until it joins, and after
+    a channel failure, the engine decodes autoregressively. SSD options (``fan_out``,
+    ``fan_out_hit``, ``fan_out_miss``, ``fan_out_budget``, ``sampler_x``, ``backup``) go through
+    ``**spec_kwargs`` to :class:`~specdec.config.SpecConfig`.
     """
 
     def __init__(self, target: str = "smollm2-135m", draft: str | None = None, mode: str | None = None,
@@ -109,3 +116,14 @@ class LLM:
     @property
     def metrics(self):
         return self.engine.metrics
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """End the draft worker process, if any (mode "async" spawns one). Idempotent."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

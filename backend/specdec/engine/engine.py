@@ -22,6 +22,7 @@ import torch
 from ..config import EngineConfig, SamplingParams
 from ..models.loader import DTYPES, LoadedModel, eos_token_ids, has_tokenizer, load_model, load_tokenizer
 from ..spec.drafters import ModelDrafter, NgramDrafter, SamplingRows
+from ..spec.transport import ChannelError
 from ..spec.verify import greedy_accept_length, verify
 from .detokenizer import IncrementalDetokenizer
 from .hf_runner import HFRunner
@@ -62,6 +63,9 @@ class LLMEngine:
         self.metrics = EngineMetrics()
         self.timer = Timer(self.device)
         self.k = cfg.spec.k if self.drafter is not None else 0
+        self.link = None
+        if self._uses_worker():
+            self._start_link()
 
     # --- construction -----------------------------------------------------------------------
     def _draft_shares_device(self) -> bool:
@@ -94,8 +98,8 @@ class LLMEngine:
         spec, cfg = self.cfg.spec, self.cfg
         if cfg.mode == "ar" or spec.draft is None:
             return None, None
-        if cfg.mode == "async":
-            raise NotImplementedError("mode='async' (SSD) is not available yet; use mode='sync'")
+        if self._uses_worker():
+            return None, None          # a draft worker: attached once connected (see _start_link)
         if spec.draft == "ngram":
             return NgramDrafter(spec.ngram_max, spec.ngram_min), None
         if spec.draft.startswith("self:"):
@@ -126,6 +130,70 @@ class LLMEngine:
         if dm.vocab_size < len(self.tokenizer):
             raise ValueError(f"draft {dm.folder}: vocab_size {dm.vocab_size} < the target tokenizer's {len(self.tokenizer)} tokens")
 
+    # --- draft worker (mode "async", or draft "remote:...") ----------------------------------
+    def _uses_worker(self) -> bool:
+        return self.cfg.mode == "async" or self.cfg.spec.remote
+
+    def _start_link(self) -> None:
+        """Remote: connect in the background and serve AR meanwhile. Spawned: start the worker and
+        wait for it, so that a bad draft fails here (spec/link.py)."""
+        from ..spec.link import open_link
+        self.link = open_link(self)
+
+    def _attach(self, channel) -> None:
+        from ..spec.link import remote_drafter
+        drafter = remote_drafter(self, channel)
+        if drafter is not None:
+            self.attach_drafter(drafter)
+            log.info("speculating with the draft worker (mode %s, K=%d)", self.cfg.mode, self.k)
+
+    def attach_drafter(self, drafter) -> None:
+        """Speculate with ``drafter`` from the next step on (step() is its only user)."""
+        self.drafter = drafter
+        self.scheduler.drafter = drafter
+        self.k = self.cfg.spec.k
+
+    def detach_drafter(self, send_exit: bool = True) -> None:
+        """Back to AR decoding; running sequences keep every committed token."""
+        d, self.drafter = self.drafter, None
+        self.scheduler.drafter = None
+        self.k = 0
+        if d is not None and hasattr(d, "close"):
+            d.close(send_exit)
+
+    def _draft_failed(self, err: Exception) -> None:
+        log.error("draft channel failed (%s); continuing in AR mode and reconnecting in the background", err)
+        self.metrics.ar_fallbacks += 1
+        self.detach_drafter(send_exit=False)
+        if self.link is not None:
+            self.link.failed()
+
+    def update_spec(self, **changes) -> None:
+        """Change speculation settings (K, fan-out, Saguaro C, backup) between requests; a draft
+        worker is reconfigured in place (no reload)."""
+        import dataclasses
+        if self.scheduler.has_work():
+            raise RuntimeError("update_spec needs an idle engine (no running or waiting requests)")
+        if "draft" in changes and changes["draft"] != self.cfg.spec.draft:
+            raise ValueError("the draft itself cannot change; build a new LLM")
+        spec = dataclasses.replace(self.cfg.spec, **changes)
+        self.cfg.spec = spec
+        if self.drafter is not None:
+            self.k = spec.k
+            if hasattr(self.drafter, "configure"):
+                try:
+                    self.drafter.configure(spec)
+                except ChannelError as e:
+                    self._draft_failed(e)
+
+    def close(self) -> None:
+        """Send EXIT to a draft worker and wait for it to end (idempotent)."""
+        if self.drafter is not None and hasattr(self.drafter, "close"):
+            self.detach_drafter(send_exit=True)
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
     # --- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         if not prompt_ids:
@@ -154,12 +222,20 @@ class LLMEngine:
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        if self.link is not None and self.drafter is None:
+            channel = self.link.take()
+            if channel is not None:
+                self._attach(channel)
         admitted = self.scheduler.admit(lookahead=1 + self.k)
         if admitted:
             return self._prefill(admitted)
         if not self.scheduler.running:
             return []
-        return self._decode()
+        try:
+            return self._decode()
+        except ChannelError as e:          # nothing was committed yet: redo the round in AR mode
+            self._draft_failed(e)
+            return self._decode()
 
     def _k_for(self, s: Sequence) -> int:
         if self.drafter is None:
@@ -177,6 +253,11 @@ class LLMEngine:
                 feeds.append(Feed(s.seq_id, s.prompt_ids, 0, num_logits=1))
                 fresh.append(s)
             s.draft_cached = 0
+        if self.drafter is not None and hasattr(self.drafter, "prefill"):
+            try:                           # sent first: the draft's prefill overlaps the target's
+                self.drafter.prefill(seqs)
+            except ChannelError as e:
+                self._draft_failed(e)
         logits = self.runner.forward(feeds)
         outs = []
         if fresh:

@@ -28,7 +28,9 @@ class EngineMetrics:
     cache_lookups: int = 0
     hit_tokens: int = 0
     miss_tokens: int = 0
-    channel_wait_time: float = 0.0
+    channel_wait_time: float = 0.0  # SSD/remote: time the target waited for the draft's reply
+    draft_build_time: float = 0.0   # SSD: draft worker's time building speculation caches (off the critical path)
+    draft_builds: int = 0
     requests_finished: int = 0
     requests_aborted: int = 0
     preemptions: int = 0
@@ -44,6 +46,11 @@ class EngineMetrics:
         d["avg_draft_ms"] = 1e3 * self.draft_time / self.draft_steps if self.draft_steps else 0.0
         d["avg_verify_ms"] = 1e3 * self.verify_time / self.verify_steps if self.verify_steps else 0.0
         d["cache_hit_rate"] = self.cache_hits / self.cache_lookups if self.cache_lookups else 0.0
+        misses = self.cache_lookups - self.cache_hits
+        d["tokens_per_round_hit"] = self.hit_tokens / self.cache_hits if self.cache_hits else 0.0
+        d["tokens_per_round_miss"] = self.miss_tokens / misses if misses else 0.0
+        d["avg_draft_build_ms"] = 1e3 * self.draft_build_time / self.draft_builds if self.draft_builds else 0.0
+        d["avg_channel_wait_ms"] = 1e3 * self.channel_wait_time / self.draft_steps if self.draft_steps else 0.0
         return d
 
 

@@ -1,0 +1,356 @@
+"""The draft side of speculation: the draft model's KV, the speculation cache and each round's work.
+
+Everything here lives in the draft process, on the draft device; the transport is elsewhere
+(draft_worker.py), so this class can be driven directly in tests.
+
+* :class:`DraftSeq`: every committed token the target told us about (host list), how many of
+  them have correct K/V in the runner (``kv_valid``), and the tokens right after those whose
+  K/V was written speculatively (the last glue: ``spec``); they become valid once committed.
+* :meth:`DraftCore.speculate` is the critical path: apply the new tokens, look each row's
+  outcome key up in the speculation cache, answer hits from it and misses with the backup
+  (JIT: K decode steps for the missed rows only; fast: uniform random tokens, q uniform).
+* :meth:`DraftCore.build` runs after the reply, while the target verifies: one glue forward
+  over [t*, d1..dK] per row at its true positions, the fork, K tree-decode steps over all
+  branches of all rows, and the new cache (tree.py has the layout). Sync mode never builds.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..engine.runner import Feed
+from ..layers.sampling import probs_from_logits, sample_from_probs
+from .adaptive import RANK_WINDOW, Adaptive
+from .fanout import saguaro_top
+from .messages import Config, Prefill, RowStatus, Speculate, SpeculateReply
+from .saguaro import saguaro_rescale
+from .spec_cache import CacheEntry, SpeculationCache
+from .tree import fork, ranked_candidates, tree_mask, tree_positions, tree_slots
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolError(RuntimeError):
+    """The target's request does not match what the draft knows (a bug on one side)."""
+
+
+@dataclass(slots=True)
+class DraftSeq:
+    tokens: list[int]
+    temperature: float
+    top_k: int
+    top_p: float
+    kv_valid: int = 0
+    spec: list[int] = field(default_factory=list)
+    status: RowStatus = RowStatus.NONE     # how the speculation being verified was produced
+    num_draft: int = 0
+    ranked: list[list[int]] | None = None  # previous fork candidates per depth (for the power law)
+
+
+@dataclass(slots=True)
+class TreeJob:
+    """One sequence's tree: branches (depth, root) hanging off glue stored from glue_start."""
+
+    seq_id: int
+    glue_start: int
+    base: int
+    depths: list[int]
+    roots: list[int]
+    keys_k: list[int]          # the outcome k each branch answers (its depth, or -2 after PREFILL)
+    steps: int
+    built_len: int
+
+
+class DraftCore:
+    def __init__(self, runner, device: torch.device, cfg: Config):
+        self.runner, self.device = runner, torch.device(device)
+        self.seqs: dict[int, DraftSeq] = {}
+        self.cache = SpeculationCache()
+        self._pending: list[tuple[int, list[int], RowStatus]] = []
+        self.last_build_s = 0.0
+        self.counts = {s: 0 for s in RowStatus}
+        self.build_time = 0.0
+        self.builds = 0
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.adaptive = Adaptive(cfg.k, sum(cfg.fan_out_hit), cfg.vocab_size, cfg.geometric,
+                                 cfg.fan_out_hit, cfg.fan_out_miss, cfg.fan_out_fast)
+        self.cache.clear()
+        self._pending = []
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _forward(self, feeds: list[Feed]) -> torch.Tensor:
+        """Draft logits over the target's vocabulary: extra rows cut, missing ones -inf."""
+        logits = self.runner.forward(feeds)
+        V = self.cfg.vocab_size
+        if logits.shape[-1] > V:
+            logits = logits[:, :V]
+        elif logits.shape[-1] < V:
+            logits = torch.nn.functional.pad(logits, (0, V - logits.shape[-1]), value=float("-inf"))
+        return logits
+
+    def _sample(self, logits: torch.Tensor, seqs: list[DraftSeq], top: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [N, V]; row n uses seqs[n]'s sampling parameters and Saguaro-rescales its top[n]
+        probabilities (when sampler_x is set). Returns tokens [N] and the q they came from [N, V]."""
+        dev = logits.device
+        temp = torch.tensor([s.temperature for s in seqs], dtype=torch.float32, device=dev)
+        probs = probs_from_logits(logits, temp, torch.tensor([s.top_k for s in seqs], device=dev),
+                                  torch.tensor([s.top_p for s in seqs], dtype=torch.float32, device=dev))
+        if self.cfg.sampler_x is not None and self.cfg.async_mode:
+            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64, device=dev), self.cfg.sampler_x)
+        u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
+        return sample_from_probs(probs, u), probs
+
+    def _fits(self, needs: dict[int, int]) -> set[int]:
+        """The sequences (in order) whose K/V growth to needs[seq] tokens fits the free pool."""
+        free, ok = self.runner.num_free_blocks, set()
+        blocks = getattr(self.runner, "blocks", None)
+        for sid, n in needs.items():
+            extra = blocks.extra_blocks(sid, n) if blocks is not None else 0
+            if extra <= free:
+                free -= extra
+                ok.add(sid)
+        return ok
+
+    # --- commands -----------------------------------------------------------------------------
+    def free(self, seq_ids: list[int]) -> None:
+        for sid in seq_ids:
+            self.seqs.pop(sid, None)
+            self.cache.drop(sid)
+            self.runner.free(sid)
+
+    def prefill(self, msg: Prefill) -> None:
+        """Cache the sequences' tokens; in async mode also build their first tree (keys k = -2)."""
+        self.free(msg.seq_ids)
+        for i, sid in enumerate(msg.seq_ids):
+            self.seqs[sid] = DraftSeq(list(msg.tokens[i]), msg.temperature[i], msg.top_k[i], msg.top_p[i])
+        fits = self._fits({sid: len(t) for sid, t in zip(msg.seq_ids, msg.tokens)})
+        tree = self.cfg.async_mode
+        rows = [i for i, sid in enumerate(msg.seq_ids) if sid in fits and msg.tokens[i]]
+        if not rows:
+            return
+        feeds = [Feed(msg.seq_ids[i], msg.tokens[i], 0, num_logits=1 if tree and msg.k[i] > 0 else 0) for i in rows]
+        logits = self._forward(feeds)                                         # [rows with logits, V]
+        for i in rows:
+            self.seqs[msg.seq_ids[i]].kv_valid = len(msg.tokens[i])
+        tree_rows = [i for i in rows if tree and msg.k[i] > 0]
+        if not tree_rows:
+            return
+        budget = sum(self.cfg.fan_out_hit)
+        width = max(budget, RANK_WINDOW if self.cfg.geometric else 0)
+        none = torch.full((len(tree_rows),), -1, dtype=torch.int64, device=logits.device)
+        ranked = ranked_candidates(logits, none, width).tolist()            # host sync: roots feed the tree
+        jobs = []
+        for r, i in enumerate(tree_rows):
+            sid, P = msg.seq_ids[i], len(msg.tokens[i])
+            roots = ranked[r][:budget]
+            if self.cfg.geometric:
+                self.seqs[sid].ranked = [ranked[r]]
+            jobs.append(TreeJob(sid, P - 1, P, [0] * len(roots), roots, [-2] * len(roots), msg.k[i], P))
+        self._decode_tree(jobs)
+
+    def speculate(self, msg: Speculate) -> SpeculateReply:
+        """Answer a round at once: cache hits, then the backup for the rows that missed."""
+        B = len(msg.seq_ids)
+        seqs = [self._advance(msg, b) for b in range(B)]
+        want = msg.k
+        if msg.verify_us > 0:
+            self.adaptive.verify_s.add(msg.verify_us * 1e-6)
+        K = max(want, default=0)
+        tokens = np.zeros((B, K), dtype=np.int64)
+        status = np.full(B, int(RowStatus.NONE), dtype=np.int64)
+        q: dict[int, torch.Tensor] = {}
+        found = self.cache.get(msg.seq_ids, msg.k_prev, msg.recovery, msg.num_tokens, want) \
+            if self.cfg.async_mode else [None] * B
+        for b, f in enumerate(found):
+            if f is None or (seqs[b].temperature > 0 and f.entry.probs is None):
+                continue
+            n = want[b]
+            tokens[b, :n] = f.entry.tokens[f.index, :n]
+            status[b] = RowStatus.HIT
+            if seqs[b].temperature > 0:
+                q[b] = f.entry.probs[f.index, :n]
+        miss = [b for b in range(B) if want[b] > 0 and status[b] == RowStatus.NONE]
+        if miss:
+            backup = self._backup(sum(w > 0 for w in want), len(miss))
+            jit_rows = self._jit(msg, seqs, miss, tokens, q) if backup == "jit" else []
+            for b in miss:
+                if b in jit_rows:
+                    status[b] = RowStatus.JIT
+                else:                                   # fast, or no KV room: uniform tokens, uniform q
+                    tokens[b, : want[b]] = torch.randint(0, self.cfg.vocab_size, (want[b],), generator=self.gen).numpy()
+                    status[b] = RowStatus.FAST
+        need = [b for b in range(B) if seqs[b].temperature > 0 and status[b] in (RowStatus.HIT, RowStatus.JIT)]
+        probs = None
+        if need:
+            probs = torch.zeros((len(need), K, self.cfg.vocab_size), dtype=torch.float32, device=self.device)
+            for i, b in enumerate(need):
+                probs[i, : want[b]] = q[b]
+        for b, s in enumerate(seqs):
+            s.status, s.num_draft = RowStatus(int(status[b])), want[b]
+            self.counts[s.status] += 1
+        if self.cfg.async_mode:
+            self._pending = [(msg.seq_ids[b], tokens[b, : want[b]].tolist(), RowStatus(int(status[b])))
+                             for b in range(B) if want[b] > 0]
+        return SpeculateReply(status, tokens, probs, int(self.last_build_s * 1e6))
+
+    def _advance(self, msg: Speculate, b: int) -> DraftSeq:
+        """Apply row b's new committed tokens and record the previous round's outcome."""
+        sid, k = msg.seq_ids[b], msg.k_prev[b]
+        s = self.seqs.get(sid)
+        if s is None:
+            raise ProtocolError(f"sequence {sid}: SPECULATE before PREFILL")
+        if s.status is not RowStatus.NONE and k >= 0:
+            self.adaptive.observe(s.status, k, s.num_draft)
+        if s.ranked is not None:
+            depth = 0 if k == -2 else k
+            if 0 <= depth < len(s.ranked):
+                cands = s.ranked[depth]
+                rec = msg.recovery[b]
+                self.adaptive.observe_rank(cands.index(rec) if rec in cands else RANK_WINDOW)
+            s.ranked = None
+        s.tokens.extend(msg.new_tokens[b])
+        if len(s.tokens) != msg.num_tokens[b] or s.tokens[-1] != msg.recovery[b]:
+            raise ProtocolError(f"sequence {sid}: the draft has {len(s.tokens)} tokens ending in {s.tokens[-1:]}, "
+                                f"the target {msg.num_tokens[b]} ending in {msg.recovery[b]}")
+        tail, m = s.tokens[s.kv_valid:], 0
+        while m < len(s.spec) and m < len(tail) and s.spec[m] == tail[m]:
+            m += 1
+        s.kv_valid = min(s.kv_valid + m, len(s.tokens) - 1)
+        s.spec = []
+        s.temperature, s.top_k, s.top_p = msg.temperature[b], msg.top_k[b], msg.top_p[b]
+        return s
+
+    def _backup(self, num_rows: int, num_miss: int) -> str:
+        if not self.cfg.async_mode:
+            return "jit"
+        if self.cfg.backup == "auto":
+            return self.adaptive.backup_for(num_rows, num_miss)
+        return self.cfg.backup
+
+    def _jit(self, msg: Speculate, seqs: list[DraftSeq], rows: list[int], tokens: np.ndarray,
+             q: dict[int, torch.Tensor]) -> list[int]:
+        """Draft want[b] tokens for the given rows only, one decode step at a time. Returns the rows
+        served (those whose K/V fits)."""
+        t0 = time.perf_counter()
+        want = msg.k
+        fits = self._fits({msg.seq_ids[b]: len(seqs[b].tokens) + want[b] - 1 for b in rows})
+        rows = [b for b in rows if msg.seq_ids[b] in fits]
+        top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
+        steps: dict[int, list[torch.Tensor]] = {b: [] for b in rows}
+        prev: dict[int, int] = {}
+        for i in range(max((want[b] for b in rows), default=0)):
+            act = [b for b in rows if want[b] > i]
+            feeds = []
+            for b in act:
+                s, L = seqs[b], len(seqs[b].tokens)
+                feeds.append(Feed(msg.seq_ids[b], s.tokens[s.kv_valid:], s.kv_valid) if i == 0
+                             else Feed(msg.seq_ids[b], [prev[b]], L - 1 + i))
+            tok, probs = self._sample(self._forward(feeds), [seqs[b] for b in act], [top[min(i, len(top) - 1)]] * len(act))
+            for r, (b, t) in enumerate(zip(act, tok.tolist())):   # host sync: the next feed is built on the host
+                tokens[b, i] = prev[b] = t
+                steps[b].append(probs[r])
+        for b in rows:
+            s = seqs[b]
+            s.kv_valid, s.spec = len(s.tokens), tokens[b, : want[b] - 1].tolist()
+            if s.temperature > 0:
+                q[b] = torch.stack(steps[b])
+        if rows:
+            self.adaptive.jit_s.add(time.perf_counter() - t0)
+        return rows
+
+    # --- building the next cache (after the reply) -------------------------------------------
+    def build(self) -> None:
+        """Glue decode, fork and tree decode for the rows of the last request (async mode)."""
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        t0 = time.perf_counter()
+        jobs = [(sid, d, st) for sid, d, st in jobs if sid in self.seqs]
+        fits = self._fits({sid: len(self.seqs[sid].tokens) + len(d) for sid, d, _ in jobs})
+        jobs = [j for j in jobs if j[0] in fits]
+        feeds = []
+        for sid, d, _ in jobs:
+            s = self.seqs[sid]
+            start = min(s.kv_valid, len(s.tokens) - 1)
+            feeds.append(Feed(sid, s.tokens[start:] + d, start, num_logits=len(d) + 1))
+        if not feeds:
+            return
+        logits = self._forward(feeds)                                            # [sum(k_b + 1), V]
+        K = self.cfg.k
+        fans, exclude = [], []
+        for sid, d, st in jobs:
+            lst = self.adaptive.fan_out(st)
+            fans.append(lst[: len(d)] + [lst[K]])        # a shorter row: its all-accepted bucket is lst[K]
+            exclude += d + [-1]
+        width = max(max(max(f) for f in fans), RANK_WINDOW if self.cfg.geometric else 0)
+        ranked = ranked_candidates(logits, torch.tensor(exclude, device=logits.device), width).tolist()  # host sync
+        trees, row = [], 0
+        for (sid, d, _), fan in zip(jobs, fans):
+            s, L = self.seqs[sid], len(self.seqs[sid].tokens)
+            s.kv_valid, s.spec = L, list(d)
+            rows = ranked[row: row + len(d) + 1]
+            row += len(d) + 1
+            if self.cfg.geometric:
+                s.ranked = rows
+            depths, roots = fork(rows, fan)
+            trees.append(TreeJob(sid, L - 1, L + len(d), depths, roots, depths, len(d), L))
+        self._decode_tree(trees)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)          # host sync: time the whole build (off the critical path)
+        self.last_build_s = time.perf_counter() - t0
+        self.adaptive.build_s.add(self.last_build_s)
+        self.build_time += self.last_build_s
+        self.builds += 1
+
+    def _decode_tree(self, jobs: list[TreeJob]) -> None:
+        """K batched forwards over every branch of every job; fills the speculation cache."""
+        fits = self._fits({j.seq_id: j.base + j.steps * len(j.roots) for j in jobs})
+        jobs = [j for j in jobs if j.seq_id in fits and j.roots and j.steps > 0]
+        top = saguaro_top(self.adaptive.fan_out(RowStatus.HIT))
+        V = self.cfg.vocab_size
+        masks = [tree_mask(j.glue_start, j.depths, j.base, j.steps) for j in jobs]
+        cur = [list(j.roots) for j in jobs]
+        toks = [np.zeros((len(j.roots), j.steps), dtype=np.int64) for j in jobs]
+        sampled = [self.seqs[j.seq_id].temperature > 0 for j in jobs]
+        probs = [torch.zeros((len(j.roots), j.steps, V), device=self.device) if s else None
+                 for j, s in zip(jobs, sampled)]
+        for step in range(max((j.steps for j in jobs), default=0)):
+            act = [i for i, j in enumerate(jobs) if j.steps > step]
+            feeds, rows = [], []
+            for i in act:
+                j, n = jobs[i], len(jobs[i].roots)
+                start = tree_slots(j.base, n, step)
+                feeds.append(Feed(j.seq_id, cur[i], start, num_logits=n,
+                                  positions=tree_positions(j.glue_start, j.depths, step),
+                                  mask=masks[i][:, : start + n]))
+                rows += [self.seqs[j.seq_id]] * n
+            tok, q = self._sample(self._forward(feeds), rows, [top[min(step, len(top) - 1)]] * len(rows))
+            tok_host = tok.tolist()                                   # host sync: the next step's feed
+            off = 0
+            for i in act:
+                n = len(jobs[i].roots)
+                cur[i] = tok_host[off: off + n]
+                toks[i][:, step] = cur[i]
+                if probs[i] is not None:
+                    probs[i][:, step] = q[off: off + n]
+                off += n
+        for i, j in enumerate(jobs):
+            keys = np.stack([np.asarray(j.keys_k), np.asarray(j.roots)], axis=1).astype(np.int64)
+            self.cache.put(j.seq_id, CacheEntry(keys, toks[i], probs[i], j.built_len))
+            self.runner.truncate(j.seq_id, j.base)        # drop the tree's K/V blocks, keep prefix + glue
+
+    def summary(self) -> dict:
+        c = self.counts
+        looked = c[RowStatus.HIT] + c[RowStatus.JIT] + c[RowStatus.FAST]
+        return {"rows": looked, "hits": c[RowStatus.HIT], "jit": c[RowStatus.JIT], "fast": c[RowStatus.FAST],
+                "hit_rate": c[RowStatus.HIT] / looked if looked else 0.0,
+                "avg_draft_step_ms": 1e3 * self.build_time / self.builds if self.builds else 0.0,
+                "fan_out_hit": self.adaptive.fan_out(RowStatus.HIT), "r": self.adaptive.r}

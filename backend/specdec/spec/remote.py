@@ -1,0 +1,193 @@
+"""The engine side of a remote draft: a drafter that asks a draft worker over a :class:`Channel`.
+
+It has the drafter interface the engine's ``_decode`` uses (propose / commit / free / needs)
+plus ``prefill`` (sent before the target's own prefill, so the two overlap). The engine's
+``step()`` thread is its only user. Host state kept per sequence:
+
+* ``seq.draft_cached``: how many of the sequence's tokens the worker has been told about
+  (PREFILL, then each SPECULATE carries ``token_ids[draft_cached:]``);
+* whether the next round is the first after PREFILL (outcome key k = -2);
+* the RowStatus of the round being verified, for the hit/miss statistics in ``commit``.
+
+q for verification: sampled rows get the worker's q (HIT / JIT) or the uniform distribution
+(FAST: the random tokens really were drawn uniformly, so rejection sampling stays exact);
+greedy rows get one-hot q at their tokens.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ..config import SpecConfig
+from .drafters import Proposal, SamplingRows
+from .fanout import resolve_fan_out
+from .messages import Config, Exit, Free, Hello, Prefill, RowStatus, Speculate, SpeculateReply
+from .transport import Channel, ChannelError
+
+log = logging.getLogger(__name__)
+
+WARN_EVERY_S = 30.0
+
+
+class RemoteDrafter:
+    def __init__(self, channel: Channel, spec: SpecConfig, async_mode: bool, vocab_size: int, max_batch_size: int,
+                 max_model_len: int, seed: int, device: torch.device, metrics=None):
+        self.ch, self.async_mode, self.vocab_size = channel, async_mode, vocab_size
+        self.max_batch_size, self.max_model_len, self.seed = max_batch_size, max_model_len, seed
+        self.device, self.metrics = torch.device(device), metrics
+        self.known: set[int] = set()
+        self.fresh: set[int] = set()
+        self._frees: list[int] = []
+        self._status: dict[int, RowStatus] = {}
+        self._last_reply: float | None = None
+        self._window = self._build = None
+        self._warned = 0.0
+        self.hello: Hello | None = None
+        self.configure(spec)
+
+    # --- configuration ----------------------------------------------------------------------
+    def configure(self, spec: SpecConfig) -> Hello:
+        """Send CONFIG and wait for HELLO; the worker starts over (every sequence is re-prefilled lazily)."""
+        self.spec = spec
+        hit, miss, fast, geometric = resolve_fan_out(spec)
+        cfg = Config(spec.k, self.async_mode, hit, miss, fast, geometric, spec.sampler_x, spec.backup,
+                     self.vocab_size, self.max_batch_size, self.max_model_len, self.seed)
+        self._frees.clear()
+        self.known.clear()
+        self.fresh.clear()
+        self.ch.send(cfg)
+        hello = self.ch.recv()
+        if not isinstance(hello, Hello):
+            raise ChannelError(f"expected HELLO after CONFIG, got {type(hello).__name__}")
+        self.hello = hello
+        log.info("remote draft ready: pid %d, vocab %d, KV %d tokens, %s", hello.pid, hello.vocab_size,
+                 hello.kv_tokens, cfg)
+        return hello
+
+    def _k_max(self, s) -> int:
+        n = s.params.num_draft_tokens
+        return self.spec.k if n is None else min(n, self.spec.k)
+
+    # --- messages ---------------------------------------------------------------------------
+    def _flush_frees(self) -> None:
+        if self._frees:
+            ids, self._frees = self._frees, []
+            self.ch.send(Free(ids))
+
+    def prefill(self, seqs) -> None:
+        """Tell the worker about new (or resumed) sequences: all tokens the target holds K/V for."""
+        self._flush_frees()
+        toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
+        ps = [s.params for s in seqs]
+        self.ch.send(Prefill([s.seq_id for s in seqs], [list(t) for t in toks], [self._k_max(s) for s in seqs],
+                             [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps]))
+        for s, t in zip(seqs, toks):
+            s.draft_cached = len(t)
+            self.known.add(s.seq_id)
+            self.fresh.add(s.seq_id)
+
+    def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
+        self._flush_frees()
+        lazy = [s for s in seqs if s.seq_id not in self.known]
+        if lazy:                                  # attached mid-stream: catch the worker up first
+            self.prefill(lazy)
+        ps = [s.params for s in seqs]
+        t_send = time.perf_counter()
+        window = 0.0 if self._last_reply is None else t_send - self._last_reply
+        msg = Speculate([s.seq_id for s in seqs], [-2 if s.seq_id in self.fresh else s.last_accepted for s in seqs],
+                        [s.last_token for s in seqs], [len(s) for s in seqs], list(ks),
+                        [s.token_ids[s.draft_cached:] for s in seqs], [p.temperature for p in ps],
+                        [p.top_k for p in ps], [p.top_p for p in ps], int(window * 1e6))
+        self.ch.send(msg)
+        reply = self.ch.recv()
+        t_recv = time.perf_counter()
+        if not isinstance(reply, SpeculateReply) or reply.tokens.shape[0] != len(seqs):
+            raise ChannelError(f"bad reply to SPECULATE: {type(reply).__name__}")
+        for s in seqs:
+            s.draft_cached = len(s)
+            self.fresh.discard(s.seq_id)
+        self._account(t_recv - t_send, window, reply.build_us * 1e-6)
+        self._last_reply = t_recv
+        status = [RowStatus(int(x)) for x in reply.status]
+        for s, st in zip(seqs, status):
+            self._status[s.seq_id] = st
+        tokens = torch.from_numpy(reply.tokens).to(self.device)                      # [B, K]
+        return Proposal(tokens, self._q(reply, status, tokens, seqs, sampling), list(ks))
+
+    def _q(self, reply: SpeculateReply, status, tokens: torch.Tensor, seqs, sampling: SamplingRows):
+        """[B, K, V] q for verify(), or None when every row is greedy (verify is then not used)."""
+        if sampling.all_greedy:
+            return None
+        B, K = tokens.shape
+        V = self.vocab_size
+        q = torch.zeros((B, K, V), dtype=torch.float32, device=self.device)
+        q.scatter_(2, tokens[..., None], 1.0)                                       # greedy rows: one-hot
+        sent = None if reply.probs is None else reply.probs.to(self.device).view(-1, K, V)
+        i = 0
+        for b, (s, st) in enumerate(zip(seqs, status)):
+            if s.params.temperature <= 0:
+                continue
+            if st is RowStatus.FAST:
+                q[b] = 1.0 / V
+            elif st in (RowStatus.HIT, RowStatus.JIT):
+                if sent is None or i >= len(sent):
+                    raise ChannelError("the reply lacks q for a sampled row")
+                q[b] = sent[i]
+                i += 1
+        return q
+
+    def _account(self, wait: float, window: float, build: float) -> None:
+        m = self.metrics
+        if m is not None:
+            m.channel_wait_time += wait
+            if build > 0:
+                m.draft_build_time += build
+                m.draft_builds += 1
+        if not self.async_mode or build <= 0 or window <= 0:
+            return
+        a = 0.1
+        self._window = window if self._window is None else (1 - a) * self._window + a * window
+        self._build = build if self._build is None else (1 - a) * self._build + a * build
+        now = time.monotonic()
+        if self._build > self._window and now - self._warned > WARN_EVERY_S:
+            self._warned = now
+            log.warning("SSD draft step %.2f ms > target round %.2f ms: the draft is not hidden behind "
+                        "verification and the target waits on it", 1e3 * self._build, 1e3 * self._window)
+
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
+        st = self._status.pop(seq.seq_id, RowStatus.NONE)
+        if not self.async_mode or st is RowStatus.NONE:
+            return
+        hit = st is RowStatus.HIT
+        tokens = 1 + accepted
+        for stats in (seq.stats, self.metrics):
+            if stats is None:
+                continue
+            stats.cache_lookups += 1
+            stats.cache_hits += int(hit)
+            if hit:
+                stats.hit_tokens += tokens
+            else:
+                stats.miss_tokens += tokens
+
+    def free(self, seq) -> None:
+        if seq.seq_id in self.known:
+            self._frees.append(seq.seq_id)
+        self.known.discard(seq.seq_id)
+        self.fresh.discard(seq.seq_id)
+        self._status.pop(seq.seq_id, None)
+        seq.draft_cached = 0
+
+    def needs(self, seq, k: int) -> int:
+        return 0                                  # the worker owns its KV pool
+
+    def close(self, send_exit: bool = True) -> None:
+        if send_exit and not self.ch.closed:
+            try:
+                self.ch.send(Exit())
+            except ChannelError as e:
+                log.info("draft worker gone before EXIT: %s", e)
+        self.ch.close()
+
