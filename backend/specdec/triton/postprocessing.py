@@ -1,14 +1,15 @@
 """The ``postprocessing`` Triton model: renders each chunk of the target's ids as a text delta.
 
-Stateless: every chunk carries its own context ids (stream_text.py explains the protocol), so
-requests of any stream can be batched together; ``preserve_ordering`` keeps each stream's
-chunks in order. The counters of the chunk pass through unchanged.
+Stateless: every chunk carries its own context ids (stream_text.py explains the protocol). The
+counters of the chunk pass through unchanged. A chunk that arrives cancelled (the client
+cancelled the ensemble) is reported back to the target through its ``cancel_key`` (cancel.py).
 """
 from __future__ import annotations
 
 from . import pbio
 from .preprocessing import load_tokenizer_and_limit
 from .settings import read_settings
+from .cancel import notify_cancelled
 from .stream_text import decode_chunk
 
 PASS_THROUGH = ("num_output_tokens", "num_input_tokens", "acceptance_rate", "total_accepted_draft_tokens",
@@ -26,6 +27,12 @@ class PostprocessingModel:
         responses = []
         for request in requests:
             get = pbio.getter(request)
+            if request.is_cancelled():     # the client cancelled the ensemble: tell the target (cancel.py)
+                key = get("cancel_key")
+                if key is not None:
+                    notify_cancelled(key.reshape(-1)[0].decode())
+                responses.append(pbio.error_response("CANCELLED", "request was cancelled"))
+                continue
             try:
                 ids = get("output_ids").reshape(-1).tolist()
                 ctx = int(get("context_length").reshape(-1)[0])

@@ -7,7 +7,9 @@ round, runs ``engine.step()`` (continuous batching: requests join and leave betw
 turns each round's output into a :class:`~.stream_text.Chunk`. The *response thread* sends the
 chunks, so a slow send never stalls the engine (the vllm_backend pattern).
 
-Every request gets exactly one final message: with its last chunk, or with its error (invalid
+Cancellation arrives two ways: ``handle.is_cancelled()`` (a direct request to the target) and,
+for requests inside the ensemble, a :class:`~.cancel.CancelInbox` that postprocessing writes to
+(cancel.py explains why). Every request gets exactly one final message: with its last chunk, or with its error (invalid
 input, cancellation, engine failure, shutdown). Whatever ends a request frees its KV blocks
 (``engine.abort``). Triton objects stay behind the :class:`StreamHandle` protocol, so this file
 runs (and is tested) without Triton.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ..config import SamplingParams
+from .cancel import CancelInbox, new_secret
 from .stream_text import Chunk, ChunkTracker
 
 log = logging.getLogger(__name__)
@@ -63,14 +66,16 @@ class _Active:
     seq: object
     tracker: ChunkTracker
     want_stats: bool
+    secret: str = ""
 
 
 class TargetService:
     """Runs ``engine`` on a background thread; ``on_round(engine)`` is called after every loop turn."""
 
     def __init__(self, engine, on_round: Callable[[object], None] | None = None, idle_wait_s: float = 0.05,
-                 device=None):
+                 device=None, cancel_inbox: CancelInbox | None = None):
         self.engine = engine
+        self.cancel_inbox = cancel_inbox
         self.on_round = on_round
         self.idle_wait_s = idle_wait_s
         self.device = device
@@ -152,19 +157,26 @@ class TargetService:
         except ValueError as e:
             self.reject(sub.handle, ErrorKind.INVALID_ARG, str(e))
             return
-        self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats)
+        self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, new_secret())
 
     def _check_cancelled(self) -> None:
-        for sid, a in list(self._active.items()):
+        cancelled = set()
+        if self.cancel_inbox is not None:
+            for sid, secret in self.cancel_inbox.poll():
+                a = self._active.get(sid)
+                if a is not None and a.secret == secret:
+                    cancelled.add(sid)
+        for sid, a in self._active.items():
             try:
-                cancelled = a.handle.is_cancelled()
+                if a.handle.is_cancelled():
+                    cancelled.add(sid)
             except Exception:      # the client is gone; treat it as a cancellation
-                cancelled = True
-            if cancelled:
-                self.engine.abort(a.seq, "cancelled")      # frees its KV blocks
-                del self._active[sid]
-                log.info("request %d cancelled after %d tokens", sid, len(a.seq.output_ids))
-                self._outbox.put((a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"), True))
+                cancelled.add(sid)
+        for sid in cancelled:
+            a = self._active.pop(sid)
+            self.engine.abort(a.seq, "cancelled")      # frees its KV blocks
+            log.info("request %d cancelled after %d tokens", sid, len(a.seq.output_ids))
+            self._outbox.put((a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"), True))
 
     def _emit(self, out) -> None:
         a = self._active.get(out.seq.seq_id)
@@ -178,6 +190,8 @@ class TargetService:
             chunk.finish_reason = out.seq.finish_reason
         if a.want_stats:
             chunk.stats = out.seq.stats.as_dict()
+        if self.cancel_inbox is not None:
+            chunk.cancel_key = self.cancel_inbox.key(out.seq.seq_id, a.secret)
         self._outbox.put((a.handle, chunk, out.finished))
 
     def _fail_all(self, kind: str, message: str) -> None:

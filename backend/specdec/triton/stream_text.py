@@ -32,6 +32,7 @@ class Chunk:
     max_chars: int = -1        # > -1: render at most this many characters (stop-string cut)
     finish_reason: str | None = None
     stats: dict | None = None  # seq.stats.as_dict() on request
+    cancel_key: str | None = None   # where postprocessing reports a cancelled request (cancel.py)
 
 
 def decode_chunk(tokenizer, window: list[int], context_length: int, final: bool, max_chars: int = -1,

@@ -4,7 +4,8 @@ Inputs (from preprocessing): ``input_ids`` INT32 [-1], ``sampling_parameters`` S
 :class:`~.schema.GenerationRequest`). Outputs, one response per engine round (see stream_text.py):
 ``output_ids`` INT32 [-1], ``context_length`` INT32, ``is_final`` BOOL, ``max_chars`` INT32,
 ``num_output_tokens`` UINT32, and on request ``num_input_tokens``, ``acceptance_rate``,
-``total_accepted_draft_tokens``, ``total_draft_tokens``; ``finish_reason`` on the last one.
+``total_accepted_draft_tokens``, ``total_draft_tokens``; ``finish_reason`` on the last one;
+``cancel_key`` (cancel.py) on every one.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 from . import pbio
+from .cancel import CancelInbox
 from .metrics import EngineGauges
 from .schema import GenerationRequest
 from .service import ErrorKind, RequestError, TargetService
@@ -83,6 +85,8 @@ class _Handle:
             t.append(pbio.tensor("total_draft_tokens", [c.stats["drafted"]], np.int32))
         if c.finish_reason is not None:
             t.append(pbio.string_tensor("finish_reason", c.finish_reason))
+        if c.cancel_key is not None:
+            t.append(pbio.string_tensor("cancel_key", c.cancel_key))
         return t
 
 
@@ -107,7 +111,8 @@ class TargetModel:
             self.log.info("instance %s on CPU", args["model_instance_name"])
         self.engine = build_engine(settings, device, self.log)
         self.gauges = EngineGauges(pb_utils, name, str(device))
-        self.service = TargetService(self.engine, on_round=self.gauges.update, device=device)
+        self.service = TargetService(self.engine, on_round=self.gauges.update, device=device,
+                                     cancel_inbox=CancelInbox())
 
     def execute(self, requests):
         for request in requests:
