@@ -66,6 +66,18 @@ class LLMEngine:
         self.link = None
         if self._uses_worker():
             self._start_link()
+        if self.device.type == "cuda" and not cfg.eager:
+            self.enable_graphs(capture=True)
+
+    def enable_graphs(self, capture: bool = True) -> None:
+        """Padded static-buffer forwards (CUDA graphs when capture) for every paged runner; on CUDA
+        the elementwise ops are compiled too. Called by the engine on CUDA unless eager=True."""
+        from ..layers import fused
+        if capture:
+            fused.enable_compile()
+        for r in self.scheduler.runners:
+            if isinstance(r, PagedRunner):
+                r.enable_graphs(self.cfg.max_batch_size, max(2, self.cfg.spec.k + 2), capture)
 
     # --- construction -----------------------------------------------------------------------
     def _draft_shares_device(self) -> bool:

@@ -47,6 +47,8 @@ class PagedRunner:
         shape = (model.num_layers, 2, num_blocks + 1, block_size, a.num_kv_heads, a.head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)     # block num_blocks = sentinel
         self.kv_caches = list(self.kv.unbind(0))
+        self.graph = None
+        self.eager_fallbacks: dict[str, int] = {}
         log.info("%s KV cache: %d blocks x %d tokens (%.1f MiB) on %s", name, num_blocks, block_size,
                  self.kv.numel() * self.kv.element_size() / 2**20, device)
 
@@ -64,10 +66,24 @@ class PagedRunner:
     def free(self, seq_id: int) -> None:
         self.blocks.free(seq_id)
 
+    def enable_graphs(self, max_batch: int, max_q: int, capture: bool = True) -> None:
+        """Run decode-shaped steps (<= max_q queries per row) as padded static-buffer forwards,
+        replayed from CUDA graphs when ``capture`` (on CUDA); see cuda_graphs.py."""
+        from .cuda_graphs import GraphRunner
+        self.graph = GraphRunner(self, max_batch, max_q, capture)
+
     # --- forward --------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, feeds: list[Feed]) -> torch.Tensor:
         """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order."""
+        if self.graph is not None:
+            if self.graph.fits(feeds):
+                return self.graph.forward(feeds)
+            if max(len(f.tokens) for f in feeds) <= self.graph.max_q:   # decode-shaped, yet eager
+                reason = "custom attention mask" if any(f.mask is not None for f in feeds) else "batch above the largest bucket"
+                if reason not in self.eager_fallbacks:
+                    log.warning("%s: decode step runs eagerly (%s)", self.name, reason)
+                self.eager_fallbacks[reason] = self.eager_fallbacks.get(reason, 0) + 1
         bs = self.blocks.block_size
         ids, pos, slots, logit_rows = [], [], [], []
         q_lens, kv_lens, q_starts, tables, masks = [], [], [], [], []

@@ -26,8 +26,8 @@ class AttnContext:
 
     slot_mapping: torch.Tensor        # [T] int64, flat slot each new token writes
     block_tables: torch.Tensor        # [B, max_blocks] int64
-    q_index: torch.Tensor             # [B, max_q] int64, row of q for each padded query
-    out_index: torch.Tensor           # [T] int64, padded position (b * max_q + i) of each query row
+    q_index: torch.Tensor | None      # [B, max_q] int64, row of q for each padded query (None: uniform layout)
+    out_index: torch.Tensor | None    # [T] int64, padded position (b * max_q + i) of each query row
     mask: torch.Tensor | None         # [B, 1, max_q, max_kv] bool (True = visible) or None
     max_kv: int
     is_causal: bool = False           # single fresh prefill: SDPA's causal path, no mask tensor
@@ -84,6 +84,17 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
     )
 
 
+def padded_context(q_pos: torch.Tensor, block_tables: torch.Tensor, slot_mapping: torch.Tensor,
+                   max_kv: int) -> AttnContext:
+    """Context for a uniform padded batch, built from device tensors only (so a CUDA graph can
+    capture it): q_pos [B, Q] storage index of each query (padded queries: 0), block_tables
+    [B, max_kv // block_size], slot_mapping [B * Q] (padded queries: the sentinel slot)."""
+    kv = torch.arange(max_kv, device=q_pos.device)
+    mask = (kv[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)            # [B, 1, Q, max_kv]
+    return AttnContext(slot_mapping=slot_mapping, block_tables=block_tables, q_index=None, out_index=None,
+                       mask=mask, max_kv=max_kv)
+
+
 def _causal_mask(q_starts, max_q, max_kv, valid) -> torch.Tensor:
     qpos = torch.tensor(q_starts, dtype=torch.int64)[:, None] + torch.arange(max_q)[None, :]
     qpos = torch.where(valid, qpos, torch.zeros(()).long())                # pad rows see slot 0 only
@@ -105,10 +116,10 @@ def torch_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     _, bs, kvh, d = k_cache.shape
     keys = k_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]    # [B, L, KVH, D]
     vals = v_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]
-    qb = q[ctx.q_index]                                                       # [B, max_q, H, D]
+    qb = q.view(B, -1, *q.shape[1:]) if ctx.q_index is None else q[ctx.q_index]   # [B, max_q, H, D]
     out = F.scaled_dot_product_attention(
         qb.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
         attn_mask=ctx.mask, is_causal=ctx.is_causal, scale=scale,
         enable_gqa=q.shape[1] != kvh)                                         # [B, H, max_q, D]
     out = out.transpose(1, 2).reshape(-1, q.shape[1], d)
-    return out[ctx.out_index]
+    return out if ctx.out_index is None else out[ctx.out_index]

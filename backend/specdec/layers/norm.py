@@ -1,8 +1,9 @@
-"""RMSNorm with HF's numerics: normalise in float32, cast back, then scale by the weight."""
+"""RMSNorm with HF's numerics (see fused.rms_norm)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from . import fused
 
 
 class RMSNorm(torch.nn.Module):
@@ -12,5 +13,8 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * y.to(x.dtype)
+        return fused.rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor):
+        """(norm(x + residual), x + residual)."""
+        return fused.add_rms_norm(x, residual, self.weight, self.eps)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from . import fused
+
 
 def inverse_frequencies(hf_config) -> tuple[torch.Tensor, float]:
     """[head_dim // 2] float32 inverse frequencies and the attention scaling factor."""
@@ -40,9 +42,4 @@ class RotaryEmbedding(torch.nn.Module):
         """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated q, k (same dtype)."""
         cos = self.cos[positions].to(q.dtype).unsqueeze(1)        # [T, 1, D]
         sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return fused.rotary(q, k, cos, sin)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers.attention import AttnContext, torch_paged_attention, write_kv
+from ..layers import fused
+from ..layers.attention import AttnContext, padded_context, torch_paged_attention, write_kv
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 
@@ -106,8 +106,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(a.intermediate_size, a.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(fused.silu_mul(self.gate_up(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -118,9 +117,14 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
         self.mlp = MLP(a)
 
-    def forward(self, x, positions, ctx, kv_cache):
-        x = x + self.attn(self.input_norm(x), positions, ctx, kv_cache)
-        return x + self.mlp(self.post_norm(x))
+    def forward(self, x, residual, positions, ctx, kv_cache):
+        """Residual stream kept apart so each add is fused with the norm after it."""
+        if residual is None:
+            h, residual = self.input_norm(x), x
+        else:
+            h, residual = self.input_norm.add_forward(x, residual)
+        h, residual = self.post_norm.add_forward(self.attn(h, positions, ctx, kv_cache), residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -149,12 +153,18 @@ class LlamaForCausalLM(nn.Module):
 
         Returns float32 logits [N, V] for the rows in logits_index (all rows if None).
         """
-        x = self.embed(input_ids)
+        x, residual = self.embed(input_ids), None
         for layer, cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, ctx, cache)
+            x, residual = layer(x, residual, positions, ctx, cache)
         if logits_index is not None:
-            x = x[logits_index]
-        return self.lm_head(self.norm(x)).float()
+            x, residual = x[logits_index], residual[logits_index]
+        return self.lm_head(self.norm.add_forward(x, residual)[0]).float()
+
+    def forward_padded(self, input_ids, positions, q_pos, block_tables, slot_mapping, kv_caches, max_kv: int):
+        """The same forward for a uniform padded batch (B rows x Q queries), from device tensors only:
+        what a CUDA graph captures. input_ids/positions/slot_mapping [B * Q]; q_pos [B, Q]."""
+        ctx = padded_context(q_pos, block_tables, slot_mapping, max_kv)
+        return self.forward(input_ids, positions, ctx, kv_caches)
 
     def first_layers(self, n: int) -> "LlamaForCausalLM":
         """A draft made of this model's first n layers, final norm and LM head (weights shared)."""

@@ -1,0 +1,131 @@
+"""Static-buffer forwards for decode-shaped steps, replayed from CUDA graphs.
+
+Decode (1 query per row), verify (K+1 queries per row) and the draft's steps all have few
+queries per sequence. They run as a *uniform padded batch*: B rows x Q queries, B rounded up
+to a batch bucket, Q exact, and the attention span rounded up to a KV bucket (a power of two).
+Every input lives in one static buffer (ids, RoPE positions, storage positions, slots, block
+tables); a step copies its host arrays into them and replays the graph captured for
+(B bucket, Q, KV bucket) the first time that shape was seen. Padded rows and queries write to
+the sentinel slot (a block the manager never hands out) and their logits are dropped.
+
+With ``capture=False`` the same padded forward runs eagerly: that is how CPU tests check it
+against the variable-length path.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+MIN_KV_BUCKET = 64
+
+
+class GraphRunner:
+    def __init__(self, runner, max_batch: int, max_q: int, capture: bool):
+        self.r = runner
+        self.capture = capture and runner.device.type == "cuda"
+        self.max_batch, self.max_q = max_batch, max_q
+        self.buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        bs = runner.blocks.block_size
+        self.max_kv = -(-runner.max_model_len // bs) * bs
+        self.max_blocks = self.max_kv // bs
+        dev = runner.device
+        n = max_batch * max_q
+        self.ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(n, dtype=torch.long, device=dev)
+        self.qpos = torch.zeros(n, dtype=torch.long, device=dev)
+        self.slots = torch.zeros(n, dtype=torch.long, device=dev)
+        self.tables = torch.zeros(max_batch * self.max_blocks, dtype=torch.long, device=dev)
+        pin = dev.type == "cuda"
+        self._staging = torch.zeros(4 * n + max_batch * self.max_blocks, dtype=torch.long, pin_memory=pin)
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+        self.replays = 0
+
+    def fits(self, feeds) -> bool:
+        return (len(feeds) <= self.max_batch and all(f.mask is None for f in feeds)
+                and max(len(f.tokens) for f in feeds) <= self.max_q)
+
+    def kv_bucket(self, n: int) -> int:
+        p = MIN_KV_BUCKET
+        while p < n:
+            p *= 2
+        bs = self.r.blocks.block_size
+        return min(-(-p // bs) * bs, self.max_kv)
+
+    def forward(self, feeds) -> torch.Tensor:
+        r, blocks = self.r, self.r.blocks
+        bs = blocks.block_size
+        B, Q = len(feeds), max(len(f.tokens) for f in feeds)
+        Bb = next(b for b in self.buckets if b >= B)
+        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
+        NB = KV // bs
+        sentinel_block = blocks.num_blocks
+        ids = np.zeros((Bb, Q), dtype=np.int64)
+        pos = np.zeros((Bb, Q), dtype=np.int64)
+        qpos = np.zeros((Bb, Q), dtype=np.int64)
+        slots = np.full((Bb, Q), blocks.sentinel_slot, dtype=np.int64)
+        tables = np.full((Bb, NB), sentinel_block, dtype=np.int64)
+        rows = []
+        for b, f in enumerate(feeds):
+            n = len(f.tokens)
+            end = f.start + n
+            if end > r.max_model_len:
+                raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={r.max_model_len}")
+            table = np.asarray(blocks.ensure(f.seq_id, end), dtype=np.int64)
+            p = np.arange(f.start, end)
+            ids[b, :n] = f.tokens
+            pos[b, :n] = p if f.positions is None else f.positions
+            qpos[b, :n] = p
+            slots[b, :n] = table[p // bs] * bs + p % bs
+            tables[b, : min(len(table), NB)] = table[:NB]
+            rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
+        m = Bb * Q
+        self._stage(np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()]), m, Bb * NB)
+        key = (Bb, Q, KV)
+        if self.capture:
+            if key not in self.graphs:
+                self._capture(key)
+            graph, out = self.graphs[key]
+            graph.replay()
+            self.replays += 1
+        else:
+            out = self._run(Bb, Q, KV)
+        idx = torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)
+        return out[idx]
+
+    def _stage(self, host: np.ndarray, m: int, t: int) -> None:
+        st = self._staging[: len(host)]
+        st.numpy()[:] = host
+        st = st.to(self.r.device, non_blocking=True)
+        self.ids[:m].copy_(st[:m])
+        self.pos[:m].copy_(st[m:2 * m])
+        self.qpos[:m].copy_(st[2 * m:3 * m])
+        self.slots[:m].copy_(st[3 * m:4 * m])
+        self.tables[:t].copy_(st[4 * m:4 * m + t])
+
+    def _run(self, Bb: int, Q: int, KV: int) -> torch.Tensor:
+        m, NB = Bb * Q, KV // self.r.blocks.block_size
+        return self.r.model.forward_padded(
+            self.ids[:m], self.pos[:m], self.qpos[:m].view(Bb, Q), self.tables[: Bb * NB].view(Bb, NB),
+            self.slots[:m], self.r.kv_caches, KV)
+
+    def _capture(self, key) -> None:
+        Bb, Q, KV = key
+        stream = torch.cuda.Stream(self.r.device)
+        stream.wait_stream(torch.cuda.current_stream(self.r.device))
+        with torch.cuda.stream(stream):   # warm-up outside the graph (compiles, allocates workspaces)
+            for _ in range(2):
+                self._run(Bb, Q, KV)
+        torch.cuda.current_stream(self.r.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self._run(Bb, Q, KV)
+        self.pool = graph.pool()
+        self.graphs[key] = (graph, out)
+        log.info("%s: captured CUDA graph for batch %d x %d queries, KV span %d (%d graphs)",
+                 self.r.name, Bb, Q, KV, len(self.graphs))
