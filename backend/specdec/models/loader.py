@@ -112,6 +112,12 @@ def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: 
         model = LlamaForCausalLM(a, cfg, max_positions)
     model = model.to_empty(device=device)
     model.set_rotary(RotaryEmbedding(*inverse_frequencies(cfg), max_positions).to(device))
+    if getattr(cfg, "specdec_synthetic", False):        # random weights in a real shape (synthetic.py)
+        from .synthetic import init_random_
+        if a.tie_word_embeddings:
+            model.lm_head.weight = model.embed.weight
+        init_random_(model)
+        return model.to(dtype=dtype).eval()
     params = dict(model.named_parameters())
     h, kvh, d, inter = a.num_heads, a.num_kv_heads, a.head_dim, a.intermediate_size
     qkv_rows = {"q_proj": (0, h * d), "k_proj": (h * d, kvh * d), "v_proj": ((h + kvh) * d, kvh * d)}

@@ -57,6 +57,9 @@ def _package_file(alias: Alias) -> Path:
 
 def resolve(name: str) -> Path:
     """Return a local HF folder for an alias, a folder or a ``.gguf`` file; clear errors otherwise."""
+    if name.startswith("synthetic:"):
+        from .synthetic import synthetic_folder
+        return synthetic_folder(name, cache_root())
     if name in ALIASES:
         alias = ALIASES[name]
         if alias.repo_folder is not None:

@@ -1,0 +1,57 @@
+"""Synthetic-scale models: real architectures, random weights.
+
+``synthetic:llama-8b`` and ``synthetic:llama-1b`` have the shapes of Llama-3.1-8B and
+Llama-3.2-1B (no such weights exist here). They measure step times, CUDA-graph coverage and
+the fraction of the bandwidth floor honestly; acceptance-based speedups are meaningless for
+them. The folder holds config.json and a small byte-level tokenizer (token ids beyond it are
+fine: benchmarks feed token ids).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SHAPES = {
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def synthetic_folder(name: str, root: Path) -> Path:
+    shape = name.split(":", 1)[1]
+    if shape not in SHAPES:
+        raise ValueError(f"unknown synthetic model {name!r}; known: {', '.join('synthetic:' + s for s in SHAPES)}")
+    out = root / f"synthetic-{shape}"
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(SHAPES[shape], architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5,
+               max_position_embeddings=131072, rope_parameters=ROPE, head_dim=128, bos_token_id=128000,
+               eos_token_id=128001, specdec_synthetic=True)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(out)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    return out
+
+
+def init_random_(model, seed: int = 0) -> None:
+    """Fill every parameter with small normal noise (norms at 1), on its own device."""
+    import torch
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
