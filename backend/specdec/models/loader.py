@@ -110,7 +110,7 @@ def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: 
 
     with torch.device("meta"):
         model = LlamaForCausalLM(a, cfg, max_positions)
-    model = model.to_empty(device=device)
+    model = model.to(dtype=dtype).to_empty(device=device)     # allocate once, in the final dtype
     model.set_rotary(RotaryEmbedding(*inverse_frequencies(cfg), max_positions).to(device))
     if getattr(cfg, "specdec_synthetic", False):        # random weights in a real shape (synthetic.py)
         from .synthetic import init_random_
