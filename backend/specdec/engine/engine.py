@@ -74,7 +74,7 @@ class LLMEngine:
         the elementwise ops are compiled too. Called by the engine on CUDA unless eager=True."""
         from ..layers import fused
         if capture:
-            fused.enable_compile()
+            fused.enable_compile(self.device, DTYPES[self.cfg.dtype])
         for r in self.scheduler.runners:
             if isinstance(r, PagedRunner):
                 r.enable_graphs(self.cfg.max_batch_size, max(2, self.cfg.spec.k + 2), capture)

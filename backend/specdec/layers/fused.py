@@ -45,16 +45,29 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 _compiled = False
 
 
-def enable_compile() -> bool:
-    """Compile the functions above (idempotent). Returns False, with a log line, if it fails."""
+def enable_compile(device="cuda", dtype=None) -> bool:
+    """Compile the functions above (idempotent). torch.compile is lazy, so each compiled function
+    is tried once on small inputs on ``device``; any failure keeps all of them eager, logged."""
     global rms_norm, add_rms_norm, rotary, silu_mul, _compiled
     if _compiled:
         return True
+    eager = (rms_norm, add_rms_norm, rotary, silu_mul)
     try:
         opts = dict(dynamic=True, fullgraph=True)
-        rms_norm, add_rms_norm = torch.compile(rms_norm, **opts), torch.compile(add_rms_norm, **opts)
-        rotary, silu_mul = torch.compile(rotary, **opts), torch.compile(silu_mul, **opts)
-        _compiled = True
-    except Exception as e:  # pragma: no cover - depends on the toolchain
-        log.warning("torch.compile unavailable (%s); elementwise ops stay eager", e)
-    return _compiled
+        compiled = [torch.compile(fn, **opts) for fn in eager]
+        dtype = dtype or torch.bfloat16
+        x = torch.randn(3, 64, device=device, dtype=dtype)
+        w = torch.ones(64, device=device, dtype=dtype)
+        q, k = torch.randn(3, 4, 64, device=device, dtype=dtype), torch.randn(3, 2, 64, device=device, dtype=dtype)
+        cs = torch.randn(3, 1, 64, device=device, dtype=dtype)
+        compiled[0](x, w, 1e-5)
+        compiled[1](x, x, w, 1e-5)
+        compiled[2](q, k, cs, cs)
+        compiled[3](torch.randn(3, 128, device=device, dtype=dtype))
+    except Exception as e:  # depends on the toolchain (triton, a C compiler)
+        log.warning("torch.compile failed (%s: %s); elementwise ops stay eager", type(e).__name__, e)
+        return False
+    rms_norm, add_rms_norm, rotary, silu_mul = compiled
+    _compiled = True
+    log.info("elementwise ops compiled with torch.compile")
+    return True
