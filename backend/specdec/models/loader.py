@@ -15,6 +15,7 @@ import torch
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from .llama import NATIVE_ARCHITECTURES, LlamaArch, LlamaForCausalLM, architecture_of
 from .registry import resolve
+from .shared_weights import load_shared
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ def _load_generic(folder: Path, cfg, device, dtype):
     except Exception as e:
         arch = architecture_of(cfg)
         raise ValueError(f"model folder {folder}: architecture {arch!r} could not be loaded as a causal LM: {e}") from e
+    shared = load_shared(folder)                          # a distilled draft borrows its target's embeddings
+    if shared:
+        model.load_state_dict({k: v.to(dtype) for k, v in shared.items()}, strict=False)
+        model.tie_weights()
     return model.to(device).eval()
 
 
@@ -145,6 +150,9 @@ def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: 
                 if name not in params:
                     continue
                 put(name, sf.get_tensor(key), rows)
+    for key, tensor in load_shared(folder).items():     # a distilled draft borrows its target's embeddings
+        name, rows = _map_key(key, qkv_rows, inter)
+        put(name, tensor, rows)
     if "lm_head.weight" not in loaded:
         model.lm_head.weight = model.embed.weight       # tied embeddings
     missing = [n for n in params if n != "lm_head.weight" and not any(x == n or x.startswith(n + "[") for x in loaded)]

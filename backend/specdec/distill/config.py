@@ -1,0 +1,75 @@
+"""The distillation run's one typed config, validated once; saved next to the checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..config import DTYPES, check_float, check_int
+
+# fields a resumed run may change; the others shape the model or the corpus it was trained on
+RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk")
+
+
+@dataclass(slots=True)
+class DistillConfig:
+    """What to distill into what, from which data, for how long.
+
+    The corpus is ``num_prompts`` built-in training prompts x (``samples`` completions sampled at
+    temperature 1 + one greedy completion), each prompt + completion at most ``seq_len`` tokens.
+    One step trains on ``batch`` of those sequences (loss on completion positions only).
+    """
+
+    out: str
+    target: str = "smollm2-135m"
+    layers: int = 4
+    steps: int = 1000
+    batch: int = 32
+    seq_len: int = 512
+    lr: float = 5e-4
+    warmup: int | None = None           # None = min(100, steps // 10)
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    dtype: str | None = None            # None = bfloat16 on CUDA, float32 elsewhere (autocast dtype)
+    save_every: int = 200
+    num_prompts: int | None = None      # None = all built-in training prompts
+    samples: int = 2
+    gen_batch: int = 64
+    train_embeddings: bool = False      # False: embeddings/LM head frozen, shared with the target
+    save_dtype: str = "bfloat16"
+    loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int("layers", self.layers, 1, 256)
+        check_int("steps", self.steps, 1)
+        check_int("batch", self.batch, 1)
+        check_int("seq_len", self.seq_len, 8)
+        check_float("lr", self.lr, 0.0, 1.0, lo_open=True)
+        if self.warmup is not None:
+            check_int("warmup", self.warmup, 0, self.steps)
+        check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_int("save_every", self.save_every, 1)
+        if self.num_prompts is not None:
+            check_int("num_prompts", self.num_prompts, 1)
+        check_int("samples", self.samples, 0, 64)
+        check_int("gen_batch", self.gen_batch, 1, 1024)
+        check_int("loss_chunk", self.loss_chunk, 1)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.save_dtype not in DTYPES:
+            raise ValueError(f"save_dtype={self.save_dtype!r} is not one of {DTYPES}")
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(100, self.steps // 10)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,168 @@
+"""Training text: the target's own completions of the built-in prompts, and the batches cut from them.
+
+The corpus is generated once per output folder with specdec's engine (mode "ar", batched):
+for every prompt one greedy completion (the trajectories temperature-0 decoding follows) and
+``samples`` completions at temperature 1 (the target's distribution). It is saved with the
+settings that produced it, so a resumed run reuses it instead of generating it again.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import DistillConfig
+from .prompts import TRAIN_PROMPTS
+
+log = logging.getLogger(__name__)
+
+MIN_COMPLETION = 8     # prompts longer than seq_len - MIN_COMPLETION tokens are skipped
+
+
+@dataclass
+class Corpus:
+    sequences: list[list[int]]          # prompt + completion token ids, each <= seq_len
+    prompt_lens: list[int]              # loss covers the positions that predict the completion
+    settings: dict = field(default_factory=dict)
+    gen_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"sequences": self.sequences, "prompt_lens": self.prompt_lens, "settings": self.settings,
+                    "gen_seconds": self.gen_seconds}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Corpus":
+        d = torch.load(path, weights_only=True)
+        return cls(d["sequences"], d["prompt_lens"], d["settings"], d.get("gen_seconds", 0.0))
+
+
+def corpus_settings(cfg: DistillConfig) -> dict:
+    """What the corpus depends on; a saved corpus is reused only when these match."""
+    return {"target": cfg.target, "num_prompts": cfg.num_prompts, "samples": cfg.samples,
+            "seq_len": cfg.seq_len, "seed": cfg.seed, "prompts": len(TRAIN_PROMPTS)}
+
+
+def training_prompts(cfg: DistillConfig) -> list[str]:
+    if cfg.num_prompts is None or cfg.num_prompts >= len(TRAIN_PROMPTS):
+        return list(TRAIN_PROMPTS)
+    return random.Random(cfg.seed).sample(TRAIN_PROMPTS, cfg.num_prompts)
+
+
+def load_or_generate(cfg: DistillConfig, path: Path) -> Corpus:
+    settings = corpus_settings(cfg)
+    if path.exists():
+        corpus = Corpus.load(path)
+        if corpus.settings == settings:
+            log.info("reusing the corpus in %s (%d sequences)", path, len(corpus))
+            return corpus
+        log.warning("the corpus in %s was made with other settings; generating a new one", path)
+    corpus = generate_corpus(cfg)
+    corpus.settings = settings
+    corpus.save(path)
+    return corpus
+
+
+def generate_corpus(cfg: DistillConfig) -> Corpus:
+    """Sample the corpus from the target with the engine (all requests in flight, gen_batch at a time)."""
+    from .. import LLM, SamplingParams
+
+    block = 16
+    llm = LLM(cfg.target, mode="ar", device=cfg.device, dtype=cfg.compute_dtype, max_batch_size=cfg.gen_batch,
+              max_model_len=cfg.seq_len, block_size=block, seed=cfg.seed,
+              num_kv_blocks=cfg.gen_batch * math.ceil((cfg.seq_len + 2) / block) + 1)
+    chat = llm.tokenizer.chat_template is not None
+    encoded = []
+    for text in training_prompts(cfg):
+        ids = llm.encode(text, SamplingParams(chat=chat))
+        if len(ids) <= cfg.seq_len - MIN_COMPLETION:
+            encoded.append(ids)
+    if not encoded:
+        raise ValueError(f"seq_len={cfg.seq_len} is too short for every training prompt "
+                         f"(each needs its tokens + {MIN_COMPLETION})")
+    seqs = []
+    for i, ids in enumerate(encoded):
+        for j in range(cfg.samples + 1):     # j = 0: greedy; then samples at temperature 1
+            params = SamplingParams(temperature=0.0 if j == 0 else 1.0, max_tokens=cfg.seq_len - len(ids),
+                                    seed=cfg.seed * 1_000_003 + i * 101 + j)
+            seqs.append(llm.engine.add_request(ids, params))
+    t0 = time.perf_counter()
+    with tqdm(desc="corpus", unit="tok", dynamic_ncols=True) as bar:
+        while llm.engine.has_unfinished():
+            bar.update(sum(len(o.new_token_ids) for o in llm.engine.step()))
+    seconds = time.perf_counter() - t0
+    corpus = Corpus([s.prompt_ids + s.output_ids for s in seqs], [len(s.prompt_ids) for s in seqs], gen_seconds=seconds)
+    log.info("corpus: %d sequences, %d completion tokens in %.1f s (%.0f tok/s)", len(corpus),
+             corpus.num_completion_tokens, seconds, corpus.num_completion_tokens / max(seconds, 1e-9))
+    close = getattr(llm, "close", None)
+    if close is not None:
+        close()
+    del llm, seqs
+    gc.collect()
+    if cfg.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return corpus
+
+
+class Batcher:
+    """Step s -> the same batch whether or not the run was resumed (the order depends only on the seed).
+
+    Each epoch is a seeded permutation; within groups of 32 batches the rows are sorted by length
+    so a batch pads little, then the batches are shuffled.
+    """
+
+    GROUP = 32
+
+    def __init__(self, corpus: Corpus, batch: int, seed: int):
+        if len(corpus) < batch:
+            raise ValueError(f"batch={batch} is larger than the corpus ({len(corpus)} sequences); "
+                             f"lower --batch or raise --num-prompts/--samples")
+        self.corpus, self.batch, self.seed = corpus, batch, seed
+        self.per_epoch = len(corpus) // batch
+        self._epoch, self._plan = -1, []
+
+    def _make_plan(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(len(self.corpus), generator=g)[: self.per_epoch * self.batch].tolist()
+        lengths = [len(s) for s in self.corpus.sequences]
+        batches = []
+        step = self.batch * self.GROUP
+        for i in range(0, len(perm), step):
+            rows = sorted(perm[i: i + step], key=lengths.__getitem__)
+            batches += [rows[k: k + self.batch] for k in range(0, len(rows), self.batch)]
+        return [batches[o] for o in torch.randperm(len(batches), generator=g).tolist()]
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [B, L] (right-padded with 0) and loss_mask [B, L] (True where position t's
+        prediction of token t + 1 is a completion token)."""
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._plan = epoch, self._make_plan(epoch)
+        rows = self._plan[i]
+        seqs = [self.corpus.sequences[r] for r in rows]
+        L = max(len(s) for s in seqs)
+        ids = torch.zeros((len(rows), L), dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.bool)
+        for b, (r, s) in enumerate(zip(rows, seqs)):
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, self.corpus.prompt_lens[r] - 1: len(s) - 1] = True
+        return ids, mask

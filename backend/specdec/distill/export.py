@@ -1,0 +1,52 @@
+"""Write the draft as an HF folder that ``LLM(draft=DIR)`` loads.
+
+config.json + model.safetensors + tokenizer files. A draft that shares the target's embeddings
+stores only its layers and final norm, and ``specdec_draft.json`` names the target that lends
+the rest (see :mod:`specdec.models.shared_weights`); ``standalone=True`` writes every tensor.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ..models.loader import DTYPES
+from ..models.registry import ALIASES
+from ..models.shared_weights import MANIFEST, write_manifest
+from .model import shared_tensors
+
+
+def base_name(target: str) -> str:
+    """How the manifest names the target: the alias as is, a folder as an absolute path."""
+    return target if target in ALIASES else str(Path(target).expanduser().resolve())
+
+
+def export_draft(draft, teacher, tokenizer, target: str, out: Path, save_dtype: str = "bfloat16",
+                 standalone: bool = False, info: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = DTYPES[save_dtype]
+    shared = {} if standalone else shared_tensors(draft, teacher)
+    tensors = {}
+    for name, t in draft.state_dict().items():
+        if name in shared or (name == "lm_head.weight" and draft.config.tie_word_embeddings):
+            continue
+        tensors[name] = t.detach().to("cpu", dtype).contiguous()
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    config = copy.deepcopy(draft.config)
+    config.dtype, config.use_cache = dtype, True
+    config.architectures = [type(draft).__name__]
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if shared:
+        write_manifest(out, base_name(target), shared, {"trained": info or {}})
+    elif (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()
+    return out
+
+
+def exported_bytes(out: Path) -> int:
+    return (out / "model.safetensors").stat().st_size
+

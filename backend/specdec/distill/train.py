@@ -1,0 +1,156 @@
+"""The distillation loop: minimise KL(target || draft) over the target's own completions.
+
+Per step: a batch of corpus rows ``input_ids`` [B, L] goes through the frozen teacher (no grad)
+and the draft; both final hidden states are gathered at the loss positions ([N, H], N = loss
+tokens in the batch), and the loss is the mean over those positions of
+KL(softmax(teacher logits) || softmax(draft logits)) over the full vocabulary. The [N, V]
+logits are formed ``loss_chunk`` rows at a time; with more than one chunk each chunk is
+recomputed in the backward pass instead of kept (activation checkpointing), so memory stays
+bounded at large batches.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from ..models.loader import DTYPES, load_tokenizer
+from .checkpoint import load_checkpoint, save_checkpoint, save_config, state_dir
+from .config import DistillConfig
+from .data import Batcher, load_or_generate
+from .export import export_draft, exported_bytes
+from .model import init_draft, load_teacher, num_params, trainable
+
+log = logging.getLogger(__name__)
+
+H100_BF16_FLOPS = 989e12
+ASSUMED_MFU = 0.25
+
+
+def kl_sum(h_draft: torch.Tensor, h_teacher: torch.Tensor, w_draft: torch.Tensor, w_teacher: torch.Tensor):
+    """Summed KL(p_teacher || q_draft) and top-1 agreements over rows.
+
+    h_draft, h_teacher: [n, H] final (normed) hidden states; w_draft, w_teacher: [V, H] LM heads.
+    """
+    log_q = F.linear(h_draft, w_draft).float().log_softmax(-1)              # [n, V]
+    with torch.no_grad():
+        log_p = F.linear(h_teacher, w_teacher).float().log_softmax(-1)       # [n, V]
+        agree = (log_p.argmax(-1) == log_q.argmax(-1)).sum()
+    return F.kl_div(log_q, log_p, log_target=True, reduction="sum"), agree
+
+
+def chunked_kl(h_draft, h_teacher, w_draft, w_teacher, chunk: int):
+    """kl_sum over row chunks of at most ``chunk`` rows (checkpointed when there is more than one)."""
+    n = h_draft.shape[0]
+    if n <= chunk:
+        return kl_sum(h_draft, h_teacher, w_draft, w_teacher)
+    total, agree = 0.0, 0
+    for i in range(0, n, chunk):
+        kl, a = checkpoint(kl_sum, h_draft[i: i + chunk], h_teacher[i: i + chunk], w_draft, w_teacher,
+                           use_reentrant=False)
+        total, agree = total + kl, agree + a
+    return total, agree
+
+
+def flops_per_token(teacher_layers: int, draft_layers: int, head: int, head_trained: bool) -> int:
+    """Approximate matmul FLOPs per loss token (attention scores and padding ignored): teacher forward;
+    draft forward + backward, the LM head without weight gradients unless trained; one recomputed head."""
+    teacher = 2 * (teacher_layers + head)
+    draft = 6 * draft_layers + (6 if head_trained else 4) * head
+    return teacher + draft + 2 * head
+
+
+def lr_lambda(cfg: DistillConfig):
+    warm = cfg.warmup_steps
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, cfg.steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def train(cfg: DistillConfig, report=log.info) -> Path:
+    """Run (or resume) the distillation; ``report`` receives the summary lines (the command prints them)."""
+    out = Path(cfg.out)
+    sdir = state_dir(out)
+    save_config(cfg, sdir)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    corpus = load_or_generate(cfg, sdir / "corpus.pt")
+    batcher = Batcher(corpus, cfg.batch, cfg.seed)
+
+    teacher, folder = load_teacher(cfg.target, device, cfg.compute_dtype)
+    tokenizer = load_tokenizer(folder)
+    draft = init_draft(teacher, cfg.layers, cfg.train_embeddings)
+    params = trainable(draft)
+    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    start = load_checkpoint(sdir, draft, opt, sched)
+    if start:
+        log.info("resuming at step %d of %d", start, cfg.steps)
+
+    V, H = teacher.config.vocab_size, teacher.config.hidden_size
+    head = V * H
+    t_layers, d_layers = num_params(teacher.model.layers), num_params(draft.model.layers)
+    mean_len = corpus.num_completion_tokens / len(corpus) * cfg.batch      # loss tokens per step
+    total_tokens = mean_len * (cfg.steps - start)
+    flops = total_tokens * flops_per_token(t_layers, d_layers, head, cfg.train_embeddings)
+    report(f"distill: {cfg.layers}-layer draft of {cfg.target}: {num_params(draft, True) / 1e6:.1f}M trainable params; "
+          f"corpus {len(corpus)} seqs / {corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
+          f"({batcher.per_epoch} steps per epoch)")
+    report(f"estimate: {cfg.steps - start} steps x ~{mean_len / 1e3:.1f}k loss tokens = {total_tokens / 1e6:.1f}M tokens, "
+          f"{flops / 1e15:.1f} PFLOP -> ~{flops / (H100_BF16_FLOPS * ASSUMED_MFU):.0f} s of training on one H100 "
+          f"(bf16, {ASSUMED_MFU:.0%} of peak), plus corpus generation")
+
+    autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.compute_dtype])
+                if cfg.compute_dtype != "float32" else contextlib.nullcontext())
+    info = lambda step: {"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
+                         "seq_len": cfg.seq_len, "corpus_sequences": len(corpus)}
+    bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
+    ema_loss = ema_agree = None
+    tokens_done, t_start = 0, time.perf_counter()
+    for step in range(start, cfg.steps):
+        ids, mask = batcher.get(step)
+        n = int(mask.sum())                                                      # loss tokens (CPU tensor)
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        with autocast:
+            with torch.no_grad():
+                h_t = teacher.model(input_ids=ids).last_hidden_state[mask]       # [N, H]
+            h_d = draft.model(input_ids=ids).last_hidden_state[mask]             # [N, H]
+            kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, cfg.loss_chunk)
+        loss = kl / n
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_v, agree_v = loss.item(), agree.item() / n      # host sync: once per step, for the progress bar
+        ema_loss = loss_v if ema_loss is None else 0.9 * ema_loss + 0.1 * loss_v
+        ema_agree = agree_v if ema_agree is None else 0.9 * ema_agree + 0.1 * agree_v
+        tokens_done += n
+        bar.update(1)
+        bar.set_postfix(kl=f"{ema_loss:.3f}", top1=f"{ema_agree:.1%}",
+                        tok_s=f"{tokens_done / (time.perf_counter() - t_start):.0f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(sdir, step + 1, draft, opt, sched)
+            export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(step + 1))
+    bar.close()
+    if start >= cfg.steps:
+        export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(start))
+    seconds = time.perf_counter() - t_start
+    if tokens_done:
+        report(f"trained {cfg.steps - start} steps, {tokens_done / 1e3:.0f}k loss tokens in {seconds:.0f} s "
+              f"({tokens_done / seconds:.0f} tok/s on {cfg.device}); final KL {ema_loss:.3f}, top-1 agreement {ema_agree:.1%}")
+    report(f"draft written to {out} ({exported_bytes(out) / 2**20:.1f} MiB of weights)")
+    return out
