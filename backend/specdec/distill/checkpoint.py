@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import RESUMABLE_OVERRIDES, DistillConfig
+from .config import RESUMABLE_OVERRIDES, RUN_CONTROL, DistillConfig
 
 
 def state_dir(out: Path) -> Path:
@@ -23,7 +23,8 @@ def state_dir(out: Path) -> Path:
 
 def resolve_config(given: dict, resume: bool) -> DistillConfig:
     """The run's config: ``given`` alone for a new run; for ``resume``, the saved config with the
-    fields in RESUMABLE_OVERRIDES replaced by ``given`` (others must agree with the saved run)."""
+    fields in RESUMABLE_OVERRIDES replaced by ``given`` (others must agree with the saved run) and
+    the RUN_CONTROL fields taken from ``given`` only."""
     out = Path(given["out"])
     saved_path = out / "train" / "config.json"
     if not resume:
@@ -34,10 +35,11 @@ def resolve_config(given: dict, resume: bool) -> DistillConfig:
         raise FileNotFoundError(f"--resume: no training run in {out} (expected {saved_path})")
     saved = json.loads(saved_path.read_text())
     for key, value in given.items():
-        if key in saved and key not in RESUMABLE_OVERRIDES and key != "out" and saved[key] != value:
+        if key in saved and key not in RESUMABLE_OVERRIDES + RUN_CONTROL + ("out",) and saved[key] != value:
             raise ValueError(f"--resume: {key}={value!r} differs from the saved run's {saved[key]!r}; "
                              f"only {', '.join(RESUMABLE_OVERRIDES)} may change")
     saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    saved.update({k: given.get(k) for k in RUN_CONTROL})
     saved["out"] = str(out)
     return DistillConfig.from_dict(saved)
 

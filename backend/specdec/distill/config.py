@@ -7,6 +7,8 @@ from ..config import DTYPES, check_float, check_int
 
 # fields a resumed run may change; the others shape the model or the corpus it was trained on
 RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk")
+# fields that control one invocation only (never inherited by a resumed run)
+RUN_CONTROL = ("stop_at", "time_limit")
 
 
 @dataclass(slots=True)
@@ -37,6 +39,8 @@ class DistillConfig:
     save_dtype: str = "bfloat16"
     loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
     seed: int = 0
+    stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
+    time_limit: float | None = None     # checkpoint and stop after this many seconds of training
 
     def __post_init__(self):
         check_int("layers", self.layers, 1, 256)
@@ -53,6 +57,10 @@ class DistillConfig:
         check_int("samples", self.samples, 0, 64)
         check_int("gen_batch", self.gen_batch, 1, 1024)
         check_int("loss_chunk", self.loss_chunk, 1)
+        if self.stop_at is not None:
+            check_int("stop_at", self.stop_at, 1, self.steps)
+        if self.time_limit is not None:
+            check_float("time_limit", self.time_limit, 0.0, 1e9, lo_open=True)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
         if self.save_dtype not in DTYPES:

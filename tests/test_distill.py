@@ -1,0 +1,121 @@
+"""specdec distill / acceptance on tiny random models: the distilled draft decodes exactly, its
+folder stores only what it adds, a resumed run equals an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import PROMPTS
+from specdec import LLM, SamplingParams
+from specdec.cli import main
+from specdec.distill.prompts import HELDOUT_PROMPTS, TRAIN_PROMPTS
+from specdec.models.loader import load_model
+from specdec.models.shared_weights import MANIFEST
+
+RUN = ["--layers", "1", "--batch", "2", "--seq-len", "64", "--num-prompts", "3", "--samples", "1",
+       "--save-every", "2", "--lr", "1e-3"]
+
+
+def distill(target, out, *extra):
+    assert main(["distill", "--target", str(target), "--out", str(out), *RUN, *extra]) == 0
+    return out
+
+
+def trained_state(out):
+    return torch.load(out / "train" / "checkpoint.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_llama, tmp_path_factory):
+    """4 steps in one go (checkpoints at steps 2 and 4)."""
+    return distill(tiny_llama, tmp_path_factory.mktemp("distill") / "draft", "--steps", "4")
+
+
+def test_prompt_sets_are_disjoint():
+    assert len(set(TRAIN_PROMPTS)) == len(TRAIN_PROMPTS) >= 300
+    assert not set(TRAIN_PROMPTS) & set(HELDOUT_PROMPTS)
+
+
+def test_distilled_draft_decodes_exactly(tiny_llama, distilled):
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    ar = LLM(str(tiny_llama), mode="ar").generate(PROMPTS[:4], params)
+    spec = LLM(str(tiny_llama), draft=str(distilled), mode="sync", k=3)
+    out = spec.generate(PROMPTS[:4], params)
+    assert [o.token_ids for o in out] == [o.token_ids for o in ar]
+    assert spec.metrics.drafted > 0
+
+
+def test_export_stores_only_what_the_draft_adds(tiny_llama, distilled):
+    with safe_open(str(distilled / "model.safetensors"), framework="pt") as sf:
+        keys = set(sf.keys())
+        assert {sf.get_tensor(k).dtype for k in keys} == {torch.bfloat16}
+    assert not any("embed_tokens" in k or "lm_head" in k for k in keys)
+    assert any(k.startswith("model.layers.0.") for k in keys) and "model.norm.weight" in keys
+    manifest = json.loads((distilled / MANIFEST).read_text())
+    assert manifest["base"] == str(tiny_llama.resolve())
+    assert set(manifest["shared"]) == {"model.embed_tokens.weight", "lm_head.weight"}  # the tiny target is untied
+    draft = load_model(str(distilled), torch.device("cpu"), "float32").module
+    target = load_model(str(tiny_llama), torch.device("cpu"), "float32").module
+    assert torch.equal(draft.embed.weight, target.embed.weight)
+    assert torch.equal(draft.lm_head.weight, target.lm_head.weight)
+    assert draft.num_layers == 1
+
+
+def test_borrowed_weights_are_checked(tiny_llama, distilled, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(distilled, bad, ignore=shutil.ignore_patterns("train"))
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["checksums"]["model.embed_tokens.weight"][0] += 1.0
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not the one it was trained with"):
+        load_model(str(bad), torch.device("cpu"), "float32")
+
+
+def test_resume_equals_uninterrupted_run(tiny_llama, distilled, tmp_path):
+    out = tmp_path / "draft"
+    (out / "train").mkdir(parents=True)
+    shutil.copy(distilled / "train" / "corpus.pt", out / "train" / "corpus.pt")   # same settings: reused
+    distill(tiny_llama, out, "--steps", "4", "--stop-at", "2")            # "interrupted" after step 2
+    assert trained_state(out)["step"] == 2
+    with pytest.raises(ValueError, match="--resume"):
+        distill(tiny_llama, out, "--steps", "4")
+    with pytest.raises(ValueError, match="layers"):
+        main(["distill", "--out", str(out), "--resume", "--layers", "2"])
+    assert main(["distill", "--out", str(out), "--resume"]) == 0
+    resumed, straight = trained_state(out), trained_state(distilled)
+    assert resumed["step"] == straight["step"] == 4
+    for name, value in straight["draft"].items():
+        torch.testing.assert_close(resumed["draft"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_untrained_draft_equals_self_n(tiny_llama, tmp_path):
+    """Init + export + loader: the draft before training is the target's first layer (= self:1)."""
+    from specdec.distill.export import export_draft
+    from specdec.distill.model import init_draft, load_teacher
+    from specdec.models.loader import load_tokenizer
+    teacher, folder = load_teacher(str(tiny_llama), torch.device("cpu"), "float32")
+    draft = init_draft(teacher, 1)
+    export_draft(draft, teacher, load_tokenizer(folder), str(tiny_llama), tmp_path, save_dtype="float32")
+    params = SamplingParams(max_tokens=16, ignore_eos=True)
+    counts = []
+    for d in (str(tmp_path), "self:1"):
+        llm = LLM(str(tiny_llama), draft=d, mode="sync", k=3)
+        llm.generate(PROMPTS[:3], params)
+        counts.append((llm.metrics.drafted, llm.metrics.accepted))
+    assert counts[0] == counts[1]
+
+
+def test_acceptance_command(tiny_llama, distilled, tmp_path, capsys):
+    rows_file = tmp_path / "rows.json"
+    assert main(["acceptance", "--target", str(tiny_llama), "--draft", f"{distilled},ngram", "--k", "2",
+                 "--temp", "0,0.7", "--num-prompts", "2", "--max-tokens", "6", "--json", str(rows_file)]) == 0
+    table = capsys.readouterr().out
+    assert "alpha" in table and "AR tok/s" in table
+    rows = json.loads(rows_file.read_text())
+    assert [(r["draft"], r["temp"]) for r in rows] == [(str(distilled), 0.0), (str(distilled), 0.7),
+                                                       ("ngram", 0.0), ("ngram", 0.7)]
+    assert all(0.0 <= r["alpha"] <= 1.0 and r["tok_s"] > 0 and r["ar_tok_s"] > 0 for r in rows)
