@@ -108,7 +108,7 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     flops = total_tokens * flops_per_token(t_layers, d_layers, head, cfg.train_embeddings)
     report(f"distill: {cfg.layers}-layer draft of {cfg.target}: {num_params(draft, True) / 1e6:.1f}M trainable params; "
           f"corpus {len(corpus)} seqs / {corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
-          f"({batcher.per_epoch} steps per epoch)")
+          f"({batcher.per_epoch} steps per epoch, {cfg.steps / batcher.per_epoch:.1f} epochs)")
     report(f"estimate: {cfg.steps - start} steps x ~{mean_len / 1e3:.1f}k loss tokens = {total_tokens / 1e6:.1f}M tokens, "
           f"{flops / 1e15:.1f} PFLOP -> ~{flops / (H100_BF16_FLOPS * ASSUMED_MFU):.0f} s of training on one H100 "
           f"(bf16, {ASSUMED_MFU:.0%} of peak), plus corpus generation")
@@ -122,12 +122,13 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     tokens_done, t_start = 0, time.perf_counter()
     for step in range(start, cfg.steps):
         ids, mask = batcher.get(step)
-        n = int(mask.sum())                                                      # loss tokens (CPU tensor)
-        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        rows = mask.view(-1).nonzero().squeeze(1)        # loss positions, found on the host (no device sync)
+        n = len(rows)
+        ids, rows = ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)
         with autocast:
             with torch.no_grad():
-                h_t = teacher.model(input_ids=ids).last_hidden_state[mask]       # [N, H]
-            h_d = draft.model(input_ids=ids).last_hidden_state[mask]             # [N, H]
+                h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]  # [N, H]
+            h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]        # [N, H]
             kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, cfg.loss_chunk)
         loss = kl / n
         loss.backward()
