@@ -174,7 +174,7 @@ class LLMEngine:
             d.close(send_exit)
 
     def _draft_failed(self, err: Exception) -> None:
-        log.error("draft channel failed (%s); continuing in AR mode and reconnecting in the background", err)
+        log.error("draft channel failed (%s); continuing in AR mode and reconnecting in the background", str(err))
         self.metrics.ar_fallbacks += 1
         self.detach_drafter(send_exit=False)
         if self.link is not None:

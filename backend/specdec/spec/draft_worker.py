@@ -33,7 +33,7 @@ from ..models.loader import DTYPES, LoadedModel, load_model
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from .draft_core import DraftCore
 from .messages import Command, Config, Hello
-from .transport import DRAFT_RANK, Channel, ChannelError
+from .transport import DRAFT_RANK, Channel, ChannelError, Rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def serve_draft(draft: str, device: str, dtype: str, rendezvous: str, *, target:
     model = load_draft(draft, dev, dtype, target, positions)
     worker = _Worker(model, dev, dtype, max_batch_size, max_model_len, block_size, kv_cache_memory_gib, defaults)
     log.info("draft %s loaded on %s; joining %s", draft, dev, rendezvous)
-    ch = Channel.connect(DRAFT_RANK, rendezvous, dev, channel_timeout_s, connect_timeout_s, should_stop)
+    ch = Channel.connect(Rendezvous(rendezvous, DRAFT_RANK), dev, channel_timeout_s, connect_timeout_s, should_stop)
     try:
         worker.serve(ch)
     finally:

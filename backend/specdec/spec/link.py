@@ -2,13 +2,15 @@
 
 Two ways to find the worker:
 
-* spawn (``mode="async"`` or ``"sync"`` with ``draft_process=True``, given a draft model): the
-  link starts ``python -m specdec.spec.draft_worker`` on a free local port and connects to it.
-  After a failure it kills that worker and starts a fresh one on a new port, at most
-  ``MAX_RESTARTS`` times.
-* remote (``draft="remote:tcp://HOST:PORT"``): a worker is, or will be, listening there (the
-  Triton ``draft`` model). The link hosts the rendezvous and waits as long as it takes; after
-  a failure it hosts the same rendezvous again, for the worker's next ``serve_draft`` call.
+* spawn (``mode="async"`` with a draft model): the link picks a free local port and starts
+  ``python -m specdec.spec.draft_worker`` pointing at it. After a failure it kills that worker
+  and starts a fresh one at the same rendezvous, at most ``MAX_RESTARTS`` times.
+* remote (``draft="remote:tcp://HOST:PORT"``): a worker is, or will be, connecting there (the
+  Triton ``draft`` model). The link waits as long as it takes; after a failure it waits at the
+  same rendezvous for the worker's next ``serve_draft`` call.
+
+In both cases the engine hosts the rendezvous's TCPStore for its whole life; each connection
+uses a new key generation (transport.Rendezvous), so nothing stale is ever read.
 
 The connecting thread only produces a :class:`Channel`; the engine's ``step()`` thread takes
 it (``take``), does the CONFIG/HELLO handshake and owns it from then on (attach_drafter).
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .transport import TARGET_RANK, Channel, free_port
+from .transport import TARGET_RANK, Channel, Rendezvous, free_port
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,10 @@ class DraftLink:
                  timeout_s: float = 120.0):
         if (rendezvous is None) == (spawn is None):
             raise ValueError("give exactly one of rendezvous (remote worker) or spawn (local worker)")
+        if rendezvous is None:
+            rendezvous = f"tcp://{spawn.host}:{free_port(spawn.host)}"
         self.device, self.rendezvous, self.spawn, self.timeout_s = device, rendezvous, spawn, timeout_s
+        self.meeting = Rendezvous(rendezvous, TARGET_RANK)
         self.proc: subprocess.Popen | None = None
         self.restarts = -1                             # spawns after the first
         self.error: str | None = None                  # set when the link gave up
@@ -113,6 +118,7 @@ class DraftLink:
         if ch is not None:
             ch.close()
         self._end_proc(grace_s)
+        self.meeting.store = None                      # stop hosting the rendezvous
 
     # --- connecting thread ------------------------------------------------------------------
     def _end_proc(self, grace_s: float) -> None:
@@ -138,12 +144,11 @@ class DraftLink:
                     log.error(self.error)
                     return
                 self.restarts += 1
-                rendezvous = f"tcp://{self.spawn.host}:{free_port(self.spawn.host)}"
                 proc = self.proc = subprocess.Popen(self.spawn.command(rendezvous))
                 log.info("started draft worker %d at %s", proc.pid, rendezvous)
             gone = (lambda: self._stop.is_set() or (proc is not None and proc.poll() is not None))
             try:
-                ch = Channel.connect(TARGET_RANK, rendezvous, self.device, self.timeout_s,
+                ch = Channel.connect(self.meeting, self.device, self.timeout_s,
                                      STARTUP_TIMEOUT_S if proc is not None else None, gone)
             except Exception as e:                     # worker died while loading, timeout, port taken, ...
                 if self._stop.is_set():

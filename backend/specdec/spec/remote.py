@@ -189,5 +189,5 @@ class RemoteDrafter:
                 self.ch.send(Exit())
             except ChannelError as e:
                 log.info("draft worker gone before EXIT: %s", e)
-        self.ch.close()
+        self.ch.close(finish=send_exit)
 

@@ -1,16 +1,17 @@
 """The target <-> draft channel: torch.distributed point-to-point between two processes.
 
 Rendezvous ``tcp://HOST:PORT``: the target (rank 0) hosts a ``TCPStore`` there and the draft
-(rank 1) connects to it. Each side first publishes its device through the store, so both
-pick the same backend: NCCL when both sides are CUDA devices (different GPUs), Gloo
+(rank 1) connects to it (:class:`Rendezvous`). Each side first publishes its device through the
+store, so both pick the same backend: NCCL when both sides are CUDA devices (different GPUs), Gloo
 otherwise (tensors then cross through host memory). Then ``init_process_group(backend,
 store=..., rank, world_size=2, device_id=...)`` joins the default group; one channel per
 process at a time.
 
 Framing: header int64[3] = (command, n_ints, n_floats), then the int64 payload, then the
 float32 payload when there is one. Sends are ``isend``: Gloo's ``send`` blocks until the peer
-posts its receive, which would stall the target while the draft builds its tree. Handles are
-kept until complete, so a tensor is never freed mid-send.
+posts its receive, which would stall the target while the draft builds its tree. Handles (and
+their tensors) are kept until a message comes back from the peer: the peer handles messages
+in order and answers only after reading everything sent before, so they are complete then.
 
 Failure: any error of the backend (peer gone, timeout) is raised as :class:`ChannelError`.
 With NCCL, a dead peer is noticed through the process-group timeout; we default
@@ -70,57 +71,96 @@ def choose_backend(mine: dict, theirs: dict) -> str:
     return "nccl" if both_cuda and not same_gpu else "gloo"
 
 
-class Channel:
-    """One end of the channel. ``connect`` blocks until the peer has joined (or ``should_stop``)."""
+class Rendezvous:
+    """The TCPStore at tcp://HOST:PORT. The target (rank 0) hosts it for as long as it wants a draft,
+    so a worker that comes back finds it at the same address. Every connection takes a fresh
+    *generation* of keys: the target bumps ``specdec/gen``, one worker claims that generation,
+    both publish their device under it and build the process group under it; stale keys of an
+    earlier connection are never read."""
 
-    def __init__(self, rank: int, backend: str, device: torch.device, store):
-        self.rank, self.peer = rank, 1 - rank
-        self.backend = backend
-        self.device = device                                   # where this side computes
-        self.xfer = device if backend == "nccl" else torch.device("cpu")
-        self._store = store
-        self._pending: list[tuple[object, torch.Tensor]] = []
-        self.closed = False
+    def __init__(self, url: str, rank: int):
+        self.url, self.rank = url, rank
+        self.host, self.port = parse_rendezvous(url)
+        self.store = None
+        self._taken = 0                   # worker: a generation some other worker claimed
 
-    @classmethod
-    def connect(cls, rank: int, rendezvous: str, device: torch.device, timeout_s: float = 120.0,
-                connect_timeout_s: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> "Channel":
-        """Join the rendezvous as ``rank``; raises TimeoutError after connect_timeout_s (None = never)."""
-        if dist.is_initialized():
-            raise RuntimeError("this process already has a torch.distributed default group; "
-                               "a draft channel needs its own process (close the other LLM first)")
-        host, port = parse_rendezvous(rendezvous)
-        deadline = None if connect_timeout_s is None else time.monotonic() + connect_timeout_s
-        poll = datetime.timedelta(seconds=_POLL_S)
-        mine = _device_info(device)
-        store = None
+    def _open(self):
+        if self.store is None:            # the target binds; a worker connects (raises while nobody listens)
+            self.store = dist.TCPStore(self.host, self.port, 2, self.rank == TARGET_RANK,
+                                       timeout=datetime.timedelta(seconds=_POLL_S), wait_for_workers=False)
+        return self.store
+
+    def handshake(self, mine: dict, should_stop: Callable[[], bool], deadline: float | None) -> tuple[str, dict]:
+        """Meet the peer; returns (key prefix of this connection, the peer's device info)."""
+        gen, warned = None, False
         while True:
             if should_stop():
                 raise TimeoutError("connection cancelled")
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no peer joined {rendezvous} within {connect_timeout_s:.0f} s")
+                raise TimeoutError(f"no peer joined {self.url} in time")
             try:
-                if store is None:
-                    store = dist.TCPStore(host, port, 2, rank == TARGET_RANK, timeout=poll, wait_for_workers=False)
-                    store.set(f"specdec/dev{rank}", json.dumps(mine))
-                if store.check([f"specdec/dev{1 - rank}"]):
-                    theirs = json.loads(store.get(f"specdec/dev{1 - rank}"))
-                    break
-            except (RuntimeError, dist.DistError) as e:    # not there yet, or the target restarted its store
-                if rank == DRAFT_RANK:
-                    store = None
-                log.debug("waiting for the peer at %s: %s", rendezvous, e)
+                store = self._open()
+                if gen is None:
+                    gen = self._generation(store, mine)
+                if gen is not None:
+                    other = f"specdec/{gen}/dev{1 - self.rank}"
+                    if store.check([other]):
+                        return f"specdec/{gen}/", json.loads(store.get(other))
+            except (RuntimeError, dist.DistError) as e:     # nobody listening yet, or the target restarted
+                if self.rank == DRAFT_RANK:
+                    self.store, gen = None, None
+                    log.debug("waiting for the target at %s: %s", self.url, e)
+                elif self.store is None and not warned:         # the target cannot bind: say so once
+                    warned = True
+                    log.warning("cannot host the draft rendezvous %s (retrying): %s", self.url, e)
             time.sleep(0.05)
+
+    def _generation(self, store, mine: dict) -> int | None:
+        if self.rank == TARGET_RANK:
+            gen = store.add("specdec/gen", 1)
+        else:
+            gen = store.add("specdec/gen", 0)
+            if gen == 0 or gen == self._taken:
+                return None                                   # no target yet / wait for its next generation
+            if store.add(f"specdec/{gen}/claims", 1) != 1:
+                self._taken = gen                             # another worker has it (or had it)
+                return None
+        store.set(f"specdec/{gen}/dev{self.rank}", json.dumps(mine))
+        return gen
+
+
+class Channel:
+    """One end of the channel. ``connect`` blocks until the peer has joined (or ``should_stop``)."""
+
+    def __init__(self, rank: int, backend: str, device: torch.device):
+        self.rank, self.peer = rank, 1 - rank
+        self.backend = backend
+        self.device = device                                   # where this side computes
+        self.xfer = device if backend == "nccl" else torch.device("cpu")
+        self._pending: list[tuple[object, torch.Tensor]] = []
+        self.closed = False
+
+    @classmethod
+    def connect(cls, rendezvous: Rendezvous, device: torch.device, timeout_s: float = 120.0,
+                connect_timeout_s: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> "Channel":
+        """Join as ``rendezvous.rank``; raises TimeoutError after connect_timeout_s (None = never)."""
+        if dist.is_initialized():
+            raise RuntimeError("this process already has a torch.distributed default group; "
+                               "a draft channel needs its own process (close the other LLM first)")
+        rank = rendezvous.rank
+        deadline = None if connect_timeout_s is None else time.monotonic() + connect_timeout_s
+        mine = _device_info(device)
+        prefix, theirs = rendezvous.handshake(mine, should_stop, deadline)
         backend = choose_backend(mine, theirs)
         kwargs = {}
         if backend == "nccl":
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
             torch.cuda.set_device(device)                  # the current device is per thread: set it in this one
             kwargs["device_id"] = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-        dist.init_process_group(backend, store=dist.PrefixStore("specdec/pg", store), rank=rank, world_size=2,
-                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-        log.info("draft channel up: rank %d, %s, %s <-> %s", rank, backend, mine, theirs)
-        return cls(rank, backend, device, store)
+        dist.init_process_group(backend, store=dist.PrefixStore(prefix + "pg", rendezvous.store), rank=rank,
+                                world_size=2, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        log.info("draft channel up (%s): rank %d, %s, %s <-> %s", prefix.rstrip("/"), rank, backend, mine, theirs)
+        return cls(rank, backend, device)
 
     # --- messages ---------------------------------------------------------------------------
     def send(self, msg) -> None:
@@ -129,15 +169,18 @@ class Channel:
         parts = [header, torch.from_numpy(np.ascontiguousarray(ints, dtype=np.int64))]
         if floats is not None:
             parts.append(floats.detach().to(torch.float32).contiguous())
+        err = None
         try:
-            self._reap()
             for t in parts:
                 t = t.to(self.xfer, non_blocking=True)
                 self._pending.append((dist.isend(t, self.peer), t))
         except Exception as e:   # the backend raises RuntimeError / DistError subclasses
-            raise ChannelError(f"send {msg.command.name} failed: {e}") from e
+            err = f"send {msg.command.name} failed: {e}"
+        if err is not None:      # raised outside the handler: no chained traceback holding the group
+            raise ChannelError(err)
 
     def recv(self):
+        err = None
         try:
             header = torch.empty(3, dtype=torch.int64, device=self.xfer)
             dist.recv(header, self.peer)
@@ -149,26 +192,33 @@ class Channel:
                 floats = torch.empty(nf, dtype=torch.float32, device=self.xfer)
                 dist.recv(floats, self.peer)
             command = Command(cmd)
+            self._reap()
         except Exception as e:
-            raise ChannelError(f"receive failed: {e}") from e
+            err = f"receive failed: {e}"
+        if err is not None:
+            raise ChannelError(err)
         return decode(command, ints.cpu().numpy(), floats)
 
-    def _reap(self) -> None:
-        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+    def _reap(self, timeout_s: float | None = None) -> None:
+        """Finish the pending sends (Gloo only marks a send complete once waited on)."""
+        kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        pending, self._pending = self._pending, []
+        for w, _ in pending:
+            w.wait(**kw)
 
-    def close(self) -> None:
-        """Leave the group. Pending sends to a live peer get a moment to finish."""
+    def close(self, finish: bool = True) -> None:
+        """Leave the group. With ``finish``, pending sends (EXIT) get a moment to reach a live peer."""
         if self.closed:
             return
         self.closed = True
-        end = time.monotonic() + 2.0
-        while self._pending and time.monotonic() < end:
-            self._reap()
-            time.sleep(0.01)
+        if finish:
+            try:
+                self._reap(timeout_s=2.0)
+            except Exception as e:      # the peer is gone: nothing to finish
+                log.debug("pending sends at close: %s", e)
         self._pending.clear()
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
         except Exception as e:
             log.warning("destroying the draft channel's process group: %s", e)
-        self._store = None

@@ -1,0 +1,128 @@
+"""Async SSD end to end: the draft worker is a real second process over Gloo.
+
+Greedy output must equal AR for every configuration. One worker per module fixture serves
+many configurations: ``engine.update_spec`` reconfigures it in place (CONFIG message), so the
+cases below cover batch sizes {1, 2, 4, 8, 16}, K in {2, 4, 7}, F in {1, 3}, explicit hit/miss
+lists, geometric fan-out and all backups without a process per case.
+"""
+import time
+
+import pytest
+import torch
+from conftest import PROMPTS
+
+from specdec import LLM, SamplingParams
+
+MAX_TOKENS = 24
+PROMPTS16 = PROMPTS + [[(5 * i + 3) % 300 + 1 for i in range(n)] for n in range(1, 9)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two processes on two cores: one thread each keeps torch from oversubscribing the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ar_ref(tiny_llama):
+    llm = LLM(str(tiny_llama), mode="ar", max_batch_size=16)
+    outs = llm.generate(PROMPTS16, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+    return {tuple(p): o.token_ids for p, o in zip(PROMPTS16, outs)}
+
+
+# One async LLM per process at a time (its channel is the process's torch.distributed default
+# group), so the worker fixtures are class-scoped: each is closed before the next class starts.
+@pytest.fixture(scope="class")
+def ssd(tiny_llama, tiny_llama_draft):
+    """An unrelated draft (acceptance near 0): many misses, so both backups really run."""
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=7, max_batch_size=16)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="class")
+def ssd_same(tiny_llama):
+    """Draft == target: every draft token is accepted and the bonus token is always forked."""
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=4, max_batch_size=16)
+    yield llm
+    llm.close()
+
+
+BASE = dict(fan_out=3, fan_out_hit=None, fan_out_miss=None, fan_out_budget=None, backup="jit")
+CASES = [  # (batch size, spec changes, per-request K override)
+    (16, dict(k=7, fan_out=3, backup="jit"), None),
+    (8, dict(k=7, fan_out=1, backup="fast"), None),
+    (4, dict(k=4, fan_out=3, backup="fast"), None),
+    (2, dict(k=4, fan_out=1, backup="jit"), None),
+    (1, dict(k=2, fan_out=3, backup="jit"), None),
+    (16, dict(k=2, fan_out_hit=[2, 1, 3], fan_out_miss=[6, 0, 0], backup="fast"), None),
+    (8, dict(k=4, fan_out_hit=[1, 1, 1, 1, 2], fan_out_miss=[6, 0, 0, 0, 0], backup="jit"), None),
+    (16, dict(k=7, fan_out="geometric", fan_out_budget=16, backup="auto"), [None, 2, 4, 0]),
+]
+
+
+class TestUnrelatedDraft:
+    @pytest.mark.parametrize("bs,changes,per_request_k", CASES,
+                             ids=[f"bs{c[0]}-" + "-".join(f"{k}={v}" for k, v in c[1].items()) for c in CASES])
+    def test_greedy_async_matches_ar(self, ssd, ar_ref, bs, changes, per_request_k):
+        ssd.engine.update_spec(**{**BASE, **changes})
+        m = ssd.metrics
+        before = (m.cache_lookups, m.rounds)
+        prompts = PROMPTS16[:bs]
+        ks = per_request_k or [None]
+        params = [SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, num_draft_tokens=ks[i % len(ks)])
+                  for i in range(bs)]
+        outs = ssd.generate(prompts, params)
+        for p, o in zip(prompts, outs):
+            assert o.token_ids == ar_ref[tuple(p)], (changes, p)
+        assert m.cache_lookups - before[0] == m.rounds - before[1] > 0     # one lookup per speculative round
+        for o, sp in zip(outs, params):
+            st = o.stats
+            if sp.num_draft_tokens == 0:
+                assert st["rounds"] == 0 and st["cache_lookups"] == 0
+                continue
+            assert st["cache_lookups"] == st["rounds"] > 0
+            assert st["hit_tokens"] + st["miss_tokens"] == st["spec_tokens"]
+            assert "cache_hit_rate" in st and "tokens_per_round_miss" in st
+
+
+class TestSameDraft:
+    def test_draft_equal_to_target_hits_the_cache(self, ssd_same, ar_ref):
+        for k, fan in ((4, 3), (2, 1)):
+            ssd_same.engine.update_spec(**{**BASE, "k": k, "fan_out": fan})
+            m = ssd_same.metrics
+            h0, l0, a0, d0 = m.cache_hits, m.cache_lookups, m.accepted, m.drafted
+            outs = ssd_same.generate(PROMPTS16[:8], SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+            assert [o.token_ids for o in outs] == [ar_ref[tuple(p)] for p in PROMPTS16[:8]]
+            hits, lookups = m.cache_hits - h0, m.cache_lookups - l0
+            assert lookups > 0 and hits / lookups >= 0.95, (k, fan, hits, lookups)
+            assert m.accepted - a0 == m.drafted - d0 > 0              # acceptance 100%
+        s = ssd_same.metrics.summary()
+        assert s["tokens_per_round_hit"] > 2 and s["avg_draft_build_ms"] > 0 and s["avg_verify_ms"] > 0
+
+    def test_worker_crash_falls_back_to_ar_then_respawns(self, ssd_same, ar_ref):
+        eng, m = ssd_same.engine, ssd_same.metrics
+        first = eng.link.proc
+        seqs = [eng.add_request(list(p), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS]
+        for _ in range(2):
+            eng.step()
+        first.kill()                                                  # mid-stream
+        while any(not s.finished for s in seqs):
+            eng.step()
+        assert [s.output_ids for s in seqs] == [ar_ref[tuple(p)] for p in PROMPTS]
+        assert m.ar_fallbacks == 1 and any(s.stats.ar_steps for s in seqs)
+        deadline = time.monotonic() + 60
+        while eng.drafter is None:                                    # a fresh worker, same rendezvous
+            assert time.monotonic() < deadline, "no respawned worker attached"
+            eng.step()
+            time.sleep(0.05)
+        second = eng.link.proc
+        assert second.pid != first.pid
+        rounds = m.rounds
+        outs = ssd_same.generate(PROMPTS[:4], SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+        assert [o.token_ids for o in outs] == [ar_ref[tuple(p)] for p in PROMPTS[:4]] and m.rounds > rounds
+        ssd_same.close()                                              # EXIT: the worker returns, no orphan
+        assert second.poll() == 0 and first.poll() is not None and eng.link is None
