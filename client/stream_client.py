@@ -40,6 +40,7 @@ class Result:
     t_first: float | None = None
     t_end: float | None = None
     finals: int = 0
+    late: int = 0           # responses after the final one (must stay 0)
 
     @property
     def text(self) -> str:
@@ -107,13 +108,14 @@ def _is_final(result) -> bool:
 
 def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: Callable[[int, str], None] | None = None,
              cancel_after_chunks: int | None = None, timeout_s: float = 300.0, inputs: list | None = None,
-             **options) -> list[Result]:
+             drain_s: float = 0.0, **options) -> list[Result]:
     """Send every prompt at once, each on its own gRPC stream; collect the streamed responses.
 
     One stream per request because tritonclient's stream callback drops the request id of an
     error. ``inputs``: ready-made input lists (one per prompt) instead of building them from
     ``options``. ``cancel_after_chunks``: a request whose stream has delivered that many data
-    responses is cancelled (``stop_stream(cancel_requests=True)``).
+    responses is cancelled (``stop_stream(cancel_requests=True)``). ``drain_s``: keep listening
+    that long after the last final response and count what still arrives (``Result.late``).
     """
     q: queue.Queue = queue.Queue()
     results = [Result(str(i)) for i in range(len(prompts))]
@@ -134,6 +136,7 @@ def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: 
             except queue.Empty:
                 continue
             if i not in open_ids:
+                results[i].late += 1
                 continue
             r = results[i]
             if error is not None:
@@ -165,6 +168,13 @@ def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: 
                 open_ids.discard(i)
         for i in open_ids:
             results[i].error = f"no final response within {timeout_s:.0f} s"
+        end = time.monotonic() + drain_s
+        while time.monotonic() < end:
+            try:
+                i, _, _, _ = q.get(timeout=max(0.0, end - time.monotonic()))
+                results[i].late += 1
+            except queue.Empty:
+                break
     finally:
         for i, client in enumerate(clients):
             if i not in stopped:

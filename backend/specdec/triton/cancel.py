@@ -6,7 +6,9 @@ step it schedules; server#6739). The next step, ``postprocessing``, does receive
 as a cancelled request. So every chunk carries a ``cancel_key`` (this target instance's
 address, the sequence id and a per-request secret), and postprocessing, when it sees a cancelled
 request, sends that key back in one datagram. The engine thread reads its inbox every round and
-aborts those sequences like directly cancelled ones (KV blocks freed, one final CANCELLED error).
+aborts those sequences like directly cancelled ones (KV blocks freed) and ends each stream with a
+final data response (``finish_reason`` "cancelled"), not an error: in Triton 2.51 an error from
+one ensemble step while another step is in flight leaves the ensemble request in flight forever.
 
 The channel is a Linux abstract-namespace UNIX datagram socket: no file to clean up, local only.
 """

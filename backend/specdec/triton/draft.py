@@ -22,32 +22,58 @@ class DraftModel:
         self.log = pbio.setup_logging(args["model_name"])
         self.settings = s = read_settings(args)
         self.device = instance_device(args)
-        self.state = {"draft_location": s.draft_location, "draft": s.draft, "device": str(self.device)}
+        self.state = {"draft_location": s.draft_location, "draft": s.draft, "device": str(self.device),
+                      "rendezvous": s.rendezvous, "connections": 0}
+        self.stop = threading.Event()
+        self.thread = None
         if s.draft_location != "separate" or s.mode == "ar" or not s.draft:
             self.state["status"] = "idle"
             self.log.info("idle: draft_location=%s mode=%s (the target runs its draft itself, if any)",
                           s.draft_location, s.mode)
             return
-        self.state["status"] = "connecting"
         self.log.info("draft %s on %s: joining the target at %s in the background", s.draft, self.device, s.rendezvous)
         self.thread = threading.Thread(target=self._serve, name="specdec-draft", daemon=True)
         self.thread.start()
 
     def _serve(self):
+        """Serve one target connection after another until finalize (a failed channel is retried)."""
         s = self.settings
         try:
             if self.device.type == "cuda":
                 import torch
                 torch.cuda.set_device(self.device)          # per thread: set it here, not in initialize
             from ..spec.draft_worker import serve_draft
-            self.state["status"] = "serving"
-            serve_draft(s.draft, str(self.device), s.dtype, s.rendezvous, target=s.target,
-                        max_batch_size=s.engine_max_batch_size, max_model_len=s.max_model_len or None,
-                        k=s.k, fan_out=s.fan_out)
-            self.state["status"] = "stopped"
+            from ..spec.transport import ChannelError
         except Exception as e:      # the target notices the missing draft and serves AR
-            self.state["status"] = f"failed: {type(e).__name__}: {e}"
-            self.log.error("draft worker failed (the target serves AR): %s: %s", type(e).__name__, e)
+            self._failed(e)
+            return
+        fan_out = int(s.fan_out) if s.fan_out.isdigit() else s.fan_out
+        while not self.stop.is_set():
+            self.state["status"] = "waiting for the target"
+            try:
+                serve_draft(s.draft, str(self.device), s.dtype, s.rendezvous, target=s.target,
+                            max_batch_size=s.engine_max_batch_size, max_model_len=s.max_model_len or None,
+                            connect_timeout_s=None, should_stop=self.stop.is_set, k=s.k, fan_out=fan_out)
+                self.state["connections"] += 1
+                self.log.info("draft: the target closed the channel (EXIT); waiting for the next connection")
+            except ChannelError as e:
+                self.state["connections"] += 1
+                self.log.warning("draft channel failed (%s); serving the next connection", e)
+            except TimeoutError:
+                continue
+            except Exception as e:
+                self._failed(e)
+                return
+        self.state["status"] = "stopped"
+
+    def _failed(self, e: Exception) -> None:
+        self.state["status"] = f"failed: {type(e).__name__}: {e}"
+        self.log.error("draft worker failed (the target serves AR): %s: %s", type(e).__name__, e)
+
+    def finalize(self):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(10)
 
     def execute(self, requests):
         pb_utils = pbio.pb()

@@ -31,7 +31,8 @@ class PostprocessingModel:
                 key = get("cancel_key")
                 if key is not None:
                     notify_cancelled(key.reshape(-1)[0].decode())
-                responses.append(pbio.error_response("CANCELLED", "request was cancelled"))
+                # a normal (empty) response, not an error: see TargetService._check_cancelled
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pbio.string_tensor("text_output", "")]))
                 continue
             try:
                 ids = get("output_ids").reshape(-1).tolist()

@@ -160,23 +160,30 @@ class TargetService:
         self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, new_secret())
 
     def _check_cancelled(self) -> None:
-        cancelled = set()
+        reported = set()          # cancelled inside the ensemble, reported by postprocessing
         if self.cancel_inbox is not None:
             for sid, secret in self.cancel_inbox.poll():
                 a = self._active.get(sid)
                 if a is not None and a.secret == secret:
-                    cancelled.add(sid)
+                    reported.add(sid)
+        direct = set()            # a cancelled request to this model
         for sid, a in self._active.items():
             try:
-                if a.handle.is_cancelled():
-                    cancelled.add(sid)
+                if sid not in reported and a.handle.is_cancelled():
+                    direct.add(sid)
             except Exception:      # the client is gone; treat it as a cancellation
-                cancelled.add(sid)
-        for sid in cancelled:
+                direct.add(sid)
+        for sid in reported | direct:
             a = self._active.pop(sid)
             self.engine.abort(a.seq, "cancelled")      # frees its KV blocks
             log.info("request %d cancelled after %d tokens", sid, len(a.seq.output_ids))
-            self._outbox.put((a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"), True))
+            if sid in direct:
+                self._outbox.put((a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"), True))
+            else:
+                # Inside the ensemble the final message is a data response: an error from this step
+                # while postprocessing steps are in flight leaves the ensemble request in flight
+                # forever in Triton 2.51 (its ensemble scheduler stops counting steps after an error).
+                self._outbox.put((a.handle, Chunk([], 0, 0, True, finish_reason="cancelled"), True))
 
     def _emit(self, out) -> None:
         a = self._active.get(out.seq.seq_id)

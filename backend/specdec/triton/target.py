@@ -133,3 +133,4 @@ class TargetModel:
     def finalize(self):
         self.log.info("shutting down: %d active requests get a final UNAVAILABLE error", self.service.num_active)
         self.service.shutdown()
+        self.engine.close()            # EXIT to a draft worker, if any
