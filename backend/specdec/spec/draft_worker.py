@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CPU_KV_BUDGET_GIB = 1.0
 WARN_EVERY_S = 30.0
+_LOADED: dict[tuple, LoadedModel] = {}         # the last loaded draft of this process
 
 
 def load_draft(draft: str, device: torch.device, dtype: str, target: str | None = None,
@@ -165,7 +166,11 @@ def serve_draft(draft: str, device: str, dtype: str, rendezvous: str, *, target:
     if num_threads:
         torch.set_num_threads(num_threads)
     positions = None if max_model_len is None else max_model_len + 2 * MAX_K + 2
-    model = load_draft(draft, dev, dtype, target, positions)
+    key = (draft, str(dev), dtype, target, positions)
+    model = _LOADED.get(key)
+    if model is None:                               # kept across calls: a reconnect does not reload
+        _LOADED.clear()
+        model = _LOADED[key] = load_draft(draft, dev, dtype, target, positions)
     worker = _Worker(model, dev, dtype, max_batch_size, max_model_len, block_size, kv_cache_memory_gib, defaults)
     log.info("draft %s loaded on %s; joining %s", draft, dev, rendezvous)
     ch = Channel.connect(Rendezvous(rendezvous, DRAFT_RANK), dev, channel_timeout_s, connect_timeout_s, should_stop)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ class SpawnArgs:
     host: str = "127.0.0.1"
 
     def command(self, rendezvous: str) -> list[str]:
-        cmd = [sys.executable, "-m", "specdec.spec.draft_worker", "--draft", self.draft, "--device", self.device,
+        cmd = [python_executable(), "-m", "specdec.spec.draft_worker", "--draft", self.draft, "--device", self.device,
                "--dtype", self.dtype, "--rendezvous", rendezvous, "--max-batch-size", str(self.max_batch_size),
                "--block-size", str(self.block_size), "--parent-pid", str(os.getpid()),
                "--log-level", logging.getLevelName(logging.getLogger("specdec").getEffectiveLevel())]
@@ -59,6 +60,15 @@ class SpawnArgs:
         if self.num_threads:
             cmd += ["--num-threads", str(self.num_threads)]
         return cmd
+
+
+def python_executable() -> str:
+    """The interpreter to start the worker with. Embedded interpreters (Triton's python backend stub)
+    may report their host binary as sys.executable; fall back to the base interpreter or PATH."""
+    for exe in (sys.executable, getattr(sys, "_base_executable", None), shutil.which("python3")):
+        if exe and os.path.basename(exe).startswith("python"):
+            return exe
+    raise RuntimeError("no Python interpreter found to start the draft worker; set draft='remote:...' instead")
 
 
 class DraftLink:
