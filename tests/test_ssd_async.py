@@ -45,8 +45,9 @@ def ssd(tiny_llama, tiny_llama_draft):
 
 @pytest.fixture(scope="class")
 def ssd_same(tiny_llama):
-    """Draft == target: every draft token is accepted and the bonus token is always forked."""
-    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=4, max_batch_size=16)
+    """Draft == target: every draft token is accepted and the bonus token is always forked. The
+    target's KV pool is small (12 blocks of 16 tokens), so sequences get preempted and re-prefilled."""
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=4, max_batch_size=16, num_kv_blocks=12)
     yield llm
     llm.close()
 
@@ -89,6 +90,17 @@ class TestUnrelatedDraft:
             assert "cache_hit_rate" in st and "tokens_per_round_miss" in st
 
 
+    @pytest.mark.parametrize("backup", ["jit", "fast"])
+    def test_mixed_greedy_and_sampled_rows(self, ssd, ar_ref, backup):
+        """Greedy rows verify against one-hot q next to sampled rows in the same rounds."""
+        ssd.engine.update_spec(**{**BASE, "k": 4, "backup": backup})
+        params = [SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, temperature=0.9 * (i % 2)) for i in range(16)]
+        outs = ssd.generate(PROMPTS16, params)
+        for i in range(0, 16, 2):
+            assert outs[i].token_ids == ar_ref[tuple(PROMPTS16[i])]
+        assert all(len(o.token_ids) == MAX_TOKENS for o in outs)
+
+
 class TestSameDraft:
     def test_draft_equal_to_target_hits_the_cache(self, ssd_same, ar_ref):
         for k, fan in ((4, 3), (2, 1)):
@@ -100,6 +112,7 @@ class TestSameDraft:
             hits, lookups = m.cache_hits - h0, m.cache_lookups - l0
             assert lookups > 0 and hits / lookups >= 0.95, (k, fan, hits, lookups)
             assert m.accepted - a0 == m.drafted - d0 > 0              # acceptance 100%
+        assert m.preemptions > 0
         s = ssd_same.metrics.summary()
         assert s["tokens_per_round_hit"] > 2 and s["avg_draft_build_ms"] > 0 and s["avg_verify_ms"] > 0
 
