@@ -89,6 +89,8 @@ class LLM:
         if len(plist) != len(prompts):
             raise ValueError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
         seqs = [self._add(p, sp) for p, sp in zip(prompts, plist)]
+        for s in seqs:
+            s.stream_text = False          # text is decoded once, at the end
         while any(not s.finished for s in seqs):
             self.engine.step()
         return [self._output(s) for s in seqs]

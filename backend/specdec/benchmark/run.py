@@ -119,7 +119,7 @@ def bench(a) -> dict:
         temp = val if sweep_key == "temp" else a.temp
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s", mode, k, b, temp)
-        run_once(llm, prompt_ids[: min(b, len(prompt_ids))], a.output_len, temp, k, None)   # captures the shapes
+        run_once(llm, prompt_ids, a.output_len, temp, k, None)   # same shapes: graphs captured before timing
         if profile is not None:
             profile.append({"run": f"{mode} k={k} b={b} temp={temp}"})
         res = run_once(llm, prompt_ids, a.output_len, temp, k, profile)

@@ -35,13 +35,10 @@ class GraphRunner:
         self.max_blocks = self.max_kv // bs
         dev = runner.device
         n = max_batch * max_q
-        self.ids = torch.zeros(n, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(n, dtype=torch.long, device=dev)
-        self.qpos = torch.zeros(n, dtype=torch.long, device=dev)
-        self.slots = torch.zeros(n, dtype=torch.long, device=dev)
-        self.tables = torch.zeros(max_batch * self.max_blocks, dtype=torch.long, device=dev)
-        pin = dev.type == "cuda"
-        self._staging = torch.zeros(4 * n + max_batch * self.max_blocks, dtype=torch.long, pin_memory=pin)
+        # one static buffer; each (batch, queries) shape uses views at its own offsets, so a step
+        # is ONE host-to-device copy: [ids | RoPE positions | storage positions | slots | tables]
+        self.buf = torch.zeros(4 * n + max_batch * self.max_blocks, dtype=torch.long, device=dev)
+        self._staging = torch.zeros_like(self.buf, device="cpu", pin_memory=dev.type == "cuda")
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
         self.replays = 0
@@ -85,7 +82,10 @@ class GraphRunner:
             tables[b, : min(len(table), NB)] = table[:NB]
             rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
         m = Bb * Q
-        self._stage(np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()]), m, Bb * NB)
+        host = np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()])
+        st = self._staging[: len(host)]
+        st.numpy()[:] = host          # safe to reuse: every step ends with a host sync on its output
+        self.buf[: len(host)].copy_(st, non_blocking=True)
         key = (Bb, Q, KV)
         if self.capture:
             if key not in self.graphs:
@@ -95,24 +95,19 @@ class GraphRunner:
             self.replays += 1
         else:
             out = self._run(Bb, Q, KV)
+        if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
+            return out[: len(rows)]
         idx = torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)
         return out[idx]
 
-    def _stage(self, host: np.ndarray, m: int, t: int) -> None:
-        st = self._staging[: len(host)]
-        st.numpy()[:] = host
-        st = st.to(self.r.device, non_blocking=True)
-        self.ids[:m].copy_(st[:m])
-        self.pos[:m].copy_(st[m:2 * m])
-        self.qpos[:m].copy_(st[2 * m:3 * m])
-        self.slots[:m].copy_(st[3 * m:4 * m])
-        self.tables[:t].copy_(st[4 * m:4 * m + t])
+    def _views(self, Bb: int, Q: int, KV: int):
+        m, NB = Bb * Q, KV // self.r.blocks.block_size
+        b = self.buf
+        return (b[:m], b[m:2 * m], b[2 * m:3 * m].view(Bb, Q), b[4 * m:4 * m + Bb * NB].view(Bb, NB), b[3 * m:4 * m])
 
     def _run(self, Bb: int, Q: int, KV: int) -> torch.Tensor:
-        m, NB = Bb * Q, KV // self.r.blocks.block_size
-        return self.r.model.forward_padded(
-            self.ids[:m], self.pos[:m], self.qpos[:m].view(Bb, Q), self.tables[: Bb * NB].view(Bb, NB),
-            self.slots[:m], self.r.kv_caches, KV)
+        ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)
+        return self.r.model.forward_padded(ids, pos, qpos, tables, slots, self.r.kv_caches, KV)
 
     def _capture(self, key) -> None:
         Bb, Q, KV = key

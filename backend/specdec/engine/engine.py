@@ -24,6 +24,7 @@ from ..models.loader import DTYPES, LoadedModel, eos_token_ids, has_tokenizer, l
 from ..spec.drafters import ModelDrafter, NgramDrafter, SamplingRows
 from ..spec.transport import ChannelError
 from ..spec.verify import greedy_accept_length, verify
+from ..layers.sampling import sample_from_probs
 from .detokenizer import IncrementalDetokenizer
 from .hf_runner import HFRunner
 from .metrics import EngineMetrics, Timer
@@ -288,7 +289,6 @@ class LLMEngine:
     def _sample(self, rows: SamplingRows, logits: torch.Tensor) -> torch.Tensor:
         if rows.all_greedy:
             return logits.argmax(-1)
-        from ..layers.sampling import sample_from_probs
         return sample_from_probs(rows.probs(logits), rows.uniforms(1)[:, 0])
 
     def _decode(self) -> list[StepOutput]:
@@ -317,6 +317,13 @@ class LLMEngine:
                  for b, s in enumerate(seqs)]
         logits = self.runner.forward(feeds)                       # [sum(num + 1), V]
         Kv = max(num)
+        if Kv == 0:         # plain AR round: sample straight from p_0 (same uniform as verify would use)
+            if rows.all_greedy:
+                tok = logits.argmax(-1)
+            else:
+                tok = sample_from_probs(rows.probs(logits), rows.uniforms(self.k + 1)[:, self.k])
+            acc, rec = [0] * B, tok.tolist()                      # host sync: the step's tokens
+            return self._finish_round(seqs, num, drafts, acc, rec, t0, t1)
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
         draft_tokens = draft_tokens[:, :Kv]
         num_t = torch.tensor(num, device=self.device)
@@ -329,6 +336,11 @@ class LLMEngine:
             u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
             accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
         acc, rec = accepted.tolist(), recovery.tolist()           # host sync: the round's outcome
+        return self._finish_round(seqs, num, drafts, acc, rec, t0, t1)
+
+    def _finish_round(self, seqs, num, drafts, acc, rec, t0, t1) -> list[StepOutput]:
+        """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats."""
+        m = self.metrics
         t2 = self.timer.now()
         m.verify_time += t2 - t1
         m.verify_steps += 1
@@ -396,9 +408,10 @@ class LLMEngine:
             if len(s.output_ids) >= p.max_tokens or len(s) >= self.max_model_len:
                 reason = "length"
                 break
-        if not p.stop:
-            s.detok.push(emitted, final=reason is not None)
-        elif reason is not None and not by_string:
+        if not p.stop and (s.stream_text or reason is not None):
+            # ids not yet turned into text (all of them, for a request nobody streams)
+            s.detok.push(s.output_ids[len(s.detok.ids):], final=reason is not None)
+        elif p.stop and reason is not None and not by_string:
             s.detok.push([], final=True)
         text = s.detok.text
         end = len(text) if reason is not None else len(text) - _held_back(text, p.stop)

@@ -73,6 +73,7 @@ class Sequence:
     first_token_time: float | None = None
     detok: object = None             # IncrementalDetokenizer, set by the engine
     emitted_chars: int = 0           # characters of detok.text already streamed
+    stream_text: bool = True         # False: decode the text once at the end (nobody reads deltas)
 
     def __post_init__(self):
         if self.params.seed is not None:

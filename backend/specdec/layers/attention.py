@@ -31,6 +31,7 @@ class AttnContext:
     mask: torch.Tensor | None         # [B, 1, max_q, max_kv] bool (True = visible) or None
     max_kv: int
     is_causal: bool = False           # single fresh prefill: SDPA's causal path, no mask tensor
+    grouped: tuple | None = None      # (g, mask with rows repeated g times), cached for all layers
 
 
 def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], block_tables: list[list[int]],
@@ -111,15 +112,34 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
 def torch_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           ctx: AttnContext, scale: float) -> torch.Tensor:
-    """q [T, H, D] -> [T, H, D], attending over the cache (already holding this step's K/V)."""
+    """q [T, H, D] -> [T, H, D], attending over the cache (already holding this step's K/V).
+
+    Grouped-query attention without copying K/V per query head: the g = H / KVH query heads that
+    share a KV head become g times more query rows of that head ([B, KVH, Q * g, D]), so SDPA
+    runs plain multi-head attention (on CUDA: the memory-efficient kernel, which takes a mask)."""
     B = ctx.block_tables.shape[0]
     _, bs, kvh, d = k_cache.shape
-    keys = k_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]    # [B, L, KVH, D]
-    vals = v_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv]
-    qb = q.view(B, -1, *q.shape[1:]) if ctx.q_index is None else q[ctx.q_index]   # [B, max_q, H, D]
-    out = F.scaled_dot_product_attention(
-        qb.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
-        attn_mask=ctx.mask, is_causal=ctx.is_causal, scale=scale,
-        enable_gqa=q.shape[1] != kvh)                                         # [B, H, max_q, D]
-    out = out.transpose(1, 2).reshape(-1, q.shape[1], d)
+    h = q.shape[1]
+    keys = k_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)   # [B, KVH, L, D]
+    vals = v_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)
+    qb = q.view(B, -1, h, d) if ctx.q_index is None else q[ctx.q_index]                     # [B, Q, H, D]
+    Q, g = qb.shape[1], h // kvh
+    if ctx.is_causal or g == 1:
+        out = F.scaled_dot_product_attention(qb.transpose(1, 2), keys, vals, attn_mask=ctx.mask,
+                                             is_causal=ctx.is_causal, scale=scale, enable_gqa=g > 1)
+        out = out.transpose(1, 2)                                                            # [B, Q, H, D]
+    else:
+        qg = qb.view(B, Q, kvh, g, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, Q * g, d)     # row = query * g + head
+        out = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=_grouped_mask(ctx, g), scale=scale)
+        out = out.view(B, kvh, Q, g, d).permute(0, 2, 1, 3, 4)                              # [B, Q, KVH, g, D]
+    out = out.reshape(-1, h, d)
     return out if ctx.out_index is None else out[ctx.out_index]
+
+
+def _grouped_mask(ctx: AttnContext, g: int) -> torch.Tensor | None:
+    """The mask with each query row repeated g times; built once per forward, shared by all layers."""
+    if ctx.mask is None:
+        return None
+    if ctx.grouped is None or ctx.grouped[0] != g:
+        ctx.grouped = (g, ctx.mask.repeat_interleave(g, dim=2))
+    return ctx.grouped[1]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from . import fused
-
 
 def inverse_frequencies(hf_config) -> tuple[torch.Tensor, float]:
     """[head_dim // 2] float32 inverse frequencies and the attention scaling factor."""
@@ -38,8 +36,6 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, H, D]; k [T, KVH, D] -> rotated q, k (same dtype)."""
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)        # [T, 1, D]
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return fused.rotary(q, k, cos, sin)
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, D] for positions [T]: done once per forward, shared by every layer."""
+        return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)

@@ -74,18 +74,17 @@ class LlamaArch:
 
 
 class Attention(nn.Module):
-    def __init__(self, a: LlamaArch, rotary: RotaryEmbedding):
+    def __init__(self, a: LlamaArch):
         super().__init__()
         self.h, self.kvh, self.d = a.num_heads, a.num_kv_heads, a.head_dim
         self.qkv = nn.Linear(a.hidden_size, (self.h + 2 * self.kvh) * self.d, bias=a.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, a.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.d, a.rms_norm_eps) if a.qk_norm else None
         self.k_norm = RMSNorm(self.d, a.rms_norm_eps) if a.qk_norm else None
-        self.rotary = rotary
         self.scale = self.d ** -0.5
 
-    def forward(self, x, positions, ctx: AttnContext, kv_cache: torch.Tensor):
-        """x [T, hidden]; kv_cache [2, num_blocks, block_size, KVH, D]."""
+    def forward(self, x, rope, ctx: AttnContext, kv_cache: torch.Tensor):
+        """x [T, hidden]; rope = (cos, sin) [T, 1, D]; kv_cache [2, num_blocks, block_size, KVH, D]."""
         qkv = self.qkv(x)
         q, k, v = qkv.split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], dim=-1)
         q = q.view(-1, self.h, self.d)
@@ -93,7 +92,7 @@ class Attention(nn.Module):
         v = v.view(-1, self.kvh, self.d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        q, k = fused.rotary(q, k, *rope)
         write_kv(kv_cache[0], kv_cache[1], k, v, ctx.slot_mapping)
         o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
         return self.o_proj(o.reshape(-1, self.h * self.d))
@@ -110,20 +109,20 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, a: LlamaArch, rotary: RotaryEmbedding):
+    def __init__(self, a: LlamaArch):
         super().__init__()
         self.input_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.attn = Attention(a, rotary)
+        self.attn = Attention(a)
         self.post_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
         self.mlp = MLP(a)
 
-    def forward(self, x, residual, positions, ctx, kv_cache):
+    def forward(self, x, residual, rope, ctx, kv_cache):
         """Residual stream kept apart so each add is fused with the norm after it."""
         if residual is None:
             h, residual = self.input_norm(x), x
         else:
             h, residual = self.input_norm.add_forward(x, residual)
-        h, residual = self.post_norm.add_forward(self.attn(h, positions, ctx, kv_cache), residual)
+        h, residual = self.post_norm.add_forward(self.attn(h, rope, ctx, kv_cache), residual)
         return self.mlp(h), residual
 
 
@@ -134,14 +133,12 @@ class LlamaForCausalLM(nn.Module):
         inv_freq, scaling = inverse_frequencies(hf_config)
         self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
         self.embed = nn.Embedding(a.vocab_size, a.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(a, self.rotary) for _ in range(a.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(a) for _ in range(a.num_layers))
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
         self.lm_head = nn.Linear(a.hidden_size, a.vocab_size, bias=False)
 
     def set_rotary(self, rotary: RotaryEmbedding) -> None:
         self.rotary = rotary
-        for layer in self.layers:
-            layer.attn.rotary = rotary
 
     @property
     def num_layers(self) -> int:
@@ -154,8 +151,9 @@ class LlamaForCausalLM(nn.Module):
         Returns float32 logits [N, V] for the rows in logits_index (all rows if None).
         """
         x, residual = self.embed(input_ids), None
+        rope = self.rotary.lookup(positions, x.dtype)
         for layer, cache in zip(self.layers, kv_caches):
-            x, residual = layer(x, residual, positions, ctx, cache)
+            x, residual = layer(x, residual, rope, ctx, cache)
         if logits_index is not None:
             x, residual = x[logits_index], residual[logits_index]
         return self.lm_head(self.norm.add_forward(x, residual)[0]).float()

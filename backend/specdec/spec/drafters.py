@@ -29,24 +29,37 @@ class Proposal:
 
 
 class SamplingRows:
-    """Per-row sampling parameters as tensors, and uniform draws from each row's random stream."""
+    """Per-row sampling parameters as tensors, and uniform draws from each row's random stream.
+
+    The parameter tensors are built on first use: an all-greedy batch never needs them."""
 
     def __init__(self, seqs: list[Sequence], device, engine_gen: torch.Generator):
-        ps = [s.params for s in seqs]
         self.seqs, self.device, self.engine_gen = seqs, device, engine_gen
-        self.temperature = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=device)
-        self.top_k = torch.tensor([p.top_k for p in ps], dtype=torch.int64, device=device)
-        self.top_p = torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device)
-        self.all_greedy = all(p.greedy for p in ps)
+        self.all_greedy = all(s.params.greedy for s in seqs)
+        self._t = None
+
+    def _tensors(self):
+        if self._t is None:
+            ps = [s.params for s in self.seqs]
+            host = torch.tensor([[p.temperature, p.top_k, p.top_p] for p in ps], dtype=torch.float64)
+            host = host.to(self.device, non_blocking=True)
+            self._t = (host[:, 0].float(), host[:, 1].long(), host[:, 2].float())
+        return self._t
+
+    @property
+    def temperature(self):
+        return self._tensors()[0]
+
+    @property
+    def top_k(self):
+        return self._tensors()[1]
+
+    @property
+    def top_p(self):
+        return self._tensors()[2]
 
     def select(self, rows: list[int]) -> "SamplingRows":
-        sub = object.__new__(SamplingRows)
-        sub.seqs = [self.seqs[r] for r in rows]
-        sub.device, sub.engine_gen = self.device, self.engine_gen
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        sub.temperature, sub.top_k, sub.top_p = self.temperature[idx], self.top_k[idx], self.top_p[idx]
-        sub.all_greedy = all(s.params.greedy for s in sub.seqs)
-        return sub
+        return SamplingRows([self.seqs[r] for r in rows], self.device, self.engine_gen)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, V] or [B, n, V] (row b uses sequence b's parameters)."""
