@@ -1,0 +1,60 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine (Debian's docker-compose)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    out = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "--profile", "bench", "config"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+def test_triton_service(compose):
+    t = compose["services"]["triton"]
+    assert sorted(p["target"] if isinstance(p, dict) else int(str(p).split(":")[-1]) for p in t["ports"]) == [8000, 8001, 8002]
+    assert t["shm_size"] and t["ulimits"]["memlock"] == -1 and t["ulimits"]["stack"] == 67108864
+    (dev,) = t["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["capabilities"] == ["gpu"] and dev["device_ids"] == ["0", "1"]
+    cmd = " ".join(t["command"]) if isinstance(t["command"], list) else t["command"]
+    assert "--target-gpu 0" in cmd and "--draft-gpu 1" in cmd
+    check = " ".join(t["healthcheck"]["test"])
+    assert "curl -f" in check and "/v2/health/ready" in check and "grep" not in check   # status code, not body
+
+
+def test_bench_profile_runs_perf_analyzer_from_the_sdk_image(compose):
+    b = compose["services"]["bench"]
+    assert b["profiles"] == ["bench"] and re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3-sdk", b["image"])
+    assert b["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert "perf_sweep.py" in b["command"] if isinstance(b["command"], str) else "perf_sweep.py" in " ".join(b["command"])
+
+
+def test_mounted_paths_exist(compose):
+    mounts = [v for s in compose["services"].values() for v in s.get("volumes", [])]
+    assert mounts
+    for v in mounts:
+        source = v["source"] if isinstance(v, dict) else v.split(":")[0]
+        assert Path(source).exists(), f"{source} (mounted by docker-compose.yml) does not exist"
+    assert any(str(ROOT / "model_repository") == (v["source"] if isinstance(v, dict) else v.split(":")[0]) for v in mounts)
+
+
+def test_dockerfile_base_image_and_python():
+    text = (ROOT / "Dockerfile").read_text()
+    tag = re.search(r"ARG TRITON_TAG=(\d\d)\.(\d\d)", text)
+    assert tag and (int(tag.group(1)), int(tag.group(2))) >= (24, 11)      # Python 3.12 images
+    assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in text
+    for needle in ("torch==", "flash-attn", 'pip install -e ".[serve]"', "specdec"):
+        assert needle in text
