@@ -16,6 +16,8 @@ SHAPES = {
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, head_dim=64),
     "llama-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
 }
@@ -31,8 +33,8 @@ def synthetic_folder(name: str, root: Path) -> Path:
     if (out / "config.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(SHAPES[shape], architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5,
-               max_position_embeddings=131072, rope_parameters=ROPE, head_dim=128, bos_token_id=128000,
+    cfg = dict(dict(head_dim=128), **SHAPES[shape], architectures=["LlamaForCausalLM"], model_type="llama",
+               rms_norm_eps=1e-5, max_position_embeddings=131072, rope_parameters=ROPE, bos_token_id=128000,
                eos_token_id=128001, specdec_synthetic=True)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -1,0 +1,54 @@
+"""Where a decode step's time goes: kernels per step, GPU time per step, host time per step.
+
+python bench/gpu/profile_step.py --target synthetic:smollm2-135m [--mode sync --draft ... --k 4] [--b 1]
+"""
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from specdec import LLM, SamplingParams
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="synthetic:smollm2-135m")
+    ap.add_argument("--draft", default=None)
+    ap.add_argument("--mode", default="ar")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--b", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--eager", action="store_true")
+    a = ap.parse_args()
+    llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device="cuda:0", dtype="bfloat16",
+              max_batch_size=a.b, max_model_len=2048, eager=a.eager)
+    eng = llm.engine
+    prompts = [[1 + i, 2, 3, 4, 5, 6, 7, 8] for i in range(a.b)]
+    params = SamplingParams(max_tokens=a.steps * 3 + 20, ignore_eos=True)
+    for p in prompts:
+        eng.add_request(p, params)
+    for _ in range(20):                       # prefill + warm-up steps (captures graphs)
+        eng.step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    n0 = eng.metrics.decode_tokens
+    for _ in range(a.steps):
+        eng.step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t) / a.steps
+    toks = (eng.metrics.decode_tokens - n0) / a.steps
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            eng.step()
+        torch.cuda.synchronize()
+    ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    kernels = sum(e.count for e in ev) / 10
+    gpu_ms = sum(e.self_device_time_total for e in ev) / 10 / 1e3
+    print(f"{a.target} {a.mode} b={a.b}: {1e3 * wall:.3f} ms/step wall, {toks:.2f} tokens/step, "
+          f"{toks / wall:.0f} tok/s; GPU busy {gpu_ms:.3f} ms/step in {kernels:.0f} kernels/step")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
