@@ -38,7 +38,12 @@ class GraphRunner:
         # one static buffer; each (batch, queries) shape uses views at its own offsets, so a step
         # is ONE host-to-device copy: [ids | RoPE positions | storage positions | slots | tables]
         self.buf = torch.zeros(4 * n + max_batch * self.max_blocks, dtype=torch.long, device=dev)
-        self._staging = torch.zeros_like(self.buf, device="cpu", pin_memory=dev.type == "cuda")
+        # pinned staging buffers in a ring: steps may be queued without a host sync in between
+        # (the draft loop), so a buffer is reused only once the copy that read it has run
+        pin = dev.type == "cuda"
+        self._ring = [torch.zeros_like(self.buf, device="cpu", pin_memory=pin) for _ in range(4 if pin else 1)]
+        self._ring_events = [None] * len(self._ring)
+        self._ring_pos = 0
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
         self.replays = 0
@@ -54,7 +59,7 @@ class GraphRunner:
         bs = self.r.blocks.block_size
         return min(-(-p // bs) * bs, self.max_kv)
 
-    def forward(self, feeds) -> torch.Tensor:
+    def forward(self, feeds, device_tokens=None) -> torch.Tensor:
         r, blocks = self.r, self.r.blocks
         bs = blocks.block_size
         B, Q = len(feeds), max(len(f.tokens) for f in feeds)
@@ -71,6 +76,9 @@ class GraphRunner:
         for b, f in enumerate(feeds):
             n = len(f.tokens)
             end = f.start + n
+            if f.dummy:                       # padding row: sentinel slot, position 0
+                rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
+                continue
             if end > r.max_model_len:
                 raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={r.max_model_len}")
             table = np.asarray(blocks.ensure(f.seq_id, end), dtype=np.int64)
@@ -83,9 +91,18 @@ class GraphRunner:
             rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
         m = Bb * Q
         host = np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()])
-        st = self._staging[: len(host)]
-        st.numpy()[:] = host          # safe to reuse: every step ends with a host sync on its output
+        slot = self._ring_pos = (self._ring_pos + 1) % len(self._ring)
+        if self._ring_events[slot] is not None:
+            self._ring_events[slot].synchronize()       # host waits only if that old copy is still queued
+        st = self._ring[slot][: len(host)]
+        st.numpy()[:] = host
         self.buf[: len(host)].copy_(st, non_blocking=True)
+        if self.r.device.type == "cuda":
+            ev = self._ring_events[slot] = torch.cuda.Event()
+            ev.record()
+        if device_tokens is not None:         # tokens sampled on the device: no host round trip
+            dt, col0 = device_tokens
+            self.buf[:m].view(Bb, Q)[:B, col0:col0 + dt.shape[1]].copy_(dt[:, : Q - col0])
         key = (Bb, Q, KV)
         if self.capture:
             if key not in self.graphs:

@@ -10,6 +10,9 @@ Data flow of one step (see sequence.py for the commit convention):
   AR), verification picks (k, t*), and the host commits 1 + k tokens per row.
 * Device inputs are built per forward from the feeds (runner.py); the only host syncs are
   the ones that bring sampled tokens back, each marked where it happens.
+* SSD (mode "async") and ``draft="remote:..."``: the drafter is a RemoteDrafter talking to a
+  draft worker process (spec/remote.py, spec/link.py); it is attached once the worker has
+  joined and detached on a channel failure (AR from then on, committed tokens kept).
 """
 from __future__ import annotations
 
@@ -190,6 +193,7 @@ class LLMEngine:
         if "draft" in changes and changes["draft"] != self.cfg.spec.draft:
             raise ValueError("the draft itself cannot change; build a new LLM")
         spec = dataclasses.replace(self.cfg.spec, **changes)
+        dataclasses.replace(self.cfg, spec=spec)         # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = spec
         if self.drafter is not None:
             self.k = spec.k
@@ -301,48 +305,54 @@ class LLMEngine:
         kl = [ks[s.seq_id] for s in seqs]
         B, K = len(seqs), max(kl)
         rows = SamplingRows(seqs, self.device, self.generator)
-        t0 = self.timer.now()
+        timer = self.timer
+        t0, w0 = timer.mark(), timer.now()
         if K > 0:
             prop = self.drafter.propose(seqs, kl, rows)
             num = prop.num
             draft_tokens = prop.tokens.to(self.device)
-            drafts = draft_tokens.tolist()                 # host sync: the verify feed is built on the host
-            t1 = self.timer.now()
-            m.draft_time += t1 - t0
-            m.draft_steps += 1
         else:
-            num, drafts, t1 = [0] * B, [[] for _ in range(B)], t0
+            num = [0] * B
             draft_tokens = torch.zeros((B, 0), dtype=torch.long, device=self.device)
-        feeds = [Feed(s.seq_id, [s.last_token] + drafts[b][: num[b]], len(s) - 1, num_logits=num[b] + 1)
-                 for b, s in enumerate(seqs)]
-        logits = self.runner.forward(feeds)                       # [sum(num + 1), V]
+        t1 = timer.mark()
         Kv = max(num)
+        # verify feed [last, d1..dk]: the drafts stay on the device (host lists hold placeholders)
+        feeds = [Feed(s.seq_id, [s.last_token] + [0] * num[b], len(s) - 1, num_logits=num[b] + 1)
+                 for b, s in enumerate(seqs)]
+        draft_tokens = draft_tokens[:, :Kv]
+        logits = self.runner.forward(feeds, (draft_tokens, 1) if Kv else None)   # [sum(num + 1), V]
         if Kv == 0:         # plain AR round: sample straight from p_0 (same uniform as verify would use)
             if rows.all_greedy:
                 tok = logits.argmax(-1)
             else:
                 tok = sample_from_probs(rows.probs(logits), rows.uniforms(self.k + 1)[:, self.k])
-            acc, rec = [0] * B, tok.tolist()                      # host sync: the step's tokens
-            return self._finish_round(seqs, num, drafts, acc, rec, t0, t1)
+            t2 = timer.mark()
+            rec = tok.tolist()                                    # host sync: the step's tokens
+            return self._finish_round(seqs, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
-        draft_tokens = draft_tokens[:, :Kv]
         num_t = torch.tensor(num, device=self.device)
         if rows.all_greedy:
             argmax = padded.argmax(-1)                            # [B, Kv + 1]
             accepted = greedy_accept_length(draft_tokens, argmax, num_t)
             recovery = argmax.gather(1, accepted[:, None]).squeeze(1)
         else:
-            q = None if K == 0 or prop.probs is None else prop.probs[:, :Kv].to(self.device)
+            q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
             u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
             accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
-        acc, rec = accepted.tolist(), recovery.tolist()           # host sync: the round's outcome
-        return self._finish_round(seqs, num, drafts, acc, rec, t0, t1)
+        t2 = timer.mark()
+        flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
+        acc, rec = flat[:B], flat[B:2 * B]
+        drafts = [flat[2 * B + b * Kv: 2 * B + b * Kv + num[b]] for b in range(B)]
+        return self._finish_round(seqs, num, drafts, acc, rec, (t0, t1, t2, w0))
 
-    def _finish_round(self, seqs, num, drafts, acc, rec, t0, t1) -> list[StepOutput]:
+    def _finish_round(self, seqs, num, drafts, acc, rec, marks) -> list[StepOutput]:
         """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats."""
-        m = self.metrics
-        t2 = self.timer.now()
-        m.verify_time += t2 - t1
+        m, timer = self.metrics, self.timer
+        t0, t1, t2, w0 = marks
+        if any(num):
+            m.draft_time += timer.seconds(t0, t1)
+            m.draft_steps += 1
+        m.verify_time += timer.seconds(t1, t2)
         m.verify_steps += 1
         outs = []
         for b, s in enumerate(seqs):
@@ -367,7 +377,7 @@ class LLMEngine:
             m.decode_tokens += len(out.new_token_ids)
             outs.append(out)
         m.decode_steps += 1
-        m.decode_time += self.timer.now() - t0
+        m.decode_time += timer.now() - w0
         return outs
 
     def _pad_rows(self, logits: torch.Tensor, num: list[int], Kv: int) -> torch.Tensor:

@@ -47,9 +47,12 @@ class HFRunner:
         self.reserved.pop(seq_id, None)
 
     @torch.inference_mode()
-    def forward(self, feeds: list[Feed]) -> torch.Tensor:
+    def forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
         out = []
-        for f in feeds:
+        for b, f in enumerate(feeds):
+            if f.dummy:                        # placeholder row: no cache is touched
+                out.append(torch.zeros((f.num_logits, self.vocab_size), device=self.device))
+                continue
             if f.mask is not None or f.positions is not None:
                 raise NotImplementedError("the generic HF path has no custom masks or positions (tree decode)")
             end = f.start + len(f.tokens)
@@ -65,6 +68,9 @@ class HFRunner:
             if have != f.start:
                 raise RuntimeError(f"sequence {f.seq_id}: cache holds {have} tokens, feed starts at {f.start}")
             ids = torch.tensor([f.tokens], dtype=torch.long, device=self.device)
+            if device_tokens is not None:
+                dt, col0 = device_tokens
+                ids[0, col0:] = dt[b, : len(f.tokens) - col0]
             pos = torch.arange(f.start, end, device=self.device)[None]
             logits = self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[0]
             self.reserved[f.seq_id] = max(self.reserved.get(f.seq_id, 0), end)

@@ -55,12 +55,23 @@ class EngineMetrics:
 
 
 class Timer:
-    """Wall-clock timer for engine phases. Every phase ends in a host sync that it needs anyway
-    (the ``.tolist()`` that brings sampled tokens to the host), so a plain clock read after it
-    covers the device work queued by the phase; no extra synchronisation is added."""
+    """Phase timing without host syncs. ``mark()`` records a CUDA event on the device's stream (a
+    wall-clock read on the CPU); ``seconds(a, b)`` is read after the step's own sync (the
+    ``.tolist()`` that brings tokens to the host), when both marks have completed."""
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.cuda = device.type == "cuda"
 
     def now(self) -> float:
         return time.perf_counter()
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(torch.cuda.current_stream(self.device))
+        return ev
+
+    def seconds(self, a, b) -> float:
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a

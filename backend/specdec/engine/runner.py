@@ -34,6 +34,25 @@ class Feed:
     num_logits: int = 1                       # logits for the last num_logits tokens (0 = none)
     positions: list[int] | None = None        # RoPE positions when they differ from storage positions
     mask: torch.Tensor | None = None          # [len(tokens), start + len(tokens)] bool, custom visibility
+    dummy: bool = False                       # a placeholder row: writes nowhere (sentinel slot), output unused
+
+
+DeviceTokens = tuple  # (tensor [B, Qd] on the runner's device, col0): feed b's tokens[col0:] come from row b
+
+
+def place_device_tokens(input_ids: torch.Tensor, feeds: list[Feed], device_tokens) -> None:
+    """Overwrite host placeholders in the flat input_ids [T] with tokens that live on the device."""
+    dt, col0 = device_tokens
+    dst, src, row = [], [], 0
+    for b, f in enumerate(feeds):
+        n = len(f.tokens)
+        for j in range(col0, n):
+            dst.append(row + j)
+            src.append(b * dt.shape[1] + j - col0)
+        row += n
+    if dst:
+        idx = torch.tensor([dst, src], dtype=torch.long).to(input_ids.device, non_blocking=True)
+        input_ids[idx[0]] = dt.reshape(-1)[idx[1]]
 
 
 class PagedRunner:
@@ -74,11 +93,15 @@ class PagedRunner:
 
     # --- forward --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, feeds: list[Feed]) -> torch.Tensor:
-        """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order."""
+    def forward(self, feeds: list[Feed], device_tokens: DeviceTokens | None = None) -> torch.Tensor:
+        """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order.
+
+        device_tokens = (tensor [B, Qd], col0): feed b's tokens from column col0 on are read from
+        row b of that device tensor (its host list holds placeholders), so a caller can feed
+        tokens sampled on the device without a host sync."""
         if self.graph is not None:
             if self.graph.fits(feeds):
-                return self.graph.forward(feeds)
+                return self.graph.forward(feeds, device_tokens)
             if max(len(f.tokens) for f in feeds) <= self.graph.max_q:   # decode-shaped, yet eager
                 reason = "custom attention mask" if any(f.mask is not None for f in feeds) else "batch above the largest bucket"
                 if reason not in self.eager_fallbacks:
@@ -91,23 +114,29 @@ class PagedRunner:
         for f in feeds:
             n = len(f.tokens)
             end = f.start + n
-            if end > self.max_model_len:
-                raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={self.max_model_len}")
-            table = self.blocks.ensure(f.seq_id, end)
-            p = np.arange(f.start, end)
+            if f.dummy:          # one query at the sentinel slot, attending to itself only
+                table, p, end = [self.blocks.num_blocks], np.zeros(n, dtype=np.int64), n
+                slots.append(np.full(n, self.blocks.sentinel_slot, dtype=np.int64))
+            else:
+                if end > self.max_model_len:
+                    raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={self.max_model_len}")
+                table = self.blocks.ensure(f.seq_id, end)
+                p = np.arange(f.start, end)
+                slots.append(np.asarray(table, dtype=np.int64)[p // bs] * bs + p % bs)
             ids.append(np.asarray(f.tokens, dtype=np.int64))
             pos.append(p if f.positions is None else np.asarray(f.positions, dtype=np.int64))
-            slots.append(np.asarray(table, dtype=np.int64)[p // bs] * bs + p % bs)
             logit_rows.append(np.arange(row + n - f.num_logits, row + n))
             row += n
             q_lens.append(n)
             kv_lens.append(end)
-            q_starts.append(f.start)
+            q_starts.append(0 if f.dummy else f.start)
             tables.append(table)
             masks.append(f.mask)
         slot_mapping = torch.from_numpy(np.concatenate(slots))
         ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks)
         input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
+        if device_tokens is not None:
+            place_device_tokens(input_ids, feeds, device_tokens)
         positions = torch.from_numpy(np.concatenate(pos)).to(self.device, non_blocking=True)
         index = np.concatenate(logit_rows)
         logits_index = None if len(index) == row else torch.from_numpy(index).to(self.device, non_blocking=True)

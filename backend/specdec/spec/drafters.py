@@ -70,6 +70,15 @@ class SamplingRows:
                                      rep(self.top_p)).view(B, n, V)
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
 
+    def uniforms_per_row(self, counts: list[int], width: int) -> torch.Tensor:
+        """[B, width] uniforms; row b draws counts[b] values (zeros after), so a seeded request's
+        stream advances by its own draft count, whatever else shares the batch."""
+        out = torch.zeros((len(self.seqs), width))
+        for b, s in enumerate(self.seqs):
+            if counts[b]:
+                out[b, : counts[b]] = torch.rand(counts[b], generator=s.generator or self.engine_gen)
+        return out.to(self.device, non_blocking=True)
+
     def uniforms(self, n: int) -> torch.Tensor:
         """[B, n] uniforms: seeded requests draw from their own generator, the rest share the engine's."""
         B = len(self.seqs)
@@ -92,8 +101,8 @@ class ModelDrafter:
         self.vocab_size = target_vocab or runner.vocab_size
         self.target_device = target_device
 
-    def _logits(self, feeds: list[Feed]) -> torch.Tensor:
-        logits = self.runner.forward(feeds)
+    def _logits(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
+        logits = self.runner.forward(feeds, device_tokens)
         if self.target_device is not None and logits.device != self.target_device:
             logits = logits.to(self.target_device)
         V = logits.shape[-1]
@@ -104,31 +113,31 @@ class ModelDrafter:
         return logits
 
     def propose(self, seqs: list[Sequence], ks: list[int], sampling: SamplingRows) -> Proposal:
+        """K steps with no host sync: step i > 0 reads step i-1's tokens on the device. Every row runs
+        every step (rows already done are placeholder rows) so that shapes stay fixed for CUDA graphs."""
         B, K = len(seqs), max(ks)
         dev = sampling.device
         tokens = torch.zeros((B, K), dtype=torch.long, device=dev)
         # greedy drafts are one-hot, which verify() assumes when probs is None
         probs = None if sampling.all_greedy else torch.zeros((B, K, self.vocab_size), dtype=torch.float32, device=dev)
-        rows = [b for b in range(B) if ks[b] > 0]
-        prev: dict[int, int] = {}
+        u = None if sampling.all_greedy else sampling.uniforms_per_row(ks, K)             # [B, K]
+        prev = None
         for i in range(K):
-            rows = [b for b in rows if ks[b] > i]
-            if not rows:
-                break
             if i == 0:   # catch up on everything the draft has not seen, ending with the last token
-                feeds = [Feed(seqs[b].seq_id, seqs[b].token_ids[seqs[b].draft_cached:], seqs[b].draft_cached) for b in rows]
+                feeds = [Feed(s.seq_id, s.token_ids[s.draft_cached:], s.draft_cached) if ks[b] else
+                         Feed(s.seq_id, [0], 0, dummy=True) for b, s in enumerate(seqs)]
+                logits = self._logits(feeds)                                           # [B, V]
             else:
-                feeds = [Feed(seqs[b].seq_id, [prev[b]], len(seqs[b]) - 1 + i) for b in rows]
-            logits = self._logits(feeds)                                           # [len(rows), V]
-            sub = sampling.select(rows) if len(rows) != B else sampling
-            q = sub.probs(logits)
-            tok = sample_from_probs(q, sub.uniforms(1)[:, 0])
-            idx = torch.tensor(rows, device=dev)
-            tokens[idx, i] = tok
-            if probs is not None:
-                probs[idx, i] = q
-            for b, t in zip(rows, tok.tolist()):   # host sync: the next step's feed is built on the host
-                prev[b] = t
+                feeds = [Feed(s.seq_id, [0], len(s) - 1 + i, dummy=ks[b] <= i) for b, s in enumerate(seqs)]
+                logits = self._logits(feeds, (prev[:, None], 0))
+            if probs is None:
+                tok = logits.argmax(-1)
+            else:
+                q = sampling.probs(logits)
+                tok = sample_from_probs(q, u[:, i])
+                probs[:, i] = q
+            tokens[:, i] = tok
+            prev = tok.to(self.runner.device, non_blocking=True)
         for b in range(B):
             if ks[b] > 0:
                 seqs[b].draft_cached = len(seqs[b]) - 1 + ks[b]
