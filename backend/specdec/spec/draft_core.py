@@ -89,7 +89,8 @@ class DraftCore(CacheBuilder):
         probs = probs_from_logits(logits, temp, torch.tensor([s.top_k for s in seqs], device=dev),
                                   torch.tensor([s.top_p for s in seqs], dtype=torch.float32, device=dev))
         if self.cfg.sampler_x is not None and self.cfg.async_mode:
-            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64, device=dev), self.cfg.sampler_x)
+            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64, device=dev), self.cfg.sampler_x,
+                                    max(top, default=0))
         u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
         return sample_from_probs(probs, u), probs
 

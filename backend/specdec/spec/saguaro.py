@@ -11,19 +11,23 @@ from __future__ import annotations
 import torch
 
 
-def saguaro_rescale(probs: torch.Tensor, top: torch.Tensor, c: float) -> torch.Tensor:
+def saguaro_rescale(probs: torch.Tensor, top: torch.Tensor, c: float, width: int | None = None) -> torch.Tensor:
     """Multiply the ``top[n]`` largest entries of row n by c and renormalise.
 
     probs [N, V] (rows sum to 1, e.g. after temperature / top-k / top-p); top [N] int64 in
-    [0, V] (0 = leave the row as is); returns [N, V] float32. Ties are broken by position, the
-    same way on every call, so the result is a function of (probs, top, c).
+    [0, V] (0 = leave the row as is); width = max(top) when the caller knows it on the host
+    (saves a device sync); returns [N, V]. Ties are broken by position, the same way on every
+    call, so the result is a function of (probs, top, c).
     """
     if probs.dim() != 2 or top.shape != probs.shape[:1]:
         raise ValueError(f"probs must be [N, V] and top [N]; got {tuple(probs.shape)} and {tuple(top.shape)}")
     if not 0.0 < c <= 1.0:
         raise ValueError(f"sampler_x (C)={c} must lie in (0, 1]")
     V = probs.shape[1]
-    m = int(top.max()) if top.numel() else 0          # host sync: the widest top-m of the batch
+    if width is not None:
+        m = width
+    else:
+        m = int(top.max()) if top.numel() else 0      # host sync: the widest top-m of the batch
     if m == 0 or c == 1.0:
         return probs
     m = min(m, V)

@@ -197,7 +197,7 @@ class Channel:
             err = f"receive failed: {e}"
         if err is not None:
             raise ChannelError(err)
-        return decode(command, ints.cpu().numpy(), floats)
+        return decode(command, ints.cpu().numpy(), floats)    # host sync (NCCL): messages are decoded on the host
 
     def _reap(self, timeout_s: float | None = None) -> None:
         """Finish the pending sends (Gloo only marks a send complete once waited on)."""
