@@ -231,6 +231,11 @@ def remote_drafter(engine, channel: Channel):
         return None
     if drafter.hello.vocab_size < len(engine.tokenizer):
         drafter.close()
-        raise ValueError(f"draft vocab_size {drafter.hello.vocab_size} < the target tokenizer's "
-                         f"{len(engine.tokenizer)} tokens")
+        msg = (f"draft vocab_size {drafter.hello.vocab_size} < the target tokenizer's {len(engine.tokenizer)} "
+               "tokens: draft and target must share one vocabulary")
+        if not cfg.spec.remote:
+            raise ValueError(msg)
+        engine.link.error = msg                       # a remote worker: stay in AR mode, do not reconnect
+        log.error("%s; staying in AR mode", msg)
+        return None
     return drafter
