@@ -1,6 +1,7 @@
 """The deployment in AR mode (no draft): text equality, stop strings, non-streaming and HTTP streaming.
 
-One tritonserver for the module (tiny random Llama on CPU, ``mode: ar``).
+One server for the module, started the way a user does: ``specdec serve --mode ar`` (tiny random
+Llama on CPU); stopping it with Ctrl-C (SIGINT) must exit 0.
 """
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import urllib.request
 
 import pytest
 import stream_client as sc
-from triton_helpers import metrics, start_server, stop_server
+from triton_helpers import ServeProcess, metrics
 
 from specdec import LLM, SamplingParams
-from specdec.triton.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +22,9 @@ MAX_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("triton_ar"), Settings(target=str(tiny_llama), draft="", mode="ar"))
+    srv = ServeProcess(tmp_path_factory.mktemp("triton_ar"), ["--target", str(tiny_llama), "--mode", "ar", "--cpu"])
     yield srv
-    assert stop_server(srv) == 0, srv.log_tail(40)
+    assert srv.stop() == 0, srv.log_tail(40)
 
 
 @pytest.fixture(scope="module")

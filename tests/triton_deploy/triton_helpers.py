@@ -47,3 +47,48 @@ def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1):
         time.sleep(interval_s)
         value = predicate()
     return value
+
+
+class ServeProcess:
+    """``specdec serve`` as a subprocess (what a user runs), with the TritonServer-like URLs the tests use."""
+
+    def __init__(self, workdir: Path, args: list[str], timeout_s: float = 240.0):
+        import subprocess
+        import sys
+
+        from specdec.triton.launcher import Ports
+        self.ports = Ports.free()
+        self.workdir = workdir
+        self.log_path = workdir / "tritonserver.log"
+        self.output = workdir / "serve.out"
+        cmd = [sys.executable, "-m", "specdec.cli", "serve", "--workdir", str(workdir), "--http-port", str(self.ports.http),
+               "--grpc-port", str(self.ports.grpc), "--metrics-port", str(self.ports.metrics), *args]
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while "ready in" not in self.output.read_text() and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"specdec serve exited ({self.proc.returncode}):\n{self.output.read_text()}")
+            time.sleep(0.25)
+        if "ready in" not in self.output.read_text():
+            self.stop()
+            raise TimeoutError(f"specdec serve not ready after {timeout_s} s:\n{self.log_tail()}")
+        self.http_url = f"http://127.0.0.1:{self.ports.http}"
+        self.grpc_url = f"127.0.0.1:{self.ports.grpc}"
+        self.metrics_url = f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        servers.append(self)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.output.read_text(errors="replace")
+        if self.log_path.exists():
+            text += "\n" + self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout_s)
+        if self in servers:
+            servers.remove(self)
+        return self.proc.returncode

@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-model-len", type=int, default=0, help="0 = the model's limit")
     g.add_argument("--num-kv-blocks", type=int, default=0, help="0 = derived from memory")
     g.add_argument("--default-max-tokens", type=int, default=128, help="when a request sends no max_tokens")
+    g.add_argument("--cpu-threads", type=int, default=0, help="torch threads of a CPU engine (0 = torch default)")
     g.add_argument("--chat", action="store_true", help="apply the chat template unless a request says otherwise")
     d = p.add_argument_group("placement")
     d.add_argument("--target-gpu", type=int, default=None, help="GPU of the target (default: 0 if CUDA, else CPU)")
@@ -61,7 +62,7 @@ def settings_from_args(args, cuda: bool):
     return Settings(target=args.target, draft=draft or "", mode=mode, k=args.k, fan_out=str(args.fan_out),
                     dtype=args.dtype or ("bfloat16" if cuda else "float32"),
                     engine_max_batch_size=args.max_batch_size, max_model_len=args.max_model_len,
-                    num_kv_blocks=args.num_kv_blocks,
+                    num_kv_blocks=args.num_kv_blocks, cpu_threads=args.cpu_threads,
                     draft_location="separate" if args.draft_gpu is not None else "in_target",
                     rendezvous=f"tcp://127.0.0.1:{args.rendezvous_port}",
                     default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat)

@@ -53,7 +53,8 @@ class DraftModel:
             try:
                 serve_draft(s.draft, str(self.device), s.dtype, s.rendezvous, target=s.target,
                             max_batch_size=s.engine_max_batch_size, max_model_len=s.max_model_len or None,
-                            connect_timeout_s=None, should_stop=self.stop.is_set, k=s.k, fan_out=fan_out)
+                            connect_timeout_s=None, should_stop=self.stop.is_set, k=s.k, fan_out=fan_out,
+                            num_threads=s.cpu_threads or None)
                 self.state["connections"] += 1
                 self.log.info("draft: the target closed the channel (EXIT); waiting for the next connection")
             except ChannelError as e:

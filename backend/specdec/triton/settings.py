@@ -29,6 +29,7 @@ class Settings:
     num_kv_blocks: int = 0                # 0 = derived from memory
     kv_cache_memory_gib: float = 0.0      # 0 = derived (GPU: a fraction of free memory; CPU: 1 GiB)
     seed: int = 0
+    cpu_threads: int = 0                  # torch intra-op threads of a CPU instance; 0 = torch's default
     draft_location: str = "in_target"     # in_target | separate (the `draft` Triton model)
     rendezvous: str = "tcp://127.0.0.1:29500"   # target <-> draft channel (draft_location=separate)
     default_max_tokens: int = 128         # when a request sends no max_tokens

@@ -108,7 +108,10 @@ class TargetModel:
             self.log.info("instance %s on GPU %d (%s)", args["model_instance_name"], device.index,
                           torch.cuda.get_device_name(device))
         else:
-            self.log.info("instance %s on CPU", args["model_instance_name"])
+            import torch
+            if settings.cpu_threads:
+                torch.set_num_threads(settings.cpu_threads)
+            self.log.info("instance %s on CPU (%d torch threads)", args["model_instance_name"], torch.get_num_threads())
         self.engine = build_engine(settings, device, self.log)
         self.gauges = EngineGauges(pb_utils, name, str(device))
         self.service = TargetService(self.engine, on_round=self.gauges.update, device=device,
