@@ -78,8 +78,48 @@ def lr_lambda(cfg: DistillConfig):
     return f
 
 
+def train_step(teacher, draft, ids, mask, opt, sched, params, autocast, loss_chunk: int):
+    """One optimizer step on a batch: ids [B, L] (host), mask [B, L] (host, True at loss positions).
+
+    Returns the mean KL per loss token and the top-1 agreement, as device scalars, and N."""
+    device = next(draft.parameters()).device
+    H = teacher.config.hidden_size
+    rows = mask.view(-1).nonzero().squeeze(1)            # loss positions, found on the host (no device sync)
+    n = len(rows)
+    ids, rows = ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)
+    with autocast:
+        with torch.no_grad():
+            h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]   # [N, H]
+        h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]         # [N, H]
+        kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, loss_chunk)
+    loss = kl / n
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach(), agree / n, n
+
+
+def describe(cfg: DistillConfig, corpus, batcher, teacher, draft, start: int) -> list[str]:
+    """The run in two lines: what is trained on what, and a rough H100 time for the training part."""
+    head = teacher.config.vocab_size * teacher.config.hidden_size
+    per_step = corpus.num_completion_tokens / len(corpus) * cfg.batch          # loss tokens per step
+    tokens = per_step * (cfg.steps - start)
+    flops = tokens * flops_per_token(num_params(teacher.model.layers), num_params(draft.model.layers), head,
+                                     cfg.train_embeddings)
+    return [f"distill: {cfg.layers}-layer draft of {cfg.target}, {num_params(draft, True) / 1e6:.1f}M trainable params; "
+            f"corpus {len(corpus)} seqs, {corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
+            f"({batcher.per_epoch} steps per epoch, {cfg.steps / batcher.per_epoch:.1f} epochs)",
+            f"estimate: {cfg.steps - start} steps x ~{per_step / 1e3:.1f}k loss tokens = {tokens / 1e6:.2f}M tokens, "
+            f"{flops / 1e12:.0f} TFLOP -> ~{flops / (H100_BF16_FLOPS * ASSUMED_MFU):.0f} s of training on one H100 "
+            f"(bf16 at {ASSUMED_MFU:.0%} of peak), plus corpus generation"]
+
+
 def train(cfg: DistillConfig, report=log.info) -> Path:
-    """Run (or resume) the distillation; ``report`` receives the summary lines (the command prints them)."""
+    """Run (or resume) the distillation; ``report`` receives the summary lines (the command prints them).
+
+    The progress bar's tok/s counts loss tokens (completion positions) per second of training."""
     out = Path(cfg.out)
     sdir = state_dir(out)
     save_config(cfg, sdir)
@@ -88,55 +128,34 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
 
     corpus = load_or_generate(cfg, sdir / "corpus.pt")
     batcher = Batcher(corpus, cfg.batch, cfg.seed)
-
     teacher, folder = load_teacher(cfg.target, device, cfg.compute_dtype)
     tokenizer = load_tokenizer(folder)
     draft = init_draft(teacher, cfg.layers, cfg.train_embeddings)
-    params = trainable(draft)
-    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+    params = [p for _, p in trainable(draft)]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     start = load_checkpoint(sdir, draft, opt, sched)
     if start:
         log.info("resuming at step %d of %d", start, cfg.steps)
-
-    V, H = teacher.config.vocab_size, teacher.config.hidden_size
-    head = V * H
-    t_layers, d_layers = num_params(teacher.model.layers), num_params(draft.model.layers)
-    mean_len = corpus.num_completion_tokens / len(corpus) * cfg.batch      # loss tokens per step
-    total_tokens = mean_len * (cfg.steps - start)
-    flops = total_tokens * flops_per_token(t_layers, d_layers, head, cfg.train_embeddings)
-    report(f"distill: {cfg.layers}-layer draft of {cfg.target}: {num_params(draft, True) / 1e6:.1f}M trainable params; "
-          f"corpus {len(corpus)} seqs / {corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
-          f"({batcher.per_epoch} steps per epoch, {cfg.steps / batcher.per_epoch:.1f} epochs)")
-    report(f"estimate: {cfg.steps - start} steps x ~{mean_len / 1e3:.1f}k loss tokens = {total_tokens / 1e6:.1f}M tokens, "
-          f"{flops / 1e15:.1f} PFLOP -> ~{flops / (H100_BF16_FLOPS * ASSUMED_MFU):.0f} s of training on one H100 "
-          f"(bf16, {ASSUMED_MFU:.0%} of peak), plus corpus generation")
+    for line in describe(cfg, corpus, batcher, teacher, draft, start):
+        report(line)
 
     autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.compute_dtype])
                 if cfg.compute_dtype != "float32" else contextlib.nullcontext())
-    info = lambda step: {"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
-                         "seq_len": cfg.seq_len, "corpus_sequences": len(corpus)}
+
+    def export(step: int) -> None:
+        export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype,
+                     info={"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
+                           "seq_len": cfg.seq_len, "corpus_sequences": len(corpus)})
+
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
     ema_loss = ema_agree = None
     tokens_done, t_start = 0, time.perf_counter()
     for step in range(start, cfg.steps):
         ids, mask = batcher.get(step)
-        rows = mask.view(-1).nonzero().squeeze(1)        # loss positions, found on the host (no device sync)
-        n = len(rows)
-        ids, rows = ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)
-        with autocast:
-            with torch.no_grad():
-                h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]  # [N, H]
-            h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]        # [N, H]
-            kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, cfg.loss_chunk)
-        loss = kl / n
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss_v, agree_v = loss.item(), agree.item() / n      # host sync: once per step, for the progress bar
+        loss, agree, n = train_step(teacher, draft, ids, mask, opt, sched, params, autocast, cfg.loss_chunk)
+        loss_v, agree_v = loss.item(), agree.item()           # host sync: once per step, for the progress bar
         ema_loss = loss_v if ema_loss is None else 0.9 * ema_loss + 0.1 * loss_v
         ema_agree = agree_v if ema_agree is None else 0.9 * ema_agree + 0.1 * agree_v
         tokens_done += n
@@ -147,16 +166,17 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
                                            and time.perf_counter() - t_start > cfg.time_limit)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop:
             save_checkpoint(sdir, step + 1, draft, opt, sched)
-            export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(step + 1))
+            export(step + 1)
         if stop:
             report(f"stopped at step {step + 1} of {cfg.steps} (checkpointed; continue with --resume)")
             break
     bar.close()
     if start >= cfg.steps:
-        export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, info=info(start))
+        export(start)
     seconds = time.perf_counter() - t_start
     if tokens_done:
         report(f"trained {bar.n - start} steps, {tokens_done / 1e3:.0f}k loss tokens in {seconds:.0f} s "
-              f"({tokens_done / seconds:.0f} tok/s on {cfg.device}); final KL {ema_loss:.3f}, top-1 agreement {ema_agree:.1%}")
+               f"({tokens_done / seconds:.0f} tok/s on {cfg.device}); KL {ema_loss:.3f}, top-1 agreement {ema_agree:.1%} "
+               f"(moving averages over training batches)")
     report(f"draft written to {out} ({exported_bytes(out) / 2**20:.1f} MiB of weights)")
     return out
