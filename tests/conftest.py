@@ -10,6 +10,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels (layers/triton_attention.py) run through Triton's interpreter on machines without a
+# GPU; triton reads this when a kernel is decorated, so it must be set before specdec is imported.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 from tiny import make_model, word_tokenizer  # noqa: E402

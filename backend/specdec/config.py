@@ -175,6 +175,7 @@ class EngineConfig:
     seed: int = 0
     impl: str = "auto"
     eager: bool = False
+    attention: str = "auto"          # "auto" (Triton kernel on CUDA when installed), "torch", "triton"
     cache: CacheConfig = field(default_factory=CacheConfig)
     spec: SpecConfig = field(default_factory=SpecConfig)
 
@@ -183,6 +184,8 @@ class EngineConfig:
             raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.attention not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention={self.attention!r} is not one of ('auto', 'torch', 'triton')")
         if self.impl not in ("auto", "native", "hf"):
             raise ValueError(f"impl={self.impl!r} is not one of ('auto', 'native', 'hf')")
         check_int("max_batch_size", self.max_batch_size, 1, 1024)

@@ -53,7 +53,7 @@ class LLM:
                  max_batch_size: int = 16, seed: int = 0, max_model_len: int | None = None,
                  draft_kv_append: bool = True, impl: str = "auto", block_size: int | None = None,
                  num_kv_blocks: int | None = None, kv_cache_memory_gib: float | None = None,
-                 eager: bool = False, **spec_kwargs):
+                 eager: bool = False, attention: str = "auto", **spec_kwargs):
         mode = _default_mode(mode, draft)
         if mode != "ar" and draft is None and target in ALIASES:
             draft = ALIASES[target].default_draft
@@ -61,7 +61,7 @@ class LLM:
         spec = SpecConfig(draft=draft, k=k, draft_kv_append=draft_kv_append, **spec_kwargs)
         self.config = EngineConfig(target=target, mode=mode, device=device, draft_device=draft_device, dtype=dtype,
                                    max_batch_size=max_batch_size, max_model_len=max_model_len, seed=seed,
-                                   impl=impl, eager=eager, cache=cache, spec=spec)
+                                   impl=impl, eager=eager, attention=attention, cache=cache, spec=spec)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
 

@@ -124,7 +124,7 @@ class GraphRunner:
 
     def _run(self, Bb: int, Q: int, KV: int) -> torch.Tensor:
         ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)
-        return self.r.model.forward_padded(ids, pos, qpos, tables, slots, self.r.kv_caches, KV)
+        return self.r.model.forward_padded(ids, pos, qpos, tables, slots, self.r.kv_caches, KV, self.r.attn_backend)
 
     def _capture(self, key) -> None:
         Bb, Q, KV = key

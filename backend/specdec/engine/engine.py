@@ -70,8 +70,25 @@ class LLMEngine:
         self.link = None
         if self._uses_worker():
             self._start_link()
+        self.select_attention(cfg.attention)
         if self.device.type == "cuda" and not cfg.eager:
             self.enable_graphs(capture=True)
+
+    def select_attention(self, choice: str) -> None:
+        """Attention backend of every paged runner: the Triton kernel for few-query steps on CUDA
+        ("auto"), or PyTorch SDPA everywhere ("torch"). "triton" forces the kernel (also on CPU,
+        through Triton's interpreter when TRITON_INTERPRET=1: tests only)."""
+        from ..layers import triton_attention
+        for r in self.scheduler.runners:
+            if not isinstance(r, PagedRunner):
+                continue
+            ok = triton_attention.supported(r.model.arch.head_dim)
+            if choice == "triton" and not ok:
+                raise ValueError(f"attention='triton' needs the triton package and a power-of-2 head_dim "
+                                 f"(got {r.model.arch.head_dim})")
+            use = choice == "triton" or (choice == "auto" and ok and r.device.type == "cuda")
+            r.attn_backend = "triton" if use else "torch"
+            log.info("%s attention: %s", r.name, r.attn_backend)
 
     def enable_graphs(self, capture: bool = True) -> None:
         """Padded static-buffer forwards (CUDA graphs when capture) for every paged runner; on CUDA

@@ -67,6 +67,7 @@ class PagedRunner:
         self.kv = torch.zeros(shape, dtype=dtype, device=device)     # block num_blocks = sentinel
         self.kv_caches = list(self.kv.unbind(0))
         self.graph = None
+        self.attn_backend = "torch"          # or "triton": set by the engine (select_attention)
         self.eager_fallbacks: dict[str, int] = {}
         log.info("%s KV cache: %d blocks x %d tokens (%.1f MiB) on %s", name, num_blocks, block_size,
                  self.kv.numel() * self.kv.element_size() / 2**20, device)
@@ -133,7 +134,7 @@ class PagedRunner:
             tables.append(table)
             masks.append(f.mask)
         slot_mapping = torch.from_numpy(np.concatenate(slots))
-        ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks)
+        ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks, self.attn_backend)
         input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
         if device_tokens is not None:
             place_device_tokens(input_ids, feeds, device_tokens)

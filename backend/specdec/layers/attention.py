@@ -10,7 +10,9 @@ slots of its block table, with a visibility mask:
 * custom: a per-sequence boolean mask [q_len, kv_len], used by SSD's tree decode where
   branches are independent chains stored side by side.
 
-Backend: PyTorch SDPA over the gathered blocks (any device).
+Backends: PyTorch SDPA over the gathered blocks (any device, any mask), and for few-query
+steps without custom masks a Triton kernel reading the block table directly
+(layers/triton_attention.py; ``attention="auto"`` picks it on CUDA when Triton is installed).
 """
 from __future__ import annotations
 
@@ -32,11 +34,20 @@ class AttnContext:
     max_kv: int
     is_causal: bool = False           # single fresh prefill: SDPA's causal path, no mask tensor
     grouped: tuple | None = None      # (g, mask with rows repeated g times), cached for all layers
+    q_seq: torch.Tensor | None = None  # [T] row of each query in block_tables  } set when the Triton
+    q_pos: torch.Tensor | None = None  # [T] storage position of each query      } kernel runs this step
+
+
+TRITON_MAX_QUERIES = 32     # queries per sequence up to which the Triton kernel beats SDPA (decode, verify)
+
+
+def use_triton(backend: str, q_lens: list[int] | int, custom: bool) -> bool:
+    return backend == "triton" and not custom and (max(q_lens) if isinstance(q_lens, list) else q_lens) <= TRITON_MAX_QUERIES
 
 
 def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], block_tables: list[list[int]],
                   slot_mapping: torch.Tensor, block_size: int, device: torch.device,
-                  custom_masks: list[torch.Tensor | None] | None = None) -> AttnContext:
+                  custom_masks: list[torch.Tensor | None] | None = None, backend: str = "torch") -> AttnContext:
     """Build an :class:`AttnContext`.
 
     q_lens[b] queries of sequence b occupy storage indices q_starts[b] .. q_starts[b]+q_lens[b]-1
@@ -57,6 +68,13 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
     out_index = (torch.arange(B)[:, None] * max_q + ar[None, :])[valid]     # [T]
 
     has_custom = custom_masks is not None and any(m is not None for m in custom_masks)
+    if use_triton(backend, q_lens, has_custom):
+        q_seq = torch.repeat_interleave(torch.arange(B), q_lens_t)
+        q_pos = torch.cat([torch.arange(s, s + n) for s, n in zip(q_starts, q_lens)])
+        return AttnContext(slot_mapping=slot_mapping.to(device, non_blocking=True),
+                           block_tables=tables.to(device, non_blocking=True), q_index=None, out_index=None,
+                           mask=None, max_kv=nb * block_size, q_seq=q_seq.to(device, non_blocking=True),
+                           q_pos=q_pos.to(device, non_blocking=True))
     mask = None
     is_causal = False
     if B == 1 and not has_custom and q_starts[0] + q_lens[0] == kv_lens[0]:
@@ -86,10 +104,15 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
 
 
 def padded_context(q_pos: torch.Tensor, block_tables: torch.Tensor, slot_mapping: torch.Tensor,
-                   max_kv: int) -> AttnContext:
+                   max_kv: int, backend: str = "torch") -> AttnContext:
     """Context for a uniform padded batch, built from device tensors only (so a CUDA graph can
     capture it): q_pos [B, Q] storage index of each query (padded queries: 0), block_tables
     [B, max_kv // block_size], slot_mapping [B * Q] (padded queries: the sentinel slot)."""
+    B, Q = q_pos.shape
+    if use_triton(backend, Q, False):
+        q_seq = torch.arange(B, device=q_pos.device).repeat_interleave(Q)
+        return AttnContext(slot_mapping=slot_mapping, block_tables=block_tables, q_index=None, out_index=None,
+                           mask=None, max_kv=max_kv, q_seq=q_seq, q_pos=q_pos.reshape(-1))
     kv = torch.arange(max_kv, device=q_pos.device)
     mask = (kv[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)            # [B, 1, Q, max_kv]
     return AttnContext(slot_mapping=slot_mapping, block_tables=block_tables, q_index=None, out_index=None,

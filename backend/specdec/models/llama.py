@@ -14,6 +14,7 @@ from torch import nn
 
 from ..layers import fused
 from ..layers.attention import AttnContext, padded_context, torch_paged_attention, write_kv
+from ..layers.triton_attention import triton_paged_attention
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 
@@ -94,7 +95,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = fused.rotary(q, k, *rope)
         write_kv(kv_cache[0], kv_cache[1], k, v, ctx.slot_mapping)
-        o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
+        if ctx.q_seq is not None:
+            o = triton_paged_attention(q, kv_cache[0], kv_cache[1], ctx.block_tables, ctx.q_seq, ctx.q_pos,
+                                       ctx.max_kv, self.scale)
+        else:
+            o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
         return self.o_proj(o.reshape(-1, self.h * self.d))
 
 
@@ -158,10 +163,11 @@ class LlamaForCausalLM(nn.Module):
             x, residual = x[logits_index], residual[logits_index]
         return self.lm_head(self.norm.add_forward(x, residual)[0]).float()
 
-    def forward_padded(self, input_ids, positions, q_pos, block_tables, slot_mapping, kv_caches, max_kv: int):
+    def forward_padded(self, input_ids, positions, q_pos, block_tables, slot_mapping, kv_caches, max_kv: int,
+                       backend: str = "torch"):
         """The same forward for a uniform padded batch (B rows x Q queries), from device tensors only:
         what a CUDA graph captures. input_ids/positions/slot_mapping [B * Q]; q_pos [B, Q]."""
-        ctx = padded_context(q_pos, block_tables, slot_mapping, max_kv)
+        ctx = padded_context(q_pos, block_tables, slot_mapping, max_kv, backend)
         return self.forward(input_ids, positions, ctx, kv_caches)
 
     def first_layers(self, n: int) -> "LlamaForCausalLM":
