@@ -176,6 +176,8 @@ class EngineConfig:
     impl: str = "auto"
     eager: bool = False
     attention: str = "auto"          # "auto" (Triton kernel on CUDA when installed), "torch", "triton"
+    tensor_parallel_size: int = 1    # ranks of the target (the draft is never split)
+    devices: list[str] | None = None  # one per target rank (devices[0] == device); None = derived from device
     cache: CacheConfig = field(default_factory=CacheConfig)
     spec: SpecConfig = field(default_factory=SpecConfig)
 
@@ -200,3 +202,25 @@ class EngineConfig:
             raise ValueError(f"draft={self.spec.draft!r} needs mode 'sync' or 'async'")
         if self.spec.sampler_x is not None and self.mode != "async":
             raise ValueError(f"sampler_x={self.spec.sampler_x} (Saguaro sampling) needs mode='async'; got mode={self.mode!r}")
+        self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        tp = check_int("tensor_parallel_size", self.tensor_parallel_size, 1, 64)
+        if self.devices is not None:
+            self.devices = [str(d) for d in self.devices]
+            if len(self.devices) != tp:
+                raise ValueError(f"devices={self.devices} has {len(self.devices)} entries; "
+                                 f"tensor_parallel_size={tp} needs one per rank")
+            if self.devices[0] != self.device:
+                raise ValueError(f"device={self.device!r} must be devices[0]={self.devices[0]!r} (rank 0's device)")
+            kinds = {d.split(":")[0] for d in self.devices}
+            if len(kinds) > 1:
+                raise ValueError(f"devices={self.devices} mixes device types; use all CPU or all CUDA")
+            if "cuda" in kinds and len(set(self.devices)) < tp:
+                raise ValueError(f"devices={self.devices}: each rank needs its own GPU")
+        if tp > 1:
+            if self.impl == "hf":
+                raise ValueError(f"tensor_parallel_size={tp} needs the native Llama-family implementation; got impl='hf'")
+            if self.spec.draft is not None and self.spec.draft.startswith("self:"):
+                raise ValueError(f"draft={self.spec.draft!r} shares the target's weights, which tensor_parallel_size={tp} "
+                                 "splits; use a separate draft model")

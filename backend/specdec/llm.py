@@ -46,22 +46,29 @@ class LLM:
     a channel failure, the engine decodes autoregressively. SSD options (``fan_out``,
     ``fan_out_hit``, ``fan_out_miss``, ``fan_out_budget``, ``sampler_x``, ``backup``) go through
     ``**spec_kwargs`` to :class:`~specdec.config.SpecConfig`.
+
+    ``tensor_parallel_size=N`` splits a native Llama-family target over N devices (``devices``, one
+    per rank; default: N GPUs from ``device`` on, or N CPU ranks over Gloo). This process is rank
+    0 and starts the others; :meth:`close` ends them. The draft stays whole, on ``draft_device``.
     """
 
     def __init__(self, target: str = "smollm2-135m", draft: str | None = None, mode: str | None = None,
-                 k: int = 4, device: str = "cpu", draft_device: str | None = None, dtype: str = "float32",
+                 k: int = 4, device: str | None = None, draft_device: str | None = None, dtype: str = "float32",
                  max_batch_size: int = 16, seed: int = 0, max_model_len: int | None = None,
                  draft_kv_append: bool = True, impl: str = "auto", block_size: int | None = None,
                  num_kv_blocks: int | None = None, kv_cache_memory_gib: float | None = None,
-                 eager: bool = False, attention: str = "auto", **spec_kwargs):
+                 eager: bool = False, attention: str = "auto", tensor_parallel_size: int = 1,
+                 devices: list[str] | None = None, **spec_kwargs):
         mode = _default_mode(mode, draft)
+        device = device or (devices[0] if devices else "cpu")
         if mode != "ar" and draft is None and target in ALIASES:
             draft = ALIASES[target].default_draft
         cache = CacheConfig(block_size=block_size or 16, num_blocks=num_kv_blocks, memory_gib=kv_cache_memory_gib)
         spec = SpecConfig(draft=draft, k=k, draft_kv_append=draft_kv_append, **spec_kwargs)
         self.config = EngineConfig(target=target, mode=mode, device=device, draft_device=draft_device, dtype=dtype,
                                    max_batch_size=max_batch_size, max_model_len=max_model_len, seed=seed,
-                                   impl=impl, eager=eager, attention=attention, cache=cache, spec=spec)
+                                   impl=impl, eager=eager, attention=attention, tensor_parallel_size=tensor_parallel_size,
+                                   devices=devices, cache=cache, spec=spec)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
 
@@ -121,7 +128,7 @@ class LLM:
 
     # --- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
-        """End the draft worker process, if any (mode "async" spawns one). Idempotent."""
+        """End the worker processes, if any (the draft worker of mode "async", tensor-parallel ranks). Idempotent."""
         self.engine.close()
 
     def __enter__(self) -> "LLM":

@@ -10,6 +10,10 @@ the sentinel slot (a block the manager never hands out) and their logits are dro
 
 With ``capture=False`` the same padded forward runs eagerly: that is how CPU tests check it
 against the variable-length path.
+
+Tensor parallelism: the static buffer is the payload of the step message (tp_step.py). Rank 0
+writes [header | buffer] in its one copy and broadcasts it; each worker replays the graph the
+header names (:meth:`GraphRunner.execute`), so all ranks capture the same shapes in the same order.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import logging
 
 import numpy as np
 import torch
+
+from . import tp_step
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +43,15 @@ class GraphRunner:
         n = max_batch * max_q
         # one static buffer; each (batch, queries) shape uses views at its own offsets, so a step
         # is ONE host-to-device copy: [ids | RoPE positions | storage positions | slots | tables]
-        self.buf = torch.zeros(4 * n + max_batch * self.max_blocks, dtype=torch.long, device=dev)
+        size = 4 * n + max_batch * self.max_blocks
+        tp = getattr(runner, "tp", None)  # tensor parallel: [header | buffer] is the broadcast step message
+        self.head = 0 if tp is None else tp_step.HEADER
+        self.msg = torch.zeros(size, dtype=torch.long, device=dev) if tp is None else tp.reserve(size)
+        self.buf = self.msg[self.head:]
         # pinned staging buffers in a ring: steps may be queued without a host sync in between
         # (the draft loop), so a buffer is reused only once the copy that read it has run
         pin = dev.type == "cuda"
-        self._ring = [torch.zeros_like(self.buf, device="cpu", pin_memory=pin) for _ in range(4 if pin else 1)]
+        self._ring = [torch.zeros_like(self.msg, device="cpu", pin_memory=pin) for _ in range(4 if pin else 1)]
         self._ring_events = [None] * len(self._ring)
         self._ring_pos = 0
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -91,31 +101,39 @@ class GraphRunner:
             rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
         m = Bb * Q
         host = np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()])
+        if self.head:
+            host = np.concatenate([tp_step.encode_header(tp_step.Padded(Bb, Q, KV, r.attn_backend)), host])
         slot = self._ring_pos = (self._ring_pos + 1) % len(self._ring)
         if self._ring_events[slot] is not None:
             self._ring_events[slot].synchronize()       # host waits only if that old copy is still queued
         st = self._ring[slot][: len(host)]
         st.numpy()[:] = host
-        self.buf[: len(host)].copy_(st, non_blocking=True)
+        self.msg[: len(host)].copy_(st, non_blocking=True)
         if self.r.device.type == "cuda":
             ev = self._ring_events[slot] = torch.cuda.Event()
             ev.record()
         if device_tokens is not None:         # tokens sampled on the device: no host round trip
             dt, col0 = device_tokens
             self.buf[:m].view(Bb, Q)[:B, col0:col0 + dt.shape[1]].copy_(dt[:, : Q - col0])
-        key = (Bb, Q, KV)
-        if self.capture:
-            if key not in self.graphs:
-                self._capture(key)
-            graph, out = self.graphs[key]
-            graph.replay()
-            self.replays += 1
-        else:
-            out = self._run(Bb, Q, KV)
+        if self.head:
+            r.tp.broadcast()                  # the workers run the same shape from the same buffer
+        out = self.execute((Bb, Q, KV))
         if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
             return out[: len(rows)]
         idx = torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)
         return out[idx]
+
+    def execute(self, key: tuple[int, int, int]) -> torch.Tensor:
+        """The padded forward of shape key = (batch bucket, queries, KV bucket) over the buffer as it
+        stands: replayed (captured the first time) or, without capture, run eagerly."""
+        if not self.capture:
+            return self._run(*key)
+        if key not in self.graphs:
+            self._capture(key)
+        graph, out = self.graphs[key]
+        graph.replay()
+        self.replays += 1
+        return out
 
     def _views(self, Bb: int, Q: int, KV: int):
         m, NB = Bb * Q, KV // self.r.blocks.block_size

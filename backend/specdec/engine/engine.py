@@ -13,6 +13,9 @@ Data flow of one step (see sequence.py for the commit convention):
 * SSD (mode "async") and ``draft="remote:..."``: the drafter is a RemoteDrafter talking to a
   draft worker process (spec/remote.py, spec/link.py); it is attached once the worker has
   joined and detached on a channel failure (AR from then on, committed tokens kept).
+* ``tensor_parallel_size`` N > 1: this process is rank 0 of the target (tp.py). Everything above
+  stays here; the target runner broadcasts each forward's arrays to ranks 1..N-1, which hold
+  the other weight and KV shards, and only rank 0 receives logits.
 """
 from __future__ import annotations
 
@@ -51,15 +54,29 @@ class StepOutput:
 class LLMEngine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
+        self.tp = None                    # rank 0's handle on the target's other ranks (tp.py)
+        self.drafter, self.link = None, None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.close()                  # no worker process outlives a failed start
+            raise
+
+    def _setup(self, cfg: EngineConfig) -> None:
         self.device = torch.device(cfg.device)
-        self.draft_device = torch.device(cfg.draft_device or cfg.device)
-        target = load_model(cfg.target, self.device, cfg.dtype, cfg.impl, cfg.max_model_len)
+        if cfg.tensor_parallel_size > 1:
+            self.tp = self._start_tp()
+            self.device = self.tp.device              # devices[0], with its index
+        self.draft_device = torch.device(cfg.draft_device) if cfg.draft_device else self.device
+        target = load_model(cfg.target, self.device, cfg.dtype, cfg.impl, cfg.max_model_len,
+                            tp=None if self.tp is None else self.tp.group)
         self.target = target
         self.tokenizer = load_tokenizer(target.folder)
         self.eos_ids = eos_token_ids(target.folder, target.hf_config, self.tokenizer)
         limit = getattr(target.hf_config, "max_position_embeddings", None) or getattr(target.hf_config, "n_positions", 2048)
         self.max_model_len = min(cfg.max_model_len or limit, limit)
-        self.runner = self._make_runner(target, self.device, "target", share=0.5 if self._draft_shares_device() else 1.0)
+        self.runner = self._make_runner(target, self.device, "target", share=0.5 if self._draft_shares_device() else 1.0,
+                                        tp=self.tp)
         self.drafter, draft_runner = self._make_drafter()
         runners = [self.runner] + ([draft_runner] if draft_runner is not None else [])
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, runners, self.drafter)
@@ -101,11 +118,25 @@ class LLMEngine:
                 r.enable_graphs(self.cfg.max_batch_size, max(2, self.cfg.spec.k + 2), capture)
 
     # --- construction -----------------------------------------------------------------------
+    def _start_tp(self):
+        """Check the target's shapes against tensor_parallel_size, then start ranks 1..N-1 (they load
+        their shards while this process loads rank 0's)."""
+        from ..models.llama import LlamaArch
+        from ..models.loader import load_hf_config
+        from ..models.registry import resolve
+        from .tp import TensorParallel, WorkerSpec, target_devices
+        cfg = self.cfg
+        LlamaArch.from_hf(load_hf_config(resolve(cfg.target))).shard(cfg.tensor_parallel_size)
+        devices = target_devices(cfg.device, cfg.tensor_parallel_size, cfg.devices)
+        threads = torch.get_num_threads() if self.device.type == "cpu" else None
+        level = logging.getLevelName(logging.getLogger("specdec").getEffectiveLevel())
+        return TensorParallel(WorkerSpec(cfg.target, cfg.dtype, cfg.impl, cfg.max_model_len, devices, threads, level))
+
     def _draft_shares_device(self) -> bool:
         d = self.cfg.spec.draft
         return self.cfg.mode == "sync" and d is not None and d != "ngram" and self.draft_device == self.device
 
-    def _make_runner(self, m: LoadedModel, device, name: str, share: float = 1.0, module=None):
+    def _make_runner(self, m: LoadedModel, device, name: str, share: float = 1.0, module=None, tp=None):
         module = module if module is not None else m.module
         dtype = DTYPES[self.cfg.dtype]
         if m.kind == "hf":
@@ -125,7 +156,10 @@ class LLMEngine:
             want = self.cfg.max_batch_size * (self.max_model_len + 2 * self.cfg.spec.k + 2)
             tokens = int(min(want, budget // per_token))
             blocks = max(tokens // cc.block_size, (self.max_model_len + cc.block_size - 1) // cc.block_size)
-        return PagedRunner(module, device, dtype, cc.block_size, blocks, self.max_model_len, name)
+        if tp is None:
+            return PagedRunner(module, device, dtype, cc.block_size, blocks, self.max_model_len, name)
+        tp.connect(blocks, cc.block_size, self.max_model_len)          # the workers allocate the same pool
+        return PagedRunner(module, device, dtype, cc.block_size, blocks, self.max_model_len, name, tp=tp.channel)
 
     def _make_drafter(self):
         spec, cfg = self.cfg.spec, self.cfg
@@ -221,12 +255,15 @@ class LLMEngine:
                     self._draft_failed(e)
 
     def close(self) -> None:
-        """Send EXIT to a draft worker and wait for it to end (idempotent)."""
+        """Send EXIT to a draft worker and to the target's other ranks, and wait for them to end (idempotent)."""
         if self.drafter is not None and hasattr(self.drafter, "close"):
             self.detach_drafter(send_exit=True)
         if self.link is not None:
             self.link.close()
             self.link = None
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None
 
     # --- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:

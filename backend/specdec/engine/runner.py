@@ -6,7 +6,9 @@ had cached at ``>= start`` (rollback by length, no copy). ``truncate`` does the 
 forward and returns freed space to the pool.
 
 * :class:`PagedRunner` (native Llama family): one paged KV pool, a :class:`BlockManager`, all
-  feeds of a step batched into one forward.
+  feeds of a step batched into one forward. With tensor parallelism (``tp``) it is rank 0's
+  runner: its KV pool holds this rank's KV heads, and each forward goes to the worker ranks as
+  one broadcast message (tp_step.py) before every rank runs it.
 * :class:`~specdec.engine.hf_runner.HFRunner` (any ``AutoModelForCausalLM``): the model's own
   ``DynamicCache`` per sequence, rolled back with ``crop``.
 """
@@ -57,9 +59,10 @@ def place_device_tokens(input_ids: torch.Tensor, feeds: list[Feed], device_token
 
 class PagedRunner:
     def __init__(self, model, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int,
-                 max_model_len: int, name: str = "target"):
+                 max_model_len: int, name: str = "target", tp=None):
         a = model.arch
         self.model, self.device, self.dtype, self.name = model, device, dtype, name
+        self.tp = tp                          # tp_step.StepChannel of a tensor-parallel rank; None: one device
         self.vocab_size = a.vocab_size
         self.max_model_len = max_model_len
         self.blocks = BlockManager(num_blocks, block_size)
@@ -90,6 +93,9 @@ class PagedRunner:
         """Run decode-shaped steps (<= max_q queries per row) as padded static-buffer forwards,
         replayed from CUDA graphs when ``capture`` (on CUDA); see cuda_graphs.py."""
         from .cuda_graphs import GraphRunner
+        if self.tp is not None and self.tp.leader:        # the workers build the same runner now
+            from .tp_step import Graphs
+            self.tp.send(Graphs(max_batch, max_q, capture))
         self.graph = GraphRunner(self, max_batch, max_q, capture)
 
     # --- forward --------------------------------------------------------------------------
@@ -133,6 +139,9 @@ class PagedRunner:
             q_starts.append(0 if f.dummy else f.start)
             tables.append(table)
             masks.append(f.mask)
+        if self.tp is not None:
+            return self._forward_tp(feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts,
+                                    tables, masks)
         slot_mapping = torch.from_numpy(np.concatenate(slots))
         ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks, self.attn_backend)
         input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
@@ -144,3 +153,16 @@ class PagedRunner:
         if len(index) == 0:
             logits_index = torch.zeros(0, dtype=torch.int64, device=self.device)
         return self.model(input_ids, positions, ctx, self.kv_caches, logits_index)
+
+    def _forward_tp(self, feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts, tables, masks):
+        """Rank 0 of a tensor-parallel target: broadcast the forward's arrays, then run it like the workers."""
+        from .tp_step import eager_forward, pack_eager
+        if any(m is not None for m in masks):
+            raise NotImplementedError("custom attention masks (tree decode) are not supported by a tensor-parallel model")
+        msg, payload = pack_eager(*(np.concatenate(x) for x in (ids, pos, slots, logit_rows)), q_lens, kv_lens,
+                                  q_starts, tables, self.blocks.block_size, self.attn_backend)
+        place = None
+        if device_tokens is not None:
+            place = lambda dev: place_device_tokens(dev[: msg.tokens], feeds, device_tokens)  # noqa: E731
+        host, dev = self.tp.send(msg, payload, place)
+        return eager_forward(self, msg, host, dev)

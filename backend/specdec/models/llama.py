@@ -4,9 +4,14 @@ One flat token batch per forward: ``input_ids`` [T] with their RoPE ``positions`
 :class:`AttnContext` says where each token's K/V goes and what it may attend to. Q/K/V and
 gate/up are fused into one matrix each at load time. Logits are computed only for the rows
 that ask for them (``logits_index``).
+
+Tensor parallelism (``tp``, layers/tensor_parallel.py): each rank builds the model with its shard's
+shapes (:meth:`LlamaArch.shard`), all-reduces after ``o_proj`` and ``down``, and gathers the LM
+head's vocabulary shards to rank 0, the only rank whose ``forward`` returns logits.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +22,7 @@ from ..layers.attention import AttnContext, padded_context, torch_paged_attentio
 from ..layers.triton_attention import triton_paged_attention
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
+from ..layers.tensor_parallel import TPGroup, VocabParallelEmbedding
 
 NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
 _BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -73,11 +79,31 @@ class LlamaArch:
         layers = self.num_layers if num_layers is None else num_layers
         return 2 * layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()
 
+    def shard(self, tp: int) -> "LlamaArch":
+        """The shapes each rank of a tensor-parallel group of ``tp`` holds: heads and intermediate
+        size divided by tp, KV heads divided (or 1 replicated head when tp > KV heads); vocab_size
+        stays the full vocabulary (the embedding and LM head shard it themselves)."""
+        if tp == 1:
+            return self
+        for name, value in (("num_attention_heads", self.num_heads), ("intermediate_size", self.intermediate_size)):
+            if value % tp:
+                raise ValueError(f"{name}={value} is not divisible by tensor_parallel_size={tp}")
+        if self.num_kv_heads % tp and tp % self.num_kv_heads:
+            raise ValueError(f"num_key_value_heads={self.num_kv_heads} and tensor_parallel_size={tp}: one must "
+                             "divide the other (KV heads are split across ranks, or replicated when tp > KV heads)")
+        return dataclasses.replace(self, num_heads=self.num_heads // tp, num_kv_heads=max(1, self.num_kv_heads // tp),
+                                   intermediate_size=self.intermediate_size // tp)
+
+    def kv_head_start(self, rank: int, tp: int) -> int:
+        """The first KV head held by ``rank``: the one its first query head (rank * H/tp) reads."""
+        return rank * (self.num_heads // tp) // (self.num_heads // self.num_kv_heads)
+
 
 class Attention(nn.Module):
-    def __init__(self, a: LlamaArch):
+    def __init__(self, a: LlamaArch, tp: TPGroup | None = None):
         super().__init__()
         self.h, self.kvh, self.d = a.num_heads, a.num_kv_heads, a.head_dim
+        self.tp = tp                      # row-parallel o_proj: partial sums, all-reduced
         self.qkv = nn.Linear(a.hidden_size, (self.h + 2 * self.kvh) * self.d, bias=a.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, a.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.d, a.rms_norm_eps) if a.qk_norm else None
@@ -100,26 +126,29 @@ class Attention(nn.Module):
                                        ctx.max_kv, self.scale)
         else:
             o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
-        return self.o_proj(o.reshape(-1, self.h * self.d))
+        o = self.o_proj(o.reshape(-1, self.h * self.d))
+        return o if self.tp is None else self.tp.all_reduce(o)
 
 
 class MLP(nn.Module):
-    def __init__(self, a: LlamaArch):
+    def __init__(self, a: LlamaArch, tp: TPGroup | None = None):
         super().__init__()
         self.gate_up = nn.Linear(a.hidden_size, 2 * a.intermediate_size, bias=False)
         self.down = nn.Linear(a.intermediate_size, a.hidden_size, bias=False)
+        self.tp = tp                      # row-parallel down: partial sums, all-reduced
 
     def forward(self, x):
-        return self.down(fused.silu_mul(self.gate_up(x)))
+        y = self.down(fused.silu_mul(self.gate_up(x)))
+        return y if self.tp is None else self.tp.all_reduce(y)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, a: LlamaArch):
+    def __init__(self, a: LlamaArch, tp: TPGroup | None = None):
         super().__init__()
         self.input_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.attn = Attention(a)
+        self.attn = Attention(a, tp)
         self.post_norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.mlp = MLP(a)
+        self.mlp = MLP(a, tp)
 
     def forward(self, x, residual, rope, ctx, kv_cache):
         """Residual stream kept apart so each add is fused with the norm after it."""
@@ -132,15 +161,22 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, a: LlamaArch, hf_config, max_positions: int):
+    def __init__(self, a: LlamaArch, hf_config, max_positions: int, tp: TPGroup | None = None):
+        """a: the checkpoint's shapes; with ``tp``, this rank's shard of them is built (self.arch)."""
         super().__init__()
-        self.arch = a
+        self.arch = a if tp is None else a.shard(tp.size)
+        self.tp = tp
+        a = self.arch
         inv_freq, scaling = inverse_frequencies(hf_config)
         self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
-        self.embed = nn.Embedding(a.vocab_size, a.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(a) for _ in range(a.num_layers))
+        if tp is None:
+            self.embed = nn.Embedding(a.vocab_size, a.hidden_size)
+            self.lm_head = nn.Linear(a.hidden_size, a.vocab_size, bias=False)
+        else:                             # vocabulary rows of this rank (the loader zero-pads the last shard)
+            self.embed = VocabParallelEmbedding(a.vocab_size, a.hidden_size, tp)
+            self.lm_head = nn.Linear(a.hidden_size, self.embed.num_embeddings, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(a, tp) for _ in range(a.num_layers))
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
-        self.lm_head = nn.Linear(a.hidden_size, a.vocab_size, bias=False)
 
     def set_rotary(self, rotary: RotaryEmbedding) -> None:
         self.rotary = rotary
@@ -153,7 +189,8 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[torch.Tensor], logits_index: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids, positions [T]; kv_caches: one [2, NB, BS, KVH, D] per layer.
 
-        Returns float32 logits [N, V] for the rows in logits_index (all rows if None).
+        Returns float32 logits [N, V] for the rows in logits_index (all rows if None); with tensor
+        parallelism on rank 0 only (the other ranks return None).
         """
         x, residual = self.embed(input_ids), None
         rope = self.rotary.lookup(positions, x.dtype)
@@ -161,7 +198,11 @@ class LlamaForCausalLM(nn.Module):
             x, residual = layer(x, residual, rope, ctx, cache)
         if logits_index is not None:
             x, residual = x[logits_index], residual[logits_index]
-        return self.lm_head(self.norm.add_forward(x, residual)[0]).float()
+        logits = self.lm_head(self.norm.add_forward(x, residual)[0])
+        if self.tp is not None:           # [N, V / tp] shards -> [N, V] on rank 0
+            logits = self.tp.gather_vocab(logits, self.arch.vocab_size)
+            return None if logits is None else logits.float()
+        return logits.float()
 
     def forward_padded(self, input_ids, positions, q_pos, block_tables, slot_mapping, kv_caches, max_kv: int,
                        backend: str = "torch"):
@@ -176,7 +217,7 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"self:{n}: the number of layers must be in [1, {self.num_layers - 1}]")
         draft = object.__new__(LlamaForCausalLM)
         nn.Module.__init__(draft)
-        draft.arch = self.arch
+        draft.arch, draft.tp = self.arch, self.tp
         draft.rotary, draft.embed, draft.norm, draft.lm_head = self.rotary, self.embed, self.norm, self.lm_head
         draft.layers = nn.ModuleList(list(self.layers[:n]))
         return draft

@@ -1,7 +1,8 @@
 """Loading checkpoints: HF folders (safetensors), GGUF (through the registry), tokenizers.
 
 ``load_model`` picks the native Llama-family implementation when the architecture has one
-(``impl="auto"``) and otherwise the generic ``AutoModelForCausalLM`` path.
+(``impl="auto"``) and otherwise the generic ``AutoModelForCausalLM`` path. With ``tp`` (a rank of
+a tensor-parallel group) each rank reads only its slices of the safetensors (:func:`shard_slice`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
+from ..layers.tensor_parallel import TPGroup, vocab_shard
 from .llama import NATIVE_ARCHITECTURES, LlamaArch, LlamaForCausalLM, architecture_of
 from .registry import resolve
 from .shared_weights import load_shared
@@ -78,14 +80,18 @@ def eos_token_ids(folder: Path, hf_config, tokenizer) -> set[int]:
 
 
 def load_model(name: str, device: torch.device, dtype: str, impl: str = "auto",
-               max_positions: int | None = None) -> LoadedModel:
+               max_positions: int | None = None, tp: TPGroup | None = None) -> LoadedModel:
+    """tp: this process's rank of a tensor-parallel group (native models only); it loads its shard."""
     folder = resolve(name)
     cfg = load_hf_config(folder)
     arch_name = architecture_of(cfg)
     if impl == "native" or (impl == "auto" and arch_name in NATIVE_ARCHITECTURES):
         a = LlamaArch.from_hf(cfg)
-        module = _load_native(folder, cfg, a, device, DTYPES[dtype], max_positions or a.max_position_embeddings)
+        module = _load_native(folder, cfg, a, device, DTYPES[dtype], max_positions or a.max_position_embeddings, tp)
         return LoadedModel("native", module, cfg, folder, arch=a)
+    if tp is not None:
+        raise ValueError(f"tensor parallelism needs a native Llama-family target ({NATIVE_ARCHITECTURES}); "
+                         f"{folder} is {arch_name!r} (impl={impl!r})")
     return LoadedModel("hf", _load_generic(folder, cfg, device, DTYPES[dtype]), cfg, folder)
 
 
@@ -110,21 +116,23 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: int) -> LlamaForCausalLM:
+def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: int,
+                 tp: TPGroup | None = None) -> LlamaForCausalLM:
     from safetensors import safe_open
 
     with torch.device("meta"):
-        model = LlamaForCausalLM(a, cfg, max_positions)
+        model = LlamaForCausalLM(a, cfg, max_positions, tp)
     model = model.to(dtype=dtype).to_empty(device=device)     # allocate once, in the final dtype
     model.set_rotary(RotaryEmbedding(*inverse_frequencies(cfg), max_positions).to(device))
     if getattr(cfg, "specdec_synthetic", False):        # random weights in a real shape (synthetic.py)
         from .synthetic import init_random_
         if a.tie_word_embeddings:
             model.lm_head.weight = model.embed.weight
-        init_random_(model)
+        init_random_(model, seed=0 if tp is None else tp.rank)
         return model.to(dtype=dtype).eval()
     params = dict(model.named_parameters())
-    h, kvh, d, inter = a.num_heads, a.num_kv_heads, a.head_dim, a.intermediate_size
+    la = model.arch                                     # this rank's shapes (a itself without tp)
+    h, kvh, d, inter = la.num_heads, la.num_kv_heads, la.head_dim, la.intermediate_size
     qkv_rows = {"q_proj": (0, h * d), "k_proj": (h * d, kvh * d), "v_proj": ((h + kvh) * d, kvh * d)}
     loaded: set[str] = set()
 
@@ -149,16 +157,55 @@ def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: 
                 name, rows = target
                 if name not in params:
                     continue
-                put(name, sf.get_tensor(key), rows)
+                if tp is None:
+                    put(name, sf.get_tensor(key), rows)
+                else:                                   # read only this rank's slice
+                    put(name, _read_shard(sf.get_slice(key), key, a, tp), rows)
     for key, tensor in load_shared(folder).items():     # a distilled draft borrows its target's embeddings
         name, rows = _map_key(key, qkv_rows, inter)
-        put(name, tensor, rows)
+        put(name, tensor if tp is None else _read_shard(tensor, key, a, tp), rows)
     if "lm_head.weight" not in loaded:
         model.lm_head.weight = model.embed.weight       # tied embeddings
     missing = [n for n in params if n != "lm_head.weight" and not any(x == n or x.startswith(n + "[") for x in loaded)]
     if missing:
         raise ValueError(f"model folder {folder}: weights missing for {missing[:5]}{'...' if len(missing) > 5 else ''}")
     return model.to(dtype=dtype).eval()
+
+
+def shard_slice(key: str, a: LlamaArch, rank: int, tp: int) -> tuple[int, int, int] | None:
+    """(dim, start, stop) of HF tensor ``key`` that ``rank`` of ``tp`` holds; None = replicated.
+
+    Column-parallel (output rows): q/k/v, gate/up (weights and biases). Row-parallel (input
+    columns): o_proj, down. Vocabulary rows: embedding and LM head (layers/tensor_parallel.py)."""
+    if key in ("model.embed_tokens.weight", "lm_head.weight"):
+        start, n, _ = vocab_shard(a.vocab_size, rank, tp)
+        return 0, start, start + n
+    if not key.startswith("model.layers."):
+        return None
+    hd, inter = a.num_heads // tp * a.head_dim, a.intermediate_size // tp
+    kv0, nkv = a.kv_head_start(rank, tp), max(1, a.num_kv_heads // tp)
+    return {"q_proj": (0, rank * hd, (rank + 1) * hd),
+            "k_proj": (0, kv0 * a.head_dim, (kv0 + nkv) * a.head_dim),
+            "v_proj": (0, kv0 * a.head_dim, (kv0 + nkv) * a.head_dim),
+            "gate_proj": (0, rank * inter, (rank + 1) * inter),
+            "up_proj": (0, rank * inter, (rank + 1) * inter),
+            "o_proj": (1, rank * hd, (rank + 1) * hd),
+            "down_proj": (1, rank * inter, (rank + 1) * inter)}.get(key.split(".")[-2])
+
+
+def _read_shard(src, key: str, a: LlamaArch, tp: TPGroup) -> torch.Tensor:
+    """This rank's slice of a tensor or of a safetensors slice (which reads only those bytes);
+    the last vocabulary shard is zero-padded to the shard's row count."""
+    sl = shard_slice(key, a, tp.rank, tp.size)
+    if sl is None:
+        return src[:]
+    dim, start, stop = sl
+    t = src[start:stop] if dim == 0 else src[:, start:stop]
+    if key in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = vocab_shard(a.vocab_size, tp.rank, tp.size)[2]
+        if t.shape[0] < rows:
+            t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+    return t
 
 
 def _map_key(key: str, qkv_rows: dict, inter: int):
