@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Served (Triton ensemble, gRPC streaming) vs in-process (LLM) tokens/s and TTFT, in one run.
 
-    .venv/bin/python bench/triton_vs_inprocess.py --target smollm2-135m --max-tokens 64
+    .venv/bin/python bench/triton_vs_inprocess.py --target smollm2-135m --max-tokens 64 --repeats 2
 
-Same engine settings, prompts and greedy decoding on both sides; the in-process engine is freed
-before the server starts so they never share the CPU. Concurrency c sends c requests at once
-(c = 1: one after the other). tok/s = all output tokens / wall time from the first send to the
-last token; TTFT = send -> first token (in-process: arrival -> first token). Per-request K is
-varied with num_draft_tokens (0 = autoregressive) on one engine/server. Both sides use --threads
-torch threads (on a busy 2-core VM, 2 spinning OpenMP threads ran 10x slower than 1).
+Same engine settings, prompts and greedy decoding on both sides. Both are loaded at once (an
+idle engine or server uses no CPU) and the measurements alternate in-process / served, so slow
+drift in the machine's load hits both alike; each figure is the median over --repeats.
+Concurrency c sends c requests at once (c = 1: one after the other). tok/s = output tokens /
+wall time from the first send to the last token; TTFT = send -> first token (in-process:
+arrival -> first token). Per-request K is set with num_draft_tokens (0 = autoregressive) on
+one engine and one server. Both sides use --threads torch threads (on a busy 2-core VM, 2
+spinning OpenMP threads ran ~10x slower than 1).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,66 +34,15 @@ PROMPTS = ["Explain speculative decoding in two sentences.", "Write a haiku abou
            "What causes the seasons on Earth?", "Summarize the plot of Romeo and Juliet."]
 
 
-def _row(side, c, k, n_tokens, wall, ttfts):
-    return {"side": side, "concurrency": c, "num_draft_tokens": k, "tokens": n_tokens, "wall_s": wall,
-            "tok_s": n_tokens / wall, "ttft_ms_median": 1e3 * statistics.median(ttfts),
-            "ttft_ms_max": 1e3 * max(ttfts)}
-
-
-def in_process(args, ks, concurrencies) -> list[dict]:
-    import torch
-
-    from specdec import LLM, SamplingParams
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    llm = LLM(args.target, draft=args.draft, mode=args.mode, k=args.k, max_batch_size=16)
-    rows = []
-    for k in ks:
-        params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, chat=True, num_draft_tokens=k)
-        llm.generate(PROMPTS[:1], params)                                   # warm-up
-        for c in concurrencies:
-            prompts = PROMPTS[:args.requests]
-            t0, tokens, ttfts = time.perf_counter(), 0, []
-            for i in range(0, len(prompts), c):
-                outs = llm.generate(prompts[i:i + c], params)
-                tokens += sum(len(o.token_ids) for o in outs)
-                ttfts += [o.stats["ttft_s"] for o in outs]
-            rows.append(_row("in-process", c, k, tokens, time.perf_counter() - t0, ttfts))
-            print(rows[-1], file=sys.stderr)
-    return rows
-
-
-def served(args, ks, concurrencies) -> tuple[list[dict], float]:
-    import stream_client as sc
-
-    from specdec.triton.launcher import Ports, TritonServer
-    from specdec.triton.repository import write_repository
-    from specdec.triton.settings import Settings
-    settings = Settings(target=args.target, draft=args.draft or "", mode=args.mode, k=args.k, cpu_threads=args.threads)
-    work = Path(tempfile.mkdtemp(prefix="specdec-bench-"))
-    server = TritonServer(write_repository(work / "repo", settings), work, ports=Ports.free())
-    t0 = time.perf_counter()
-    server.start()
-    server.wait_ready(600)
-    startup = time.perf_counter() - t0
-    rows = []
-    try:
-        for k in ks:
-            opts = dict(max_tokens=args.max_tokens, temperature=0.0, chat=True, num_draft_tokens=k)
-            sc.generate(server.grpc_url, PROMPTS[:1], **opts)                  # warm-up
-            for c in concurrencies:
-                prompts = PROMPTS[:args.requests]
-                t0, tokens, ttfts = time.perf_counter(), 0, []
-                for i in range(0, len(prompts), c):
-                    res = sc.generate(server.grpc_url, prompts[i:i + c], **opts)
-                    assert all(r.error is None for r in res), [r.error for r in res]
-                    tokens += sum(r.tokens for r in res)
-                    ttfts += [r.ttft_s for r in res]
-                rows.append(_row("served", c, k, tokens, time.perf_counter() - t0, ttfts))
-                print(rows[-1], file=sys.stderr)
-    finally:
-        server.stop()
-    return rows, startup
+def measure(run_batch, prompts: list[str], c: int) -> dict:
+    """run_batch(prompts) -> [(tokens, ttft_s)]; batches of c prompts, one after the other."""
+    t0, tokens, ttfts = time.perf_counter(), 0, []
+    for i in range(0, len(prompts), c):
+        for n, ttft in run_batch(prompts[i:i + c]):
+            tokens += n
+            ttfts.append(ttft)
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "wall_s": wall, "tok_s": tokens / wall, "ttft_ms": 1e3 * statistics.median(ttfts)}
 
 
 def main() -> int:
@@ -104,32 +55,74 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=8, help="prompts per measurement (a multiple of each c)")
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on both sides (0 = torch default)")
-    ap.add_argument("--served-first", action="store_true", help="measure the server first (load drift check)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     ks = [int(x) for x in args.ks.split(",")]
     cs = [int(x) for x in args.concurrency.split(",")]
+
+    import stream_client as sc
+    import torch
+
+    from specdec import LLM, SamplingParams
+    from specdec.triton.launcher import Ports, TritonServer
+    from specdec.triton.repository import write_repository
+    from specdec.triton.settings import Settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    llm = LLM(args.target, draft=args.draft, mode=args.mode, k=args.k, max_batch_size=16)
+    settings = Settings(target=args.target, draft=args.draft or "", mode=args.mode, k=args.k, cpu_threads=args.threads)
+    work = Path(tempfile.mkdtemp(prefix="specdec-bench-"))
+    server = TritonServer(write_repository(work / "repo", settings), work, ports=Ports.free())
+    t0 = time.perf_counter()
+    server.start()
+    server.wait_ready(600)
+    startup = time.perf_counter() - t0
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     load0 = os.getloadavg()
-    if args.served_first:
-        rows, startup = served(args, ks, cs)
-        rows += in_process(args, ks, cs)
-    else:
-        rows = in_process(args, ks, cs)
-        gc.collect()
-        srows, startup = served(args, ks, cs)
-        rows += srows
-    print(f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"load average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}; server ready in {startup:.1f} s")
+    rows = []
+    prompts = PROMPTS[:args.requests]
+    try:
+        for k in ks:
+            params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, chat=True, num_draft_tokens=k)
+            opts = dict(max_tokens=args.max_tokens, temperature=0.0, chat=True, num_draft_tokens=k)
+
+            def local(batch):
+                return [(len(o.token_ids), o.stats["ttft_s"]) for o in llm.generate(batch, params)]
+
+            def remote(batch):
+                res = sc.generate(server.grpc_url, batch, **opts)
+                assert all(r.error is None for r in res), [r.error for r in res]
+                return [(r.tokens, r.ttft_s) for r in res]
+            local(prompts[:1]), remote(prompts[:1])                                  # warm-up
+            for rep in range(args.repeats):
+                for c in cs:
+                    for side, fn in (("in-process", local), ("served", remote)):
+                        rows.append({"side": side, "k": k, "c": c, "rep": rep, **measure(fn, prompts, c)})
+                        print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    load1 = os.getloadavg()
+    print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {args.threads} torch thread(s) per side; commit {commit}; "
+          f"load average {load0[0]:.1f} -> {load1[0]:.1f}; server ready in {startup:.1f} s; "
+          f"{args.requests} requests x {args.max_tokens} tokens, median of {args.repeats}")
     print(f"{'K':>2} {'c':>2} | {'in-process tok/s':>16} {'TTFT ms':>8} | {'served tok/s':>12} {'TTFT ms':>8} | served/in-process")
+    table = []
     for k in ks:
         for c in cs:
-            a = next(r for r in rows if r["side"] == "in-process" and r["concurrency"] == c and r["num_draft_tokens"] == k)
-            b = next(r for r in rows if r["side"] == "served" and r["concurrency"] == c and r["num_draft_tokens"] == k)
-            print(f"{k:>2} {c:>2} | {a['tok_s']:>16.1f} {a['ttft_ms_median']:>8.0f} | {b['tok_s']:>12.1f} "
-                  f"{b['ttft_ms_median']:>8.0f} | {b['tok_s'] / a['tok_s']:.2f}")
+            med = {}
+            for side in ("in-process", "served"):
+                sel = [r for r in rows if r["side"] == side and r["k"] == k and r["c"] == c]
+                med[side] = (statistics.median(r["tok_s"] for r in sel), statistics.median(r["ttft_ms"] for r in sel))
+            a, b = med["in-process"], med["served"]
+            table.append({"k": k, "c": c, "in_process_tok_s": a[0], "in_process_ttft_ms": a[1],
+                          "served_tok_s": b[0], "served_ttft_ms": b[1]})
+            print(f"{k:>2} {c:>2} | {a[0]:>16.1f} {a[1]:>8.0f} | {b[0]:>12.1f} {b[1]:>8.0f} | {b[0] / a[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "startup_s": startup}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "commit": commit, "rows": rows, "table": table,
+                                               "startup_s": startup, "load": [load0, load1]}, indent=1))
     return 0
 
 
