@@ -4,7 +4,8 @@ from __future__ import annotations
 
 def print_report(rep: dict) -> None:
     print(f"device {rep['device_name']} ({rep['device']}), measured bandwidth {rep['bandwidth_GBs']:.0f} GB/s, "
-          f"target weights {(rep['target_weight_bytes'] or 0) / 1e6:.0f} MB")
+          f"target weights {(rep['target_weight_bytes'] or 0) / 1e6:.0f} MB"
+          + (f" per rank, TP {rep['tensor_parallel_size']}" if rep.get("tensor_parallel_size", 1) > 1 else ""))
     hdr = (f"{'mode':6} {'K':>2} {'b':>3} {'temp':>4} | {'decode tok/s':>12} {'total tok/s':>11} | {'draft ms':>8} "
            f"{'verify ms':>9} {'tok/round':>9} {'accept':>6} {'hit':>5} | {'floor tok/s':>11} {'frac':>5} | done")
     print(hdr)

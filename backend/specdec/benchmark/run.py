@@ -31,17 +31,33 @@ class Run:
     results: dict = field(default_factory=dict)
 
 
+def placement(a, mode: str, num_gpus: int) -> dict:
+    """Devices of the target's ranks and of the draft. ``--gpus`` counts every GPU, the draft's
+    included in async mode (the seed's convention: ``--gpus 5 --async`` = TP 4 on GPUs 0-3, draft
+    on GPU 4); ``--tp`` overrides the target's share."""
+    gpus, tp = getattr(a, "gpus", None), getattr(a, "tp", None)
+    own_draft = mode == "async"
+    if tp is None:
+        tp = max(1, gpus - own_draft) if gpus else 1
+    if gpus and tp + own_draft > gpus:
+        raise ValueError(f"--tp {tp}{' --async' if own_draft else ''} needs {tp + own_draft} GPUs; --gpus is {gpus}")
+    device = a.device or ("cuda:0" if num_gpus else "cpu")
+    cuda = device.startswith("cuda")
+    first = (torch.device(device).index or 0) if cuda else 0
+    devices = [f"cuda:{first + r}" for r in range(tp)] if cuda and tp > 1 else None
+    draft_device = a.draft_device
+    if own_draft and draft_device is None and cuda and num_gpus > first + tp:
+        draft_device = f"cuda:{first + tp}"
+    return dict(device=devices[0] if devices else device, devices=devices, tensor_parallel_size=tp,
+                draft_device=draft_device)
+
+
 def build_llm(a):
     from .. import LLM
     mode = "async" if a.async_ else "sync" if a.spec else "ar"
-    device, draft_device = a.device, a.draft_device
-    if device is None:
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if mode == "async" and draft_device is None and device.startswith("cuda") and torch.cuda.device_count() > 1:
-        draft_device = "cuda:1"
-    kw = dict(target=a.target, draft=a.draft if mode != "ar" else None, mode=mode, k=a.k, device=device,
-              draft_device=draft_device, dtype=a.dtype, max_batch_size=a.b, max_model_len=a.max_model_len,
-              eager=a.eager, seed=a.seed)
+    where = placement(a, mode, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    kw = dict(target=a.target, draft=a.draft if mode != "ar" else None, mode=mode, k=a.k, dtype=a.dtype,
+              max_batch_size=a.b, max_model_len=a.max_model_len, eager=a.eager, seed=a.seed, **where)
     if mode == "async":
         kw.update(fan_out=a.f, fan_out_hit=a.flh, fan_out_miss=a.flm, sampler_x=a.x, backup=a.backup)
     return LLM(**kw), mode
@@ -107,7 +123,8 @@ def bench(a) -> dict:
     device = eng.device
     bw = measure_bandwidth(device)
     wbytes = weight_bytes(eng.runner.model) if hasattr(eng.runner, "model") and hasattr(eng.runner.model, "lm_head") else None
-    per_tok = eng.target.arch.kv_bytes_per_token(torch.empty(0, dtype=getattr(torch, a.dtype)).dtype) if eng.target.arch else 0
+    arch = getattr(getattr(eng.runner, "model", None), "arch", None) or eng.target.arch   # one rank's shard with TP
+    per_tok = arch.kv_bytes_per_token(torch.empty(0, dtype=getattr(torch, a.dtype)).dtype) if arch else 0
     mean_ctx = sum(len(p) for p in prompt_ids) / len(prompt_ids) + a.output_len / 2
     profile = [] if a.profile else None
     if profile is not None:
@@ -129,6 +146,7 @@ def bench(a) -> dict:
             res["fraction_of_floor"] = res["decode_tok_s"] / fl if fl else 0.0
         runs.append(Run(f"{mode}", mode, k or 0, b, temp, res))
     report = {"config": {k: v for k, v in vars(a).items() if k != "func"}, "device": str(device),
+              "tensor_parallel_size": eng.cfg.tensor_parallel_size,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "bandwidth_GBs": bw / 1e9, "target_weight_bytes": wbytes, "mode": mode,
               "runs": [{"name": r.name, "k": r.k, "b": r.b, "temp": r.temp, **r.results} for r in runs]}

@@ -1,5 +1,5 @@
 """`specdec bench`: the seed's flags (--spec --async --k --f --flh --flm --x --backup --b --numseqs
---output_len --temp --eager --gpus) plus --target/--draft/--prompts/--baseline/--sweep/--profile."""
+--output_len --temp --eager --gpus) plus --tp/--target/--draft/--prompts/--baseline/--sweep/--profile."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--output_len", "--output-len", type=int, default=128, help="tokens per request (EOS ignored)")
     p.add_argument("--temp", type=float, default=0.0)
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--gpus", type=int, default=1, help="total GPUs (the draft's included in async mode)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="total GPUs, the draft's included in async mode (--gpus 5 --async: TP 4 on GPUs 0-3, draft on 4)")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel ranks of the target (default: from --gpus, else 1)")
     p.add_argument("--device", default=None)
     p.add_argument("--draft-device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
