@@ -187,3 +187,28 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:                        # a zombie has exited
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_triton_tp_variant_and_gpus_parameter():
+    """model_repository/*/configs/tp2.pbtxt (tritonserver --model-config-name=tp2) differ from config.pbtxt only in
+    placement: the target is one KIND_MODEL instance over GPUs 0,1 (its `gpus` parameter), the draft keeps GPU 2."""
+    pytest.importorskip("tritonclient")
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from specdec.triton.repository import default_source, read_config
+    from specdec.triton.settings import Settings, parse_parameters
+    src = default_source()
+    for model, kind, gpus in (("target", mc.ModelInstanceGroup.KIND_MODEL, []), ("draft", mc.ModelInstanceGroup.KIND_GPU, [2])):
+        base, tp2 = read_config(src / model / "config.pbtxt"), read_config(src / model / "configs" / "tp2.pbtxt")
+        (group,) = tp2.instance_group
+        assert group.kind == kind and list(group.gpus) == gpus
+        for c in (base, tp2):
+            del c.instance_group[:]
+            c.parameters.pop("gpus", None)
+        assert base == tp2, model
+    params = read_config(src / "target" / "configs" / "tp2.pbtxt").parameters
+    cfg = parse_parameters({k: v.string_value for k, v in params.items()}).engine_config("cuda:0")
+    assert cfg.tensor_parallel_size == 2 and cfg.devices == ["cuda:0", "cuda:1"] and cfg.device == "cuda:0"
+    assert Settings().engine_config("cpu").tensor_parallel_size == 1
+    with pytest.raises(ValueError, match="gpus='0,x'"):
+        Settings(gpus="0,x")

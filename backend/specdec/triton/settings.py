@@ -32,6 +32,7 @@ class Settings:
     cpu_threads: int = 0                  # torch intra-op threads of a CPU instance; 0 = torch's default
     draft_location: str = "in_target"     # in_target | separate (the `draft` Triton model)
     rendezvous: str = "tcp://127.0.0.1:29500"   # target <-> draft channel (draft_location=separate)
+    gpus: str = ""                        # target's GPUs, one tensor-parallel rank each ("0,1"; instance KIND_MODEL)
     default_max_tokens: int = 128         # when a request sends no max_tokens
     apply_chat_template: bool = False     # default of the apply_chat_template input
 
@@ -40,6 +41,18 @@ class Settings:
             raise ValueError(f"draft_location={self.draft_location!r} is not one of {DRAFT_LOCATIONS}")
         if not self.rendezvous.startswith("tcp://"):
             raise ValueError(f"rendezvous={self.rendezvous!r}: expected tcp://HOST:PORT")
+        self.target_gpus                   # validates gpus
+
+    @property
+    def target_gpus(self) -> list[int]:
+        """The GPUs of the target's tensor-parallel ranks ([] = the instance's own device, TP 1)."""
+        try:
+            gpus = [int(g) for g in self.gpus.split(",") if g.strip()]
+        except ValueError:
+            raise ValueError(f"gpus={self.gpus!r}: expected comma-separated GPU indices such as '0,1'") from None
+        if len(set(gpus)) < len(gpus) or any(g < 0 for g in gpus):
+            raise ValueError(f"gpus={self.gpus!r}: expected distinct GPU indices >= 0")
+        return gpus
 
     @property
     def draft_spec(self) -> str | None:
@@ -55,9 +68,11 @@ class Settings:
         fan_out = int(self.fan_out) if self.fan_out.isdigit() else self.fan_out
         spec = SpecConfig(draft=draft, k=self.k, fan_out=fan_out)
         cache = CacheConfig(num_blocks=self.num_kv_blocks or None, memory_gib=self.kv_cache_memory_gib or None)
-        return EngineConfig(target=self.target, mode=self.mode if draft else "ar", device=device,
+        devices = [f"cuda:{g}" for g in self.target_gpus] or None
+        return EngineConfig(target=self.target, mode=self.mode if draft else "ar", device=devices[0] if devices else device,
                             draft_device=draft_device, dtype=self.dtype, max_batch_size=self.engine_max_batch_size,
-                            max_model_len=self.max_model_len or None, seed=self.seed, cache=cache, spec=spec)
+                            max_model_len=self.max_model_len or None, seed=self.seed, cache=cache, spec=spec,
+                            tensor_parallel_size=len(devices) if devices else 1, devices=devices)
 
     def as_parameters(self) -> dict[str, str]:
         out = {}

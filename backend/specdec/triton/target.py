@@ -102,6 +102,11 @@ class TargetModel:
             raise pb_utils.TritonModelException(f"{name}: the target model must be decoupled")
         settings = read_settings(args)
         device = instance_device(args)
+        if settings.target_gpus:                 # tensor parallel (KIND_MODEL): rank 0 on the first listed GPU
+            import torch
+            device = torch.device("cuda", settings.target_gpus[0])
+            self.log.info("instance %s: target split over GPUs %s (tensor parallel)", args["model_instance_name"],
+                          settings.target_gpus)
         if device.type == "cuda":
             import torch
             torch.cuda.set_device(device)
