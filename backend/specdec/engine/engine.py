@@ -128,6 +128,10 @@ class LLMEngine:
         cfg = self.cfg
         LlamaArch.from_hf(load_hf_config(resolve(cfg.target))).shard(cfg.tensor_parallel_size)
         devices = target_devices(cfg.device, cfg.tensor_parallel_size, cfg.devices)
+        missing = [d for d in devices if d.startswith("cuda") and torch.device(d).index >= torch.cuda.device_count()]
+        if missing:
+            raise ValueError(f"tensor_parallel_size={cfg.tensor_parallel_size} needs devices {devices}; "
+                             f"{missing} not available ({torch.cuda.device_count()} CUDA devices)")
         threads = torch.get_num_threads() if self.device.type == "cpu" else None
         level = logging.getLevelName(logging.getLogger("specdec").getEffectiveLevel())
         return TensorParallel(WorkerSpec(cfg.target, cfg.dtype, cfg.impl, cfg.max_model_len, devices, threads, level))

@@ -15,7 +15,9 @@ draft channel's (spec/transport.py), so a TP target works in every mode.
 
 Lifetime: :meth:`TensorParallel.close` sends EXIT and waits for the workers; a worker also exits
 when rank 0's process is gone (it watches its parent), and a finalizer kills workers whose
-engine was dropped without close().
+engine was dropped without close(). A worker waits for the next forward as long as the engine
+idles (the group's timeout is long); instead of timeouts, rank 0 watches its workers and aborts
+the group when one dies, so a pending collective fails rather than hangs.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -38,7 +41,7 @@ from .tp_step import Exit, StepChannel
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 900.0          # loading a large shard can take minutes
-GROUP_TIMEOUT_S = 600.0            # a collective that waits this long fails (peer gone or stuck)
+GROUP_TIMEOUT_S = 30 * 86400.0     # a worker's wait for the next forward lasts as long as the engine idles
 EXIT_GRACE_S = 10.0
 
 
@@ -96,6 +99,20 @@ class TensorParallel:
         self.store.set("tp/kv", json.dumps({"num_blocks": num_blocks, "block_size": block_size,
                                             "max_model_len": max_model_len}))
         self._wait("ready")
+        self._closing = threading.Event()
+        threading.Thread(target=self._watch, name="specdec-tp-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        """A worker that dies (outside close) aborts the group: rank 0's pending and next collectives
+        raise instead of waiting for a peer that will never answer."""
+        while not self._closing.wait(0.5):
+            dead = [(r, p.returncode) for r, p in enumerate(self.procs, 1) if p.poll() is not None]
+            if dead:
+                log.error("tensor-parallel rank %d exited (code %s); aborting the group", *dead[0])
+                backend = self.group.backend
+                if backend is not None and hasattr(backend, "abort"):
+                    backend.abort()
+                return
 
     def _wait(self, state: str) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -115,6 +132,8 @@ class TensorParallel:
 
     def close(self) -> None:
         """EXIT to the workers, wait for them (kill after a grace period). Idempotent."""
+        if getattr(self, "_closing", None) is not None:
+            self._closing.set()
         if self.channel is not None and all(p.poll() is None for p in self.procs):
             try:
                 self.channel.send(Exit())
