@@ -153,7 +153,9 @@ class GraphRunner:
                 self._run(Bb, Q, KV)
         torch.cuda.current_stream(self.r.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # tensor parallel: NCCL's watchdog thread queries events while we capture; "thread_local"
+        # keeps its calls from invalidating this thread's capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local" if self.head else "global"):
             out = self._run(Bb, Q, KV)
         self.pool = graph.pool()
         self.graphs[key] = (graph, out)
