@@ -10,8 +10,8 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 python3 bench/gpu/tp_check.py 2>&1 | grep -v "Loading\|Writing"
 B="python3 -m specdec.cli --log-level WARNING bench --target synthetic:llama-8b --b 16 --sweep b=1,16 --numseqs 16 --output_len 64"
 for tp in 1 2; do
-  $B --tp $tp --json "$OUT/ar_tp$tp.json" 2>&1 | tail -4
-  $B --tp $tp --spec --draft synthetic:llama-1b --k 4 --json "$OUT/sync_tp$tp.json" 2>&1 | tail -4
+  $B --tp $tp --json "$OUT/ar_tp$tp.json" 2>&1 | tail -5
+  $B --tp $tp --spec --draft synthetic:llama-1b --k 4 --json "$OUT/sync_tp$tp.json" 2>&1 | tail -5
 done
 python3 - "$OUT" <<'PY'
 import json, sys
