@@ -9,10 +9,12 @@ import json
 import urllib.request
 
 import pytest
-import stream_client as sc
-from triton_helpers import ServeProcess, metrics
 
-from specdec import LLM, SamplingParams
+pytest.importorskip("tritonclient.grpc")
+import stream_client as sc  # noqa: E402
+from triton_helpers import ServeProcess, metrics  # noqa: E402
+
+from specdec import LLM, SamplingParams  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

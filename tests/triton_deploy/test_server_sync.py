@@ -18,13 +18,15 @@ import urllib.request
 
 import numpy as np
 import pytest
-import stream_client as sc
-import tritonclient.grpc as grpcclient
-from triton_helpers import metrics, start_server, stop_server, wait_for
 
-from specdec import LLM, SamplingParams
-from specdec.triton.launcher import free_port
-from specdec.triton.settings import Settings
+pytest.importorskip("tritonclient.grpc")
+import stream_client as sc  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+from triton_helpers import metrics, start_server, stop_server, wait_for  # noqa: E402
+
+from specdec import LLM, SamplingParams  # noqa: E402
+from specdec.triton.launcher import free_port  # noqa: E402
+from specdec.triton.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
