@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -222,10 +221,3 @@ class TargetService:
             except Exception:
                 log.exception("sending a response failed")
 
-
-def wait_idle(service: TargetService, timeout_s: float = 10.0) -> bool:
-    """Wait until no request is active (tests and shutdown)."""
-    deadline = time.monotonic() + timeout_s
-    while service.num_active and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return service.num_active == 0

@@ -10,6 +10,7 @@ Inputs (from preprocessing): ``input_ids`` INT32 [-1], ``sampling_parameters`` S
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 
@@ -97,7 +98,7 @@ class TargetModel:
         pb_utils = pbio.pb()
         name = args["model_name"]
         self.log = pbio.setup_logging(name)
-        cfg = __import__("json").loads(args["model_config"])
+        cfg = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(cfg):
             raise pb_utils.TritonModelException(f"{name}: the target model must be decoupled")
         settings = read_settings(args)
