@@ -26,21 +26,21 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig, SamplingParams
-from ..models.loader import DTYPES, LoadedModel, eos_token_ids, has_tokenizer, load_model, load_tokenizer
-from ..spec.drafters import ModelDrafter, NgramDrafter, SamplingRows
+from ..layers.sampling import sample_from_probs
+from ..models.loader import eos_token_ids, load_model, load_tokenizer
+from ..spec.drafters import SamplingRows
 from ..spec.transport import ChannelError
 from ..spec.verify import greedy_accept_length, verify
-from ..layers.sampling import sample_from_probs
+from .build import EngineBuild
+from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
-from .hf_runner import HFRunner
+from .draft_attach import DraftAttachment
 from .metrics import EngineMetrics, Timer
-from .runner import Feed, PagedRunner
+from .runner import Feed
 from .scheduler import Scheduler
-from .sequence import Sequence, Status
+from .sequence import Sequence
 
 log = logging.getLogger(__name__)
-
-CPU_KV_BUDGET_GIB = 1.0
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ class StepOutput:
     finished: bool
 
 
-class LLMEngine:
+class LLMEngine(EngineBuild, DraftAttachment):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.tp = None                    # rank 0's handle on the target's other ranks (tp.py)
@@ -90,184 +90,6 @@ class LLMEngine:
         self.select_attention(cfg.attention)
         if self.device.type == "cuda" and not cfg.eager:
             self.enable_graphs(capture=True)
-
-    def select_attention(self, choice: str) -> None:
-        """Attention backend of every paged runner: the Triton kernel for few-query steps on CUDA
-        ("auto"), or PyTorch SDPA everywhere ("torch"). "triton" forces the kernel (also on CPU,
-        through Triton's interpreter when TRITON_INTERPRET=1: tests only)."""
-        from ..layers import triton_attention
-        for r in self.scheduler.runners:
-            if not isinstance(r, PagedRunner):
-                continue
-            ok = triton_attention.supported(r.model.arch.head_dim)
-            if choice == "triton" and not ok:
-                raise ValueError(f"attention='triton' needs the triton package and a power-of-2 head_dim "
-                                 f"(got {r.model.arch.head_dim})")
-            use = choice == "triton" or (choice == "auto" and ok and r.device.type == "cuda")
-            r.attn_backend = "triton" if use else "torch"
-            log.info("%s attention: %s", r.name, r.attn_backend)
-
-    def enable_graphs(self, capture: bool = True) -> None:
-        """Padded static-buffer forwards (CUDA graphs when capture) for every paged runner; on CUDA
-        the elementwise ops are compiled too. Called by the engine on CUDA unless eager=True."""
-        from ..layers import fused
-        if capture:
-            fused.enable_compile(self.device, DTYPES[self.cfg.dtype])
-        for r in self.scheduler.runners:
-            if isinstance(r, PagedRunner):
-                r.enable_graphs(self.cfg.max_batch_size, max(2, self.cfg.spec.k + 2), capture)
-
-    # --- construction -----------------------------------------------------------------------
-    def _start_tp(self):
-        """Check the target's shapes against tensor_parallel_size, then start ranks 1..N-1 (they load
-        their shards while this process loads rank 0's)."""
-        from ..models.llama import LlamaArch
-        from ..models.loader import load_hf_config
-        from ..models.registry import resolve
-        from .tp import TensorParallel, WorkerSpec, target_devices
-        cfg = self.cfg
-        LlamaArch.from_hf(load_hf_config(resolve(cfg.target))).shard(cfg.tensor_parallel_size)
-        devices = target_devices(cfg.device, cfg.tensor_parallel_size, cfg.devices)
-        missing = [d for d in devices if d.startswith("cuda") and torch.device(d).index >= torch.cuda.device_count()]
-        if missing:
-            raise ValueError(f"tensor_parallel_size={cfg.tensor_parallel_size} needs devices {devices}; "
-                             f"{missing} not available ({torch.cuda.device_count()} CUDA devices)")
-        threads = torch.get_num_threads() if self.device.type == "cpu" else None
-        level = logging.getLevelName(logging.getLogger("specdec").getEffectiveLevel())
-        return TensorParallel(WorkerSpec(cfg.target, cfg.dtype, cfg.impl, cfg.max_model_len, devices, threads, level))
-
-    def _draft_shares_device(self) -> bool:
-        d = self.cfg.spec.draft
-        return self.cfg.mode == "sync" and d is not None and d != "ngram" and self.draft_device == self.device
-
-    def _make_runner(self, m: LoadedModel, device, name: str, share: float = 1.0, module=None, tp=None):
-        module = module if module is not None else m.module
-        dtype = DTYPES[self.cfg.dtype]
-        if m.kind == "hf":
-            return HFRunner(module, device, self.max_model_len, self.cfg.max_batch_size * self.max_model_len, name)
-        cc = self.cfg.cache
-        per_token = m.arch.kv_bytes_per_token(dtype, module.num_layers)
-        if cc.num_blocks is not None:
-            blocks = cc.num_blocks
-        else:
-            if cc.memory_gib is not None:
-                budget = cc.memory_gib * 2**30
-            elif device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                budget = free * cc.gpu_memory_fraction * share
-            else:
-                budget = CPU_KV_BUDGET_GIB * 2**30 * share
-            want = self.cfg.max_batch_size * (self.max_model_len + 2 * self.cfg.spec.k + 2)
-            tokens = int(min(want, budget // per_token))
-            blocks = max(tokens // cc.block_size, (self.max_model_len + cc.block_size - 1) // cc.block_size)
-        if tp is None:
-            return PagedRunner(module, device, dtype, cc.block_size, blocks, self.max_model_len, name)
-        tp.connect(blocks, cc.block_size, self.max_model_len)          # the workers allocate the same pool
-        return PagedRunner(module, device, dtype, cc.block_size, blocks, self.max_model_len, name, tp=tp.channel)
-
-    def _make_drafter(self):
-        spec, cfg = self.cfg.spec, self.cfg
-        if cfg.mode == "ar" or spec.draft is None:
-            return None, None
-        if self._uses_worker():
-            return None, None          # a draft worker: attached once connected (see _start_link)
-        if spec.draft == "ngram":
-            return NgramDrafter(spec.ngram_max, spec.ngram_min), None
-        if spec.draft.startswith("self:"):
-            if self.target.kind != "native":
-                raise ValueError("draft 'self:N' needs a native Llama-family target")
-            try:
-                n = int(spec.draft.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"draft={spec.draft!r}: expected 'self:N' with N an integer") from None
-            if self.draft_device != self.device:
-                raise ValueError("draft 'self:N' shares the target's weights and must run on the target's device")
-            module = self.target.module.first_layers(n)
-            runner = self._make_runner(self.target, self.device, f"draft(self:{n})", share=0.5, module=module)
-        else:
-            dm = load_model(spec.draft, self.draft_device, cfg.dtype, cfg.impl, cfg.max_model_len)
-            self._check_draft_vocab(dm)
-            runner = self._make_runner(dm, self.draft_device, "draft", share=0.5 if self._draft_shares_device() else 1.0)
-        return ModelDrafter(runner, spec.draft_kv_append, target_vocab=self.runner.vocab_size,
-                            target_device=self.device), runner
-
-    def _check_draft_vocab(self, dm: LoadedModel) -> None:
-        if has_tokenizer(dm.folder):
-            dtok = load_tokenizer(dm.folder)
-            if dtok.get_vocab() != self.tokenizer.get_vocab():
-                raise ValueError(
-                    f"draft {dm.folder}: its tokenizer differs from the target's ({self.target.folder}): "
-                    f"{len(dtok)} vs {len(self.tokenizer)} tokens; draft and target must share one vocabulary")
-        if dm.vocab_size < len(self.tokenizer):
-            raise ValueError(f"draft {dm.folder}: vocab_size {dm.vocab_size} < the target tokenizer's {len(self.tokenizer)} tokens")
-
-    # --- draft worker (mode "async", or draft "remote:...") ----------------------------------
-    def _uses_worker(self) -> bool:
-        return self.cfg.mode == "async" or self.cfg.spec.remote
-
-    def _start_link(self) -> None:
-        """Remote: connect in the background and serve AR meanwhile. Spawned: start the worker and
-        wait for it, so that a bad draft fails here (spec/link.py)."""
-        from ..spec.link import open_link
-        self.link = open_link(self)
-
-    def _attach(self, channel) -> None:
-        from ..spec.link import remote_drafter
-        drafter = remote_drafter(self, channel)
-        if drafter is not None:
-            self.attach_drafter(drafter)
-            log.info("speculating with the draft worker (mode %s, K=%d)", self.cfg.mode, self.k)
-
-    def attach_drafter(self, drafter) -> None:
-        """Speculate with ``drafter`` from the next step on (step() is its only user)."""
-        self.drafter = drafter
-        self.scheduler.drafter = drafter
-        self.k = self.cfg.spec.k
-
-    def detach_drafter(self, send_exit: bool = True) -> None:
-        """Back to AR decoding; running sequences keep every committed token."""
-        d, self.drafter = self.drafter, None
-        self.scheduler.drafter = None
-        self.k = 0
-        if d is not None and hasattr(d, "close"):
-            d.close(send_exit)
-
-    def _draft_failed(self, err: Exception) -> None:
-        log.error("draft channel failed (%s); continuing in AR mode and reconnecting in the background", str(err))
-        self.metrics.ar_fallbacks += 1
-        self.detach_drafter(send_exit=False)
-        if self.link is not None:
-            self.link.failed()
-
-    def update_spec(self, **changes) -> None:
-        """Change speculation settings (K, fan-out, Saguaro C, backup) between requests; a draft
-        worker is reconfigured in place (no reload)."""
-        import dataclasses
-        if self.scheduler.has_work():
-            raise RuntimeError("update_spec needs an idle engine (no running or waiting requests)")
-        if "draft" in changes and changes["draft"] != self.cfg.spec.draft:
-            raise ValueError("the draft itself cannot change; build a new LLM")
-        spec = dataclasses.replace(self.cfg.spec, **changes)
-        dataclasses.replace(self.cfg, spec=spec)         # validates the combination (e.g. sampler_x needs async)
-        self.cfg.spec = spec
-        if self.drafter is not None:
-            self.k = spec.k
-            if hasattr(self.drafter, "configure"):
-                try:
-                    self.drafter.configure(spec)
-                except ChannelError as e:
-                    self._draft_failed(e)
-
-    def close(self) -> None:
-        """Send EXIT to a draft worker and to the target's other ranks, and wait for them to end (idempotent)."""
-        if self.drafter is not None and hasattr(self.drafter, "close"):
-            self.detach_drafter(send_exit=True)
-        if self.link is not None:
-            self.link.close()
-            self.link = None
-        if self.tp is not None:
-            self.tp.close()
-            self.tp = None
 
     # --- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
@@ -443,68 +265,17 @@ class LLMEngine:
         if all(n == Kv for n in num):
             return logits.view(B, Kv + 1, -1)
         padded = logits.new_zeros((B, Kv + 1, logits.shape[-1]))
-        idx, row = [], 0
+        idx = []
         for b, n in enumerate(num):
             idx.extend(b * (Kv + 1) + i for i in range(n + 1))
         padded.view(B * (Kv + 1), -1)[torch.tensor(idx, device=logits.device)] = logits
         return padded
 
-    # --- committing tokens ------------------------------------------------------------------
     def _commit(self, s: Sequence, new: list[int]) -> StepOutput:
-        """Append a round's tokens, applying stop conditions inside the block; emit the text delta.
-
-        Stop strings are searched after every token, so one may end mid-round; text that could be
-        the start of a stop string is held back until it is known not to be one.
-        """
-        p = s.params
-        emitted: list[int] = []
-        reason, by_string = None, False
-        for tok in new:
-            emitted.append(tok)
-            s.output_ids.append(tok)
-            if p.stop:
-                before = len(s.detok.text)
-                s.detok.push([tok])
-                cut = _find_stop(s.detok.text, before, p.stop)
-                if cut is not None:
-                    s.detok.text = s.detok.text[:cut]
-                    reason, by_string = "stop", True
-                    break
-            if (not p.ignore_eos and tok in self.eos_ids) or tok in p.stop_token_ids:
-                reason = "stop"
-                break
-            if len(s.output_ids) >= p.max_tokens or len(s) >= self.max_model_len:
-                reason = "length"
-                break
-        if not p.stop and (s.stream_text or reason is not None):
-            # ids not yet turned into text (all of them, for a request nobody streams)
-            s.detok.push(s.output_ids[len(s.detok.ids):], final=reason is not None)
-        elif p.stop and reason is not None and not by_string:
-            s.detok.push([], final=True)
-        text = s.detok.text
-        end = len(text) if reason is not None else len(text) - _held_back(text, p.stop)
-        delta = text[s.emitted_chars:end] if end > s.emitted_chars else ""
-        s.emitted_chars = max(s.emitted_chars, end)
+        """Append a round's tokens (stop conditions inside the block) and emit the text delta."""
+        emitted, delta, reason = commit_tokens(s, new, self.eos_ids, self.max_model_len)
         if reason is not None:
             s.finish_reason = reason
             self.scheduler.finish(s)
             self.metrics.requests_finished += 1
         return StepOutput(s, emitted, delta, reason is not None)
-
-
-def _find_stop(text: str, before: int, stops: list[str]) -> int | None:
-    """Index of the earliest stop string that ends in text[before:], or None."""
-    start = max(0, before - max(len(x) for x in stops) + 1)
-    hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of a stop string."""
-    best = 0
-    for x in stops:
-        for n in range(min(len(x) - 1, len(text)), best, -1):
-            if text.endswith(x[:n]):
-                best = n
-                break
-    return best
