@@ -1,0 +1,135 @@
+"""Served (Triton ensemble over HTTP generate_stream) vs in-process tokens/s and TTFT, standard library
+only, for machines without tritonclient (the GPU machine). Starts `specdec serve` itself.
+
+python bench/gpu/serve_http.py --target T --draft D --mode sync --target-gpu 0 --draft-gpu 1 [--k 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+PROMPTS = ["Explain speculative decoding in two sentences.", "Write a haiku about GPUs.",
+           "List three uses of Python.", "What is the capital of France, and why is it famous?",
+           "Describe a cat to someone who has never seen one.", "Give me a recipe for pancakes.",
+           "What causes the seasons on Earth?", "Summarize the plot of Romeo and Juliet."]
+
+
+def stream_one(url: str, prompt: str, max_tokens: int, k: int) -> tuple[int, float, float]:
+    """(output tokens, TTFT s, end s) of one generate_stream request."""
+    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "stream": True, "num_draft_tokens": k,
+                       "min_length": max_tokens, "return_num_output_tokens": True}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            ev = json.loads(line[5:])
+            if "error" in ev:
+                raise RuntimeError(ev["error"])
+            n = ev.get("num_output_tokens", 0)
+            tokens += n[0] if isinstance(n, list) else n
+            if first is None and tokens:
+                first = time.perf_counter() - t0
+    return tokens, first or 0.0, time.perf_counter() - t0
+
+
+def served(url, c, max_tokens, k, n):
+    t0, out = time.perf_counter(), []
+    for i in range(0, n, c):
+        res = [None] * c
+        ths = [threading.Thread(target=lambda j=j: res.__setitem__(j, stream_one(url, PROMPTS[(i + j) % 8], max_tokens, k)))
+               for j in range(c)]
+        [t.start() for t in ths]
+        [t.join() for t in ths]
+        out += res
+    wall = time.perf_counter() - t0
+    return sum(r[0] for r in out) / wall, 1e3 * statistics.median(r[1] for r in out)
+
+
+def in_process(a, c, max_tokens, k, n):
+    from specdec import LLM, SamplingParams
+    import torch
+    cuda = torch.cuda.is_available()
+    llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
+              device=f"cuda:{a.target_gpu}" if cuda else "cpu",
+              draft_device=f"cuda:{a.draft_gpu}" if cuda and a.mode == "async" else None,
+              dtype="bfloat16" if cuda else "float32", max_batch_size=16)
+    p = SamplingParams(max_tokens=max_tokens, ignore_eos=True, num_draft_tokens=k)
+    llm.generate(PROMPTS[:c], p)                                   # warm-up: graphs captured
+    t0, tokens, ttfts = time.perf_counter(), 0, []
+    for i in range(0, n, c):
+        for o in llm.generate([PROMPTS[(i + j) % 8] for j in range(c)], p):
+            tokens += len(o.token_ids)
+            ttfts.append(o.stats["ttft_s"])
+    wall = time.perf_counter() - t0
+    if hasattr(llm, "close"):
+        llm.close()
+    return tokens / wall, 1e3 * statistics.median(ttfts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--draft", default=None)
+    ap.add_argument("--mode", default="sync")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--target-gpu", type=int, default=0)
+    ap.add_argument("--draft-gpu", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=8)
+    a = ap.parse_args()
+    rows = {}
+    for c in (1, 4):
+        rows[("in-process", c)] = in_process(a, c, a.max_tokens, a.k, a.requests)
+    import torch
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+    cmd = [sys.executable, "-m", "specdec.cli", "serve", "--target", a.target, "--mode", a.mode, "--k", str(a.k),
+           "--max-model-len", "4096"] + (["--target-gpu", str(a.target_gpu)] if cuda else ["--cpu"])
+    if a.mode != "ar" and a.draft:
+        cmd += ["--draft", a.draft] + (["--draft-gpu", str(a.draft_gpu)] if cuda else [])
+    srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log_lines = []
+    threading.Thread(target=lambda: [log_lines.append(x) for x in srv.stdout], daemon=True).start()
+    url = "http://127.0.0.1:8000/v2/models/ensemble/generate_stream"
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=2).status == 200:
+                    break
+            except Exception:
+                time.sleep(2)
+        else:
+            raise RuntimeError("server not ready:\n" + "".join(log_lines[-40:]))
+        time.sleep(3)                                   # let the separate draft join its channel
+        for c in (1, 4):
+            served(url, c, a.max_tokens, a.k, c)        # warm-up
+            rows[("served", c)] = served(url, c, a.max_tokens, a.k, a.requests)
+    finally:
+        os.killpg(srv.pid, signal.SIGINT)
+        try:
+            srv.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(srv.pid, signal.SIGKILL)
+    print("".join(x for x in log_lines if "GPU" in x or "draft" in x.lower())[-3000:])
+    print(f"{a.target} mode={a.mode} K={a.k} draft={a.draft} target GPU {a.target_gpu}, draft GPU {a.draft_gpu}")
+    print(f"{'where':10} {'c':>2} | {'tok/s':>8} {'TTFT ms':>8}")
+    for (w, c), (tps, ttft) in rows.items():
+        print(f"{w:10} {c:>2} | {tps:>8.1f} {ttft:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
