@@ -57,25 +57,29 @@ def served(url, c, max_tokens, k, n):
     return sum(r[0] for r in out) / wall, 1e3 * statistics.median(r[1] for r in out)
 
 
-def in_process(a, c, max_tokens, k, n):
-    from specdec import LLM, SamplingParams
+def in_process(a, cs, max_tokens, k, n):
+    """{c: (tok/s, median TTFT ms)} with one engine on the same devices as the server."""
     import torch
+
+    from specdec import LLM, SamplingParams
     cuda = torch.cuda.is_available()
     llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
               device=f"cuda:{a.target_gpu}" if cuda else "cpu",
               draft_device=f"cuda:{a.draft_gpu}" if cuda and a.mode == "async" else None,
-              dtype="bfloat16" if cuda else "float32", max_batch_size=16)
+              dtype="bfloat16" if cuda else "float32", max_batch_size=16, max_model_len=4096)
     p = SamplingParams(max_tokens=max_tokens, ignore_eos=True, num_draft_tokens=k)
-    llm.generate(PROMPTS[:c], p)                                   # warm-up: graphs captured
-    t0, tokens, ttfts = time.perf_counter(), 0, []
-    for i in range(0, n, c):
-        for o in llm.generate([PROMPTS[(i + j) % 8] for j in range(c)], p):
-            tokens += len(o.token_ids)
-            ttfts.append(o.stats["ttft_s"])
-    wall = time.perf_counter() - t0
+    out = {}
+    for c in cs:
+        llm.generate(PROMPTS[:c], p)                               # warm-up: graphs captured
+        t0, tokens, ttfts = time.perf_counter(), 0, []
+        for i in range(0, n, c):
+            for o in llm.generate([PROMPTS[(i + j) % 8] for j in range(c)], p):
+                tokens += len(o.token_ids)
+                ttfts.append(o.stats["ttft_s"])
+        out[c] = (tokens / (time.perf_counter() - t0), 1e3 * statistics.median(ttfts))
     if hasattr(llm, "close"):
         llm.close()
-    return tokens / wall, 1e3 * statistics.median(ttfts)
+    return out
 
 
 def main():
@@ -89,9 +93,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=8)
     a = ap.parse_args()
-    rows = {}
-    for c in (1, 4):
-        rows[("in-process", c)] = in_process(a, c, a.max_tokens, a.k, a.requests)
+    rows = {("in-process", c): v for c, v in in_process(a, (1, 4), a.max_tokens, a.k, a.requests).items()}
     import torch
     cuda = torch.cuda.is_available()
     if cuda:
