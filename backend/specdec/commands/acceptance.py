@@ -1,10 +1,19 @@
 """`specdec acceptance`: how well drafts predict a target, on held-out prompts.
 
-For every draft x temperature x K: per-token acceptance alpha = accepted / drafted tokens,
-tokens per round (1 + accepted, over rounds with >= 1 draft token), the speculation-cache hit
-rate (mode "async"), and decode speed, next to the target's plain autoregressive speed measured
-in the same run on the same prompts. Prompts: the built-in HELDOUT set (disjoint from the
-prompts ``specdec distill`` trains on) or a JSONL file.
+For every draft x temperature x K, over the rounds with >= 1 draft token:
+
+* alpha: per-token acceptance, the probability that a draft token is accepted given that the
+  ones before it were: accepted / (accepted + rejections), where a rejection is a round that
+  stopped before its K-th draft token (the maximum-likelihood estimate under i.i.d. acceptance;
+  then E[tokens/round] = (1 - alpha^(K+1)) / (1 - alpha)). A round proposing fewer than K
+  tokens (ngram without a long enough match, the end of a request) that is fully accepted
+  also counts as a rejection, so alpha is a lower bound there.
+* acc/drafted: accepted / drafted tokens (the engine's acceptance_rate; falls as K grows).
+* tokens/round: 1 + accepted tokens per round; the speculation-cache hit rate (mode "async");
+  decode speed, next to the target's plain autoregressive speed on the same prompts, same run.
+
+Prompts: the built-in HELDOUT set (disjoint from the prompts ``specdec distill`` trains on) or
+a JSONL file.
 """
 from __future__ import annotations
 
@@ -26,11 +35,16 @@ class Row:
     temp: float
     k: int
     alpha: float
+    accept_rate: float
     tokens_per_round: float
     hit_rate: float | None
     tok_s: float
     ar_tok_s: float | None
     tokens: int
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
 
 
 def _floats(s: str) -> list[float]:
@@ -91,7 +105,11 @@ def decode_all(llm, prompts: list[str], temp: float, k: int | None, args, chat: 
         tokens += sum(len(o.token_ids) for o in llm.generate(chunk, params))
     seconds = time.perf_counter() - t0
     after = llm.metrics.summary()
-    return {c: after[c] - before[c] for c in COUNTERS}, tokens, seconds
+    delta = {c: after[c] - before[c] for c in COUNTERS}
+    if k is not None:
+        full = after["tokens_per_round_hist"].get(k + 1, 0) - before["tokens_per_round_hist"].get(k + 1, 0)
+        delta["rejections"] = delta["rounds"] - full
+    return delta, tokens, seconds
 
 
 def _warm_up(llm, prompts, chat):
@@ -123,8 +141,9 @@ def run(args) -> int:
                 for k in args.k:
                     c, tokens, seconds = decode_all(llm, prompts, temp, k, args, chat)
                     rows.append(Row(draft, args.mode, temp, k,
-                                    alpha=c["accepted"] / c["drafted"] if c["drafted"] else 0.0,
-                                    tokens_per_round=c["spec_tokens"] / c["rounds"] if c["rounds"] else 0.0,
+                                    alpha=_ratio(c["accepted"], c["accepted"] + c["rejections"]),
+                                    accept_rate=_ratio(c["accepted"], c["drafted"]),
+                                    tokens_per_round=_ratio(c["spec_tokens"], c["rounds"]),
                                     hit_rate=c["cache_hits"] / c["cache_lookups"] if c["cache_lookups"] else None,
                                     tok_s=tokens / seconds, ar_tok_s=ar_speed.get(temp), tokens=tokens))
                     log.info("%s", rows[-1])
@@ -136,11 +155,12 @@ def run(args) -> int:
 
 def format_table(rows: list[Row], args, num_prompts: int) -> str:
     show_hit = any(r.hit_rate is not None for r in rows)
-    head = ["draft", "mode", "temp", "K", "alpha", "tok/round"] + (["hit rate"] if show_hit else []) + \
+    head = ["draft", "mode", "temp", "K", "alpha", "acc/drafted", "tok/round"] + (["hit rate"] if show_hit else []) + \
            ["tok/s", "AR tok/s", "speedup"]
     body = []
     for r in rows:
-        cells = [r.draft, r.mode, f"{r.temp:g}", str(r.k), f"{r.alpha:.3f}", f"{r.tokens_per_round:.2f}"]
+        cells = [r.draft, r.mode, f"{r.temp:g}", str(r.k), f"{r.alpha:.3f}", f"{r.accept_rate:.3f}",
+                 f"{r.tokens_per_round:.2f}"]
         if show_hit:
             cells.append("-" if r.hit_rate is None else f"{r.hit_rate:.2f}")
         cells += [f"{r.tok_s:.1f}", "-" if r.ar_tok_s is None else f"{r.ar_tok_s:.1f}",
