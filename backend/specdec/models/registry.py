@@ -38,7 +38,7 @@ ALIASES: dict[str, Alias] = {
     "smollm2-135m-draft": Alias(
         "smollm2-135m-draft", repo_folder="drafts/smollm2-135m-draft",
         description="draft for smollm2-135m distilled by `specdec distill` (its layers only; borrows the target's "
-                    "embeddings, see drafts/README.md)",
+                    "embeddings; drafts/README.md says how to make it)",
     ),
 }
 
