@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,8 +134,13 @@ def run(args) -> int:
                 ar_speed[temp] = tokens / seconds
     rows = []
     for draft in [d for d in args.draft.split(",") if d]:
-        with LLM(args.target, draft=draft, mode=args.mode, k=max(args.k), draft_device=args.draft_device,
-                 **common) as llm:
+        try:
+            llm = LLM(args.target, draft=draft, mode=args.mode, k=max(args.k), draft_device=args.draft_device,
+                      **common)
+        except (ValueError, NotImplementedError) as e:     # e.g. ngram in mode async: skip, measure the rest
+            print(f"skipping draft {draft!r}: {e}", file=sys.stderr)
+            continue
+        with llm:
             chat = llm.tokenizer.chat_template is not None and not args.no_chat
             _warm_up(llm, prompts, chat)
             for temp in args.temp:

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine decay to 10%% (default 5e-4)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default min(100, steps/10))")
     p.add_argument("--device", default=None, help="cpu, cuda:N (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="autocast/teacher dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint + export every N steps (default 200)")
     p.add_argument("--num-prompts", type=int, default=None, help="use N of the built-in training prompts (default all)")

@@ -61,8 +61,9 @@ class DistillConfig:
             check_int("stop_at", self.stop_at, 1, self.steps)
         if self.time_limit is not None:
             check_float("time_limit", self.time_limit, 0.0, 1e9, lo_open=True)
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r} is not one of ('float32', 'bfloat16') "
+                             f"(float16 training would need loss scaling)")
         if self.save_dtype not in DTYPES:
             raise ValueError(f"save_dtype={self.save_dtype!r} is not one of {DTYPES}")
 
