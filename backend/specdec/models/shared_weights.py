@@ -24,7 +24,9 @@ _TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 
 
 def checksum(t: torch.Tensor) -> list[float]:
-    t = t.detach().to(torch.float64)
+    """(sum, sum of |x|) of the tensor rounded to bfloat16 first: the same base gives the same
+    checksum whether it was held in float32 (loading) or bfloat16 (training, export)."""
+    t = t.detach().to(torch.bfloat16).to(torch.float64)
     return [float(t.sum()), float(t.abs().sum())]
 
 
