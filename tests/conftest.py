@@ -21,6 +21,16 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 from tiny import make_model, word_tokenizer  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules that run a second process (draft worker, TP ranks) on the 2 CI cores: one torch
+    thread each, or both processes' thread pools fight over the cores (10x slower was seen)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -8,7 +8,6 @@ lists, geometric fan-out and all backups without a process per case.
 import time
 
 import pytest
-import torch
 from conftest import PROMPTS
 
 from specdec import LLM, SamplingParams
@@ -17,13 +16,7 @@ MAX_TOKENS = 24
 PROMPTS16 = PROMPTS + [[(5 * i + 3) % 300 + 1 for i in range(n)] for n in range(1, 9)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two processes on two cores: one thread each keeps torch from oversubscribing the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # several processes share 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 from conftest import PROMPTS
 
 from specdec import LLM, SamplingParams
@@ -25,12 +24,7 @@ t.join()
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # several processes share 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ P_FAIL = 1e-4
 PARAMS = SamplingParams(temperature=1.0, max_tokens=POSITIONS, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # several processes share 2 cores
 
 
 def exact_marginals(folder, n: int, prompt=PROMPT, temperature=1.0) -> list[np.ndarray]:

@@ -17,12 +17,7 @@ K = 3
 _ids = itertools.count(10_000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # several processes share 2 cores
 
 
 @pytest.fixture(scope="module")

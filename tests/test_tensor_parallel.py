@@ -28,13 +28,7 @@ GREEDY = SamplingParams(max_tokens=20, ignore_eos=True)
 LONG = [[(13 * i + 7 * j) % 300 + 1 for j in range(180 + 9 * i)] for i in range(8)]   # > one broadcast
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two processes on two cores: one thread each (the workers copy rank 0's count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # several processes share 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,6 @@ def test_num_draft_limits_acceptance_and_takes_bonus_at_that_row():
 
 def test_ratio_rule_thresholds():
     # p(d) = 0.3, q(d) = 0.6 -> accept iff u < 0.5
-    V = 3
     p = torch.tensor([[[0.3, 0.7, 0.0], [0.2, 0.2, 0.6]]])
     q = torch.tensor([[[0.6, 0.4, 0.0]]])
     d = torch.tensor([[0]])
