@@ -93,20 +93,26 @@ def test_resume_equals_uninterrupted_run(tiny_llama, distilled, tmp_path):
 
 
 def test_untrained_draft_equals_self_n(tiny_llama, tmp_path):
-    """Init + export + loader: the draft before training is the target's first layer (= self:1)."""
+    """Init + export + loader: the draft before training is the target's first layer (= self:1),
+    whether it borrows the target's embeddings or stores them (standalone)."""
     from specdec.distill.export import export_draft
     from specdec.distill.model import init_draft, load_teacher
     from specdec.models.loader import load_tokenizer
     teacher, folder = load_teacher(str(tiny_llama), torch.device("cpu"), "float32")
     draft = init_draft(teacher, 1)
-    export_draft(draft, teacher, load_tokenizer(folder), str(tiny_llama), tmp_path, save_dtype="float32")
+    tokenizer = load_tokenizer(folder)
+    export_draft(draft, teacher, tokenizer, str(tiny_llama), tmp_path / "small", save_dtype="float32")
+    export_draft(draft, teacher, tokenizer, str(tiny_llama), tmp_path / "full", save_dtype="float32", standalone=True)
+    with safe_open(str(tmp_path / "full" / "model.safetensors"), framework="pt") as sf:
+        assert {"model.embed_tokens.weight", "lm_head.weight"} <= set(sf.keys())
+    assert not (tmp_path / "full" / MANIFEST).exists()
     params = SamplingParams(max_tokens=16, ignore_eos=True)
     counts = []
-    for d in (str(tmp_path), "self:1"):
+    for d in (str(tmp_path / "small"), str(tmp_path / "full"), "self:1"):
         llm = LLM(str(tiny_llama), draft=d, mode="sync", k=3)
         llm.generate(PROMPTS[:3], params)
         counts.append((llm.metrics.drafted, llm.metrics.accepted))
-    assert counts[0] == counts[1]
+    assert counts[0] == counts[1] == counts[2]
 
 
 def test_acceptance_command(tiny_llama, distilled, tmp_path, capsys):

@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
                    help="also train the embeddings/LM head (the draft then stores them: a large folder)")
     p.add_argument("--save-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the exported weights (default bfloat16)")
+    p.add_argument("--standalone", action="store_true", default=None,
+                   help="export the embeddings too: a plain HF folder that needs no target to load (larger)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (then --resume)")
     p.add_argument("--time-limit", type=float, default=None,
@@ -41,7 +43,7 @@ def run(args) -> int:
     from ..distill import train
     from ..distill.checkpoint import resolve_config
     names = ("target", "out", "layers", "steps", "batch", "seq_len", "lr", "warmup", "device", "dtype", "save_every",
-             "num_prompts", "samples", "gen_batch", "loss_chunk", "train_embeddings", "save_dtype", "seed",
+             "num_prompts", "samples", "gen_batch", "loss_chunk", "train_embeddings", "save_dtype", "standalone", "seed",
              "stop_at", "time_limit")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = resolve_config(given, args.resume)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from ..config import DTYPES, check_float, check_int
 
 # fields a resumed run may change; the others shape the model or the corpus it was trained on
-RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk")
+RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone")
 # fields that control one invocation only (never inherited by a resumed run)
 RUN_CONTROL = ("stop_at", "time_limit")
 
@@ -37,6 +37,7 @@ class DistillConfig:
     gen_batch: int = 64
     train_embeddings: bool = False      # False: embeddings/LM head frozen, shared with the target
     save_dtype: str = "bfloat16"
+    standalone: bool = False            # export every tensor (a plain HF folder) instead of borrowing the target's
     loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
     seed: int = 0
     stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
