@@ -108,7 +108,7 @@ def _is_final(result) -> bool:
 
 def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: Callable[[int, str], None] | None = None,
              cancel_after_chunks: int | None = None, timeout_s: float = 300.0, inputs: list | None = None,
-             drain_s: float = 0.0, **options) -> list[Result]:
+             drain_s: float = 0.0, parameters: dict | None = None, **options) -> list[Result]:
     """Send every prompt at once, each on its own gRPC stream; collect the streamed responses.
 
     One stream per request because tritonclient's stream callback drops the request id of an
@@ -116,6 +116,7 @@ def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: 
     ``options``. ``cancel_after_chunks``: a request whose stream has delivered that many data
     responses is cancelled (``stop_stream(cancel_requests=True)``). ``drain_s``: keep listening
     that long after the last final response and count what still arrives (``Result.late``).
+    ``parameters``: request parameters sent with every request (the model accepts none; for tests).
     """
     q: queue.Queue = queue.Queue()
     results = [Result(str(i)) for i in range(len(prompts))]
@@ -128,7 +129,8 @@ def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: 
             ins = inputs[i] if inputs is not None else make_inputs(p, **options)
             results[i].t_send = time.perf_counter()
             client.async_stream_infer(model, ins, request_id=str(i), enable_empty_final_response=True,
-                                      outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+                                      outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                                      parameters=parameters)
         deadline = time.monotonic() + timeout_s
         while open_ids and time.monotonic() < deadline:
             try:

@@ -25,12 +25,16 @@ def compose() -> dict:
 
 def test_triton_service(compose):
     t = compose["services"]["triton"]
-    assert sorted(p["target"] if isinstance(p, dict) else int(str(p).split(":")[-1]) for p in t["ports"]) == [8000, 8001, 8002]
+    ports = [p if isinstance(p, dict) else dict(zip(("host_ip", "published", "target"), str(p).split("/")[0].split(":")))
+             for p in t["ports"]]
+    assert sorted(int(p["target"]) for p in ports) == [8000, 8001, 8002]
+    assert all(p.get("host_ip") == "127.0.0.1" for p in ports), ports          # published on the host's loopback only
     assert t["shm_size"] and t["ulimits"]["memlock"] == -1 and t["ulimits"]["stack"] == 67108864
     (dev,) = t["deploy"]["resources"]["reservations"]["devices"]
     assert dev["capabilities"] == ["gpu"] and dev["device_ids"] == ["0", "1"]
     cmd = " ".join(t["command"]) if isinstance(t["command"], list) else t["command"]
     assert "--target-gpu 0" in cmd and "--draft-gpu 1" in cmd
+    assert "model-control" not in cmd and "--host" not in cmd     # the image's entrypoint sets --host 0.0.0.0 only
     check = " ".join(t["healthcheck"]["test"])
     assert "curl -f" in check and "/v2/health/ready" in check and "grep" not in check   # status code, not body
 

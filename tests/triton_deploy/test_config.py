@@ -151,3 +151,66 @@ def test_serve_command_is_registered():
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
     assert e.value.code == 0
+
+
+def _serve_args(argv):
+    import argparse
+
+    from specdec.commands import serve
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_serve_defaults_are_safe(tiny_llama, tmp_path):
+    """The server command line `specdec serve` builds: loopback only, model control off, caps on."""
+    from triton_helpers import require_tritonserver
+
+    from specdec.commands.serve import build_server
+    require_tritonserver()
+    settings, server, _ = build_server(_serve_args(["--target", str(tiny_llama), "--workdir", str(tmp_path)]), cuda=False)
+    cmd = server.command
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                 "--model-control-mode=none"):
+        assert flag in cmd, cmd
+    assert not any(a.startswith(("--load-model", "--model-control-mode=explicit", "--model-control-mode=poll"))
+                   for a in cmd)
+    assert settings.max_queued_requests == 64 and settings.max_input_bytes == 0        # 0 = derived from the model
+    pre = read_config(server.repository / "preprocessing" / "config.pbtxt")
+    tgt = read_config(server.repository / "target" / "config.pbtxt")
+    assert pre.parameters["max_input_bytes"].string_value == "0"
+    assert tgt.parameters["max_queued_requests"].string_value == "64"
+    _, custom, _ = build_server(_serve_args(["--target", str(tiny_llama), "--workdir", str(tmp_path / "b"), "--host",
+                                             "0.0.0.0", "--max-input-bytes", "4096", "--max-queued-requests", "8"]),
+                                cuda=False)
+    assert "--http-address=0.0.0.0" in custom.command       # only when asked
+    assert read_config(custom.repository / "preprocessing" / "config.pbtxt").parameters["max_input_bytes"].string_value == "4096"
+    assert read_config(custom.repository / "target" / "config.pbtxt").parameters["max_queued_requests"].string_value == "8"
+
+
+def test_input_byte_cap_covers_any_prompt_that_fits(tiny_llama):
+    """The derived cap is max_model_len x the longest token: a prompt that fits the context is never refused by it."""
+    from transformers import AutoTokenizer
+
+    from specdec.triton.preprocessing import input_byte_cap
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    cap = input_byte_cap(tok, 512)
+    per_token = cap // 512
+    for text in ("the quick brown fox " * 20, "caf\u00e9 \u65e5\u672c\u8a9e \U0001F600" * 30, "\U0001F600" * 100,
+                 "0123456789 hello world! " * 10, "\u00ff\u0100" * 50):
+        assert len(text.encode("utf-8")) <= per_token * len(tok.encode(text)), text[:20]
+    with pytest.raises(ValueError, match=r"text_input has 101 bytes: allowed \[1, 100\] \(max_input_bytes\)"):
+        parse_request(_get(text_input="a" * 101), default_max_tokens=4, max_model_len=512, max_input_bytes=100)
+
+
+def test_request_path_evaluates_nothing():
+    """Requests are data: nothing on the serving path evaluates, unpickles or runs code from them."""
+    import re
+    from pathlib import Path
+
+    import specdec.triton as pkg
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        for bad in (r"\beval\(", r"\bexec\(", r"\bpickle\b", r"trust_remote_code\s*=\s*True", r"shell\s*=\s*True",
+                    r"yaml\.load\(", r"__import__\("):
+            assert not re.search(bad, code), f"{path.name}: {bad}"

@@ -1,4 +1,5 @@
-"""The deployment in AR mode (no draft): text equality, stop strings, non-streaming and HTTP streaming.
+"""The deployment in AR mode (no draft): text equality, stop strings, non-streaming and HTTP streaming,
+and the security defaults of `specdec serve` (loopback only, model control off, request size cap).
 
 One server for the module, started the way a user does: ``specdec serve --mode ar`` (tiny random
 Llama on CPU); stopping it with Ctrl-C (SIGINT) must exit 0.
@@ -6,6 +7,7 @@ Llama on CPU); stopping it with Ctrl-C (SIGINT) must exit 0.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -20,11 +22,13 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = ["the quick brown fox", "caf\u00e9 \u65e5\u672c\u8a9e \U0001F600", "speculative decoding", "hello world!"]
 MAX_TOKENS = 48
+MAX_INPUT_BYTES = 4096
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    srv = ServeProcess(tmp_path_factory.mktemp("triton_ar"), ["--target", str(tiny_llama), "--mode", "ar", "--cpu"])
+    srv = ServeProcess(tmp_path_factory.mktemp("triton_ar"), ["--target", str(tiny_llama), "--mode", "ar", "--cpu",
+                                                              "--max-input-bytes", str(MAX_INPUT_BYTES)])
     yield srv
     assert srv.stop() == 0, srv.log_tail(40)
 
@@ -91,3 +95,43 @@ def test_kv_blocks_all_free_when_idle(server):
     m = metrics(server)
     assert m["specdec_running_requests"] == 0 and m["specdec_waiting_requests"] == 0
     assert m["specdec_requests_finished_total"] >= 6 and m["specdec_requests_aborted_total"] == 0
+
+
+def _tritonserver(server):
+    import psutil
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].endswith("tritonserver") and f"--grpc-port={server.ports.grpc}" in cmd:
+            return p
+    raise AssertionError("tritonserver process not found")
+
+
+def test_listens_on_loopback_only_with_model_control_off(server):
+    psutil = pytest.importorskip("psutil")
+    proc = _tritonserver(server)
+    assert "--model-control-mode=none" in proc.cmdline()
+    listening = [c.laddr for p in [proc, *proc.children(recursive=True)] for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert {a.port for a in listening} >= {server.ports.http, server.ports.grpc, server.ports.metrics}
+    assert all(a.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for a in listening), listening
+
+
+def test_models_cannot_be_loaded_or_unloaded(server):
+    for action in ("unload", "load"):
+        req = urllib.request.Request(f"{server.http_url}/v2/repository/models/ensemble/{action}", data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 503 and "explicit model load / unload is not allowed" in e.value.read().decode()
+    assert urllib.request.urlopen(f"{server.http_url}/v2/models/ensemble/ready", timeout=10).status == 200
+
+
+def test_request_over_the_size_cap_is_refused(server):
+    body = json.dumps({"text_input": "a" * (MAX_INPUT_BYTES + 1), "max_tokens": 4}).encode()
+    req = urllib.request.Request(f"{server.http_url}/v2/models/ensemble/generate_stream", data=body)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400
+    message = e.value.read().decode()
+    assert f"text_input has {MAX_INPUT_BYTES + 1} bytes: allowed [1, {MAX_INPUT_BYTES}] (max_input_bytes)" in message
+    r = sc.generate(server.grpc_url, ["the quick"], max_tokens=3, temperature=0.0)[0]
+    assert r.error is None and r.tokens == 3

@@ -45,9 +45,15 @@ def stop_server(server) -> None:
 
 
 def metrics(server) -> dict[str, float]:
-    """specdec_* custom metrics of the target model (name -> value)."""
+    """specdec_* custom metrics of the target model (name -> value; label sets of one name, such as
+    the buckets of specdec_tokens_per_round_total, are summed)."""
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith("specdec_")}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("specdec_"):
+            name = line.split("{")[0].split()[0]
+            out[name] = out.get(name, 0.0) + float(line.split()[-1])
+    return out
 
 
 def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1):

@@ -3,6 +3,11 @@
 Writes a copy of model_repository/ with these settings (the checked-in one is never changed),
 starts tritonserver (the image's, or the one in the nvidia-pytriton wheel), waits until
 /v2/health/ready answers 200, prints the endpoints and stays in the foreground until Ctrl-C.
+
+Safe defaults (docs/security.md): HTTP, gRPC and metrics bind 127.0.0.1 unless ``--host`` says
+otherwise; model control mode is ``none`` (no load/unload over the API); ``text_input`` is capped
+(``--max-input-bytes``) and the requests held at once are bounded (``--max-queued-requests``);
+requests are data only (JSON and tensors are parsed, never evaluated).
 """
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ def add_parser(sub) -> None:
     g.add_argument("--default-max-tokens", type=int, default=128, help="when a request sends no max_tokens")
     g.add_argument("--cpu-threads", type=int, default=0, help="torch threads of a CPU engine (0 = torch default)")
     g.add_argument("--chat", action="store_true", help="apply the chat template unless a request says otherwise")
+    g.add_argument("--max-queued-requests", type=int, default=64,
+                   help="requests held beyond the engine batch; more get UNAVAILABLE at once (-1 = no cap)")
+    g.add_argument("--max-input-bytes", type=int, default=0,
+                   help="cap on text_input in UTF-8 bytes (0 = max_model_len x the longest token's bytes)")
     d = p.add_argument_group("placement")
     d.add_argument("--target-gpu", type=int, default=None, help="GPU of the target (default: 0 if CUDA, else CPU)")
     d.add_argument("--draft-gpu", type=int, default=None,
@@ -38,7 +47,8 @@ def add_parser(sub) -> None:
     d.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
     d.add_argument("--rendezvous-port", type=int, default=29500, help="target <-> draft channel port")
     s = p.add_argument_group("server")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address HTTP, gRPC and metrics bind (default 127.0.0.1: this host only; 0.0.0.0 = all)")
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--metrics-port", type=int, default=8002)
@@ -65,21 +75,17 @@ def settings_from_args(args, cuda: bool):
                     num_kv_blocks=args.num_kv_blocks, cpu_threads=args.cpu_threads,
                     draft_location="separate" if args.draft_gpu is not None else "in_target",
                     rendezvous=f"tcp://127.0.0.1:{args.rendezvous_port}",
-                    default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat)
+                    default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat,
+                    max_queued_requests=args.max_queued_requests, max_input_bytes=args.max_input_bytes)
 
 
-def run(args) -> int:
-    import torch
-
+def build_server(args, cuda: bool):
+    """Settings, the generated repository and the (not yet started) TritonServer for these arguments."""
     from ..models.registry import resolve
     from ..triton.launcher import Ports, TritonServer
     from ..triton.repository import write_repository
 
-    cuda = torch.cuda.is_available() and not args.cpu
     target_gpu = args.target_gpu if args.target_gpu is not None else (0 if cuda else None)
-    if not cuda and (args.target_gpu is not None or args.draft_gpu is not None):
-        print("error: --target-gpu/--draft-gpu given but CUDA is not available (use --cpu)", file=sys.stderr)
-        return 2
     settings = settings_from_args(args, cuda)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="specdec-serve-"))
     resolve(settings.target)                       # converts packaged weights once, before the models race
@@ -89,6 +95,18 @@ def run(args) -> int:
                             draft_gpu=args.draft_gpu, source=args.model_repository)
     server = TritonServer(repo, workdir, host=args.host, ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
                           tritonserver=args.tritonserver, verbose=args.verbose)
+    return settings, server, target_gpu
+
+
+def run(args) -> int:
+    import torch
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    if not cuda and (args.target_gpu is not None or args.draft_gpu is not None):
+        print("error: --target-gpu/--draft-gpu given but CUDA is not available (use --cpu)", file=sys.stderr)
+        return 2
+    settings, server, target_gpu = build_server(args, cuda)
+    repo = server.repository
     where = "CPU" if target_gpu is None else f"GPU {target_gpu}"
     draft = settings.draft_spec or "none (AR)"
     if settings.draft_location == "separate":
@@ -112,7 +130,9 @@ def run(args) -> int:
     print(f"ready in {time.perf_counter() - t0:.1f} s\n"
           f"  HTTP     {server.http_url}  (POST /v2/models/ensemble/generate_stream)\n"
           f"  gRPC     {server.grpc_url}  (model 'ensemble', streaming)\n"
-          f"  metrics  {server.metrics_url}", flush=True)
+          f"  metrics  {server.metrics_url}\n"
+          f"  bound to {server.host}; model control mode none; up to {settings.engine_max_batch_size} + "
+          f"{settings.max_queued_requests} requests at once", flush=True)
     while not stop["now"] and server.proc.poll() is None:
         time.sleep(0.5)
     code = server.proc.poll()

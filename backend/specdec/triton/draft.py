@@ -1,20 +1,66 @@
 """The ``draft`` Triton model: a draft model in its own instance (its own GPU), reached directly.
 
-With ``draft_location: separate`` the instance starts ``specdec.spec.draft_worker.serve_draft``
-on a background thread: it joins the target through a torch.distributed channel at
-``rendezvous`` and answers the target's draft requests there, never through Triton requests.
-``initialize`` does not wait for the target (nor the target for it): both connect in the
-background and the target serves AR until the draft has joined. With ``in_target`` (the default)
-the target runs the draft itself and this model stays idle. Its only request, ``status``, reports
-which of these is the case.
+With ``draft_location: separate`` the instance supervises a draft worker *process*
+(``python -m specdec.spec.draft_worker``) on its device: the worker joins the target through a
+torch.distributed channel at ``rendezvous`` and answers the target's draft requests there, never
+through Triton requests. ``initialize`` does not wait for the target (nor the target for it): both
+connect in the background and the target serves AR until the draft has joined.
+
+Why a process and not a thread of this stub: a draft that dies (killed, out of memory, a crashed
+kernel) takes only the worker down. The target notices the broken channel, finishes its in-flight
+requests in AR mode and waits at the same rendezvous; this model starts a new worker (after a
+back-off when workers die quickly), which joins again, and the target speculates again. The worker
+is tied to this stub (``PR_SET_PDEATHSIG``), so killing the stub process, the draft's Triton
+instance, ends the worker too; Triton 2.51 does not restart a dead stub and model control is off,
+so the target then stays in AR mode until a worker joins the rendezvous another way (a restart of
+the server, or ``python -m specdec.spec.draft_worker --rendezvous ...`` by hand).
+
+With ``in_target`` (the default) the target runs the draft itself and this model stays idle. Its
+only request, ``status``, reports which of these is the case, the worker's pid and its restarts.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
+import subprocess
 import threading
+import time
 
 from . import pbio
 from .settings import instance_device, read_settings
+
+PR_SET_PDEATHSIG = 1
+QUICK_EXIT_S = 30.0          # a worker that ran less than this counts as failing at startup
+MAX_BACKOFF_S = 30.0
+
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up here, not in the forked child
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it when this process dies (Linux)."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def worker_command(s, device) -> list[str]:
+    """The draft worker's command line for these settings (connects to the target's rendezvous)."""
+    from ..spec.link import python_executable
+    cmd = [python_executable(), "-m", "specdec.spec.draft_worker", "--draft", s.draft, "--device", str(device),
+           "--dtype", s.dtype, "--rendezvous", s.rendezvous, "--max-batch-size", str(s.engine_max_batch_size),
+           "--connect-timeout", "1e9", "--parent-pid", str(os.getpid()), "--log-level", "INFO"]
+    if s.draft.startswith("self:"):
+        cmd += ["--target", s.target]
+    if s.max_model_len:
+        cmd += ["--max-model-len", str(s.max_model_len)]
+    if s.cpu_threads:
+        cmd += ["--num-threads", str(s.cpu_threads)]
+    return cmd
 
 
 class DraftModel:
@@ -23,58 +69,63 @@ class DraftModel:
         self.settings = s = read_settings(args)
         self.device = instance_device(args)
         self.state = {"draft_location": s.draft_location, "draft": s.draft, "device": str(self.device),
-                      "rendezvous": s.rendezvous, "connections": 0}
+                      "rendezvous": s.rendezvous, "worker_pid": None, "worker_starts": 0, "last_exit_code": None}
         self.stop = threading.Event()
         self.thread = None
+        self.proc: subprocess.Popen | None = None
         if s.draft_location != "separate" or s.mode == "ar" or not s.draft:
             self.state["status"] = "idle"
             self.log.info("idle: draft_location=%s mode=%s (the target runs its draft itself, if any)",
                           s.draft_location, s.mode)
             return
-        self.log.info("draft %s on %s: joining the target at %s in the background", s.draft, self.device, s.rendezvous)
-        self.thread = threading.Thread(target=self._serve, name="specdec-draft", daemon=True)
+        self.cmd = worker_command(s, self.device)
+        self.log.info("draft %s on %s: a worker process joins the target at %s in the background", s.draft,
+                      self.device, s.rendezvous)
+        self.thread = threading.Thread(target=self._supervise, name="specdec-draft", daemon=True)
         self.thread.start()
 
-    def _serve(self):
-        """Serve one target connection after another until finalize (a failed channel is retried)."""
-        s = self.settings
-        try:
-            if self.device.type == "cuda":
-                import torch
-                torch.cuda.set_device(self.device)          # per thread: set it here, not in initialize
-            from ..spec.draft_worker import serve_draft
-            from ..spec.transport import ChannelError
-        except Exception as e:      # the target notices the missing draft and serves AR
-            self._failed(e)
-            return
-        fan_out = int(s.fan_out) if s.fan_out.isdigit() else s.fan_out
+    def _supervise(self) -> None:
+        """Keep one worker running until finalize; restart it whenever it exits."""
+        backoff = 1.0
         while not self.stop.is_set():
-            self.state["status"] = "waiting for the target"
+            t0 = time.monotonic()
             try:
-                serve_draft(s.draft, str(self.device), s.dtype, s.rendezvous, target=s.target,
-                            max_batch_size=s.engine_max_batch_size, max_model_len=s.max_model_len or None,
-                            connect_timeout_s=None, should_stop=self.stop.is_set, k=s.k, fan_out=fan_out,
-                            num_threads=s.cpu_threads or None)
-                self.state["connections"] += 1
-                self.log.info("draft: the target closed the channel (EXIT); waiting for the next connection")
-            except ChannelError as e:
-                self.state["connections"] += 1
-                self.log.warning("draft channel failed (%s); serving the next connection", e)
-            except TimeoutError:
+                self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent)
+            except OSError as e:
+                self.state["status"] = f"failed to start: {e}"
+                self.log.error("draft worker could not start (the target serves AR): %s", e)
+                self.stop.wait(MAX_BACKOFF_S)
                 continue
-            except Exception as e:
-                self._failed(e)
-                return
+            self.state.update(status="running", worker_pid=self.proc.pid, worker_starts=self.state["worker_starts"] + 1)
+            self.log.info("draft worker %d started", self.proc.pid)
+            while self.proc.poll() is None and not self.stop.is_set():
+                self.stop.wait(0.2)
+            if self.stop.is_set():
+                break
+            code = self.proc.returncode
+            self.state.update(status="restarting", worker_pid=None, last_exit_code=code)
+            lived = time.monotonic() - t0
+            if lived > QUICK_EXIT_S:
+                backoff = 1.0                       # it had been serving: restart at once
+            delay, backoff = backoff, min(2 * backoff, MAX_BACKOFF_S)
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            log = self.log.info if code == 0 else self.log.warning
+            log("draft worker %d ended (%s) after %.0f s; starting a new one in %.0f s", self.proc.pid, how, lived, delay)
+            self.stop.wait(delay)
         self.state["status"] = "stopped"
-
-    def _failed(self, e: Exception) -> None:
-        self.state["status"] = f"failed: {type(e).__name__}: {e}"
-        self.log.error("draft worker failed (the target serves AR): %s: %s", type(e).__name__, e)
 
     def finalize(self):
         self.stop.set()
         if self.thread is not None:
             self.thread.join(10)
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
     def execute(self, requests):
         pb_utils = pbio.pb()

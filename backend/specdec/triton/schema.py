@@ -42,6 +42,8 @@ INPUTS: dict[str, str] = {
     "return_num_output_tokens": "TYPE_BOOL",
 }
 VARIABLE_INPUTS = ("stop_words", "bad_words")   # dims [-1]; all others are dims [1]
+MAX_STOP_WORDS = 16                   # entries of stop_words (SamplingParams' limit)
+MAX_STOP_CHARS = 256                  # characters of one stop string
 
 # name -> Triton type of the ensemble's outputs (one response per round of the engine).
 OUTPUTS: dict[str, str] = {
@@ -79,18 +81,29 @@ class GenerationRequest:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"sampling_parameters is not valid JSON: {e}") from None
-        if not isinstance(d, dict) or not isinstance(d.get("params", {}), dict):
+        if not isinstance(d, dict) or not isinstance(d.get("params"), dict):
             raise ValueError("sampling_parameters must be a JSON object with a 'params' object")
         known = {f for f in cls.__slots__}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"sampling_parameters: unknown keys {sorted(unknown)}; allowed {sorted(known)}")
         req = cls(**d)
-        req.sampling_params()            # raises ValueError naming the bad field
+        try:
+            req.sampling_params()        # raises ValueError naming the bad field
+        except TypeError as e:           # an unknown SamplingParams keyword
+            raise ValueError(f"sampling_parameters: {e}") from None
         return req
 
 
 Getter = Callable[[str], "np.ndarray | None"]
+
+
+def _utf8(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not valid UTF-8: byte {raw[e.start:e.start + 1]!r} at offset {e.start} "
+                         f"({e.reason}); allowed: UTF-8 text") from None
 
 
 def _scalar(get: Getter, name: str):
@@ -100,10 +113,10 @@ def _scalar(get: Getter, name: str):
         return None
     flat = np.asarray(arr).reshape(-1)
     if flat.size != 1:
-        raise ValueError(f"{name} has {flat.size} values: expected exactly 1 (send one request per prompt)")
+        raise ValueError(f"{name} has {flat.size} values: allowed exactly 1 (send one request per prompt)")
     v = flat[0]
     if isinstance(v, bytes):
-        return v.decode("utf-8", errors="strict")
+        return _utf8(name, v)
     return v.item() if hasattr(v, "item") else v
 
 
@@ -111,26 +124,56 @@ def _strings(get: Getter, name: str) -> list[str]:
     arr = get(name)
     if arr is None:
         return []
+    flat = np.asarray(arr, dtype=object).reshape(-1)
+    if flat.size > MAX_STOP_WORDS:
+        raise ValueError(f"{name} has {flat.size} entries: allowed [0, {MAX_STOP_WORDS}]")
     out = []
-    for v in np.asarray(arr, dtype=object).reshape(-1):
-        s = v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    for i, v in enumerate(flat):
+        s = _utf8(f"{name}[{i}]", v) if isinstance(v, bytes) else str(v)
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(f"{name}[{i}] has {len(s)} characters: allowed [1, {MAX_STOP_CHARS}]")
         if s:
             out.append(s)
     return out
 
 
+# request parameters Triton's own protocol defines; they pass (with any reserved ``triton_*`` key)
+TRITON_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output")
+
+
+def check_parameters(parameters: dict) -> None:
+    """Request parameters (HTTP ``generate``: any key that is not an input; gRPC ``parameters``).
+
+    The model takes none of its own, so an unknown one is an error rather than silently ignored
+    (a misspelled ``max_token`` would otherwise generate with the default). Triton's reserved
+    keys (``triton_*``, e.g. ``triton_enable_empty_final_response``) and TRITON_PARAMETERS pass.
+    """
+    unknown = sorted(k for k in parameters if not k.startswith("triton_") and k not in TRITON_PARAMETERS)
+    if unknown:
+        k = unknown[0]
+        raise ValueError(f"unknown parameter {k}={parameters[k]!r}: this model takes no request parameters; "
+                         f"allowed inputs: {', '.join(INPUTS)}")
+
+
 def parse_request(get: Getter, *, default_max_tokens: int, max_model_len: int,
-                  default_chat: bool = False) -> tuple[str, GenerationRequest]:
+                  default_chat: bool = False, max_input_bytes: int = 0) -> tuple[str, GenerationRequest]:
     """Read and validate the public inputs; return (prompt text, request).
 
     Prompt-length checks need the tokenizer and happen in preprocessing (see
-    :func:`check_lengths`); everything else is checked here.
+    :func:`check_lengths`); everything else is checked here. ``max_input_bytes`` (> 0) caps
+    text_input before it is decoded or tokenized.
     """
+    raw = get("text_input")
+    if raw is None:
+        raise ValueError("text_input is required: allowed a non-empty UTF-8 string")
+    flat = np.asarray(raw, dtype=object).reshape(-1)
+    if flat.size == 1 and max_input_bytes and isinstance(flat[0], (bytes, str)):
+        size = len(flat[0]) if isinstance(flat[0], bytes) else len(flat[0].encode("utf-8"))
+        if size > max_input_bytes:             # before decoding or tokenizing it
+            raise ValueError(f"text_input has {size} bytes: allowed [1, {max_input_bytes}] (max_input_bytes)")
     text = _scalar(get, "text_input")
-    if text is None:
-        raise ValueError("text_input is required")
     if not isinstance(text, str) or not text:
-        raise ValueError(f"text_input={text!r} is empty: allowed a non-empty string")
+        raise ValueError(f"text_input={text!r} is empty: allowed a non-empty UTF-8 string")
 
     p: dict = {}
     max_tokens = _scalar(get, "max_tokens")
@@ -145,7 +188,7 @@ def parse_request(get: Getter, *, default_max_tokens: int, max_model_len: int,
     seed = _scalar(get, "seed")
     random_seed = _scalar(get, "random_seed")
     if seed is not None and random_seed is not None and int(seed) != int(random_seed):
-        raise ValueError(f"seed={seed} and random_seed={random_seed} differ: send one of them")
+        raise ValueError(f"seed={seed} and random_seed={random_seed} differ: allowed one of them, or both equal")
     if seed is not None or random_seed is not None:
         p["seed"] = int(seed if seed is not None else random_seed)
     stops = _strings(get, "stop_words")

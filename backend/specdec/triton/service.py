@@ -10,9 +10,13 @@ chunks, so a slow send never stalls the engine (the vllm_backend pattern).
 Cancellation arrives two ways: ``handle.is_cancelled()`` (a direct request to the target) and,
 for requests inside the ensemble, a :class:`~.cancel.CancelInbox` that postprocessing writes to
 (cancel.py explains why). Every request gets exactly one final message: with its last chunk, or with its error (invalid
-input, cancellation, engine failure, shutdown). Whatever ends a request frees its KV blocks
-(``engine.abort``). Triton objects stay behind the :class:`StreamHandle` protocol, so this file
-runs (and is tested) without Triton.
+input, cancellation, engine failure, overload, shutdown). Whatever ends a request frees its KV
+blocks (``engine.abort``). Triton objects stay behind the :class:`StreamHandle` protocol, so this
+file runs (and is tested) without Triton.
+
+Overload: the service holds at most ``engine batch + max_queued`` requests (queued here, waiting
+in the engine or running). Past that, :meth:`submit` answers UNAVAILABLE at once, from the
+caller's thread, so nothing piles up behind a full engine and memory stays bounded.
 """
 from __future__ import annotations
 
@@ -66,18 +70,28 @@ class _Active:
     tracker: ChunkTracker
     want_stats: bool
     secret: str = ""
+    rounds: int = 0               # engine outputs (= responses) so far
 
 
 class TargetService:
     """Runs ``engine`` on a background thread; ``on_round(engine)`` is called after every loop turn."""
 
     def __init__(self, engine, on_round: Callable[[object], None] | None = None, idle_wait_s: float = 0.05,
-                 device=None, cancel_inbox: CancelInbox | None = None):
+                 device=None, cancel_inbox: CancelInbox | None = None, max_queued: int | None = None):
         self.engine = engine
         self.cancel_inbox = cancel_inbox
         self.on_round = on_round
         self.idle_wait_s = idle_wait_s
         self.device = device
+        # requests held at once (None = no cap): the engine's batch plus max_queued waiting
+        self.capacity = None if max_queued is None else engine.cfg.max_batch_size + max_queued
+        self._held = 0                       # submitted and not yet given their final (under _lock)
+        self._lock = threading.Lock()
+        self.rejected = 0                    # refused with UNAVAILABLE (full)
+        self.cancelled = 0                   # engine thread only, like the counters below
+        self.tokens_generated = 0
+        self.draft_attaches = 0              # times a drafter started speculating (a worker (re)joined)
+        self._drafter = None
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
         self._outbox: queue.Queue[tuple | None] = queue.Queue()
         self._active: dict[int, _Active] = {}
@@ -89,11 +103,31 @@ class TargetService:
 
     # --- called from Triton's execute thread ------------------------------------------------
     def submit(self, handle: StreamHandle, prompt_ids: list[int], params: SamplingParams, *, stream: bool = True,
-               want_stats: bool = False) -> None:
+               want_stats: bool = False) -> bool:
+        """Queue a request for the engine thread; False if it was refused (full or shutting down),
+        in which case its one final message, an UNAVAILABLE error, has been sent already."""
         if self._stop.is_set():
             self._outbox.put((handle, RequestError(ErrorKind.UNAVAILABLE, "the target model is shutting down"), True))
-            return
+            return False
+        with self._lock:
+            full = self.capacity is not None and self._held >= self.capacity
+            if full:
+                self.rejected += 1
+            else:
+                self._held += 1
+        if full:
+            # The code travels as TritonError UNAVAILABLE, but Triton 2.51's HTTP generate endpoints
+            # answer 400 for every model error and gRPC streams carry no code: the message says it.
+            msg = (f"UNAVAILABLE: server overloaded: {self.capacity} requests in flight, allowed at most {self.capacity} "
+                   f"(engine batch {self.engine.cfg.max_batch_size} + max_queued_requests "
+                   f"{self.capacity - self.engine.cfg.max_batch_size}); retry later")
+            try:      # at once, from this thread: the response thread may have a backlog
+                handle.send(RequestError(ErrorKind.UNAVAILABLE, msg), True)
+            except Exception:
+                log.exception("sending an UNAVAILABLE response failed")
+            return False
         self._inbox.put(_Submission(handle, prompt_ids, params, stream, want_stats))
+        return True
 
     def reject(self, handle: StreamHandle, kind: str, message: str) -> None:
         """Answer a request that never reached the engine (its one final message)."""
@@ -109,6 +143,25 @@ class TargetService:
     @property
     def num_active(self) -> int:
         return len(self._active)
+
+    @property
+    def num_held(self) -> int:
+        """Requests submitted and not yet answered with their final message."""
+        return self._held
+
+    def counts(self) -> dict[str, float]:
+        """Request-level metric values (metrics.snapshot reads them from the engine thread)."""
+        return {"specdec_active_requests": self._held, "specdec_max_active_requests": self.capacity or 0,
+                "specdec_generated_tokens_total": self.tokens_generated,
+                "specdec_requests_cancelled_total": self.cancelled,
+                "specdec_draft_attaches_total": self.draft_attaches,
+                "specdec_requests_rejected_total": self.rejected}
+
+    def _final(self, handle: StreamHandle, message) -> None:
+        """Queue a submitted request's one final message and release its place."""
+        self._outbox.put((handle, message, True))
+        with self._lock:
+            self._held -= 1
 
     # --- the engine thread ------------------------------------------------------------------
     def _engine_loop(self) -> None:
@@ -129,14 +182,29 @@ class TargetService:
                     outs = []
                 for out in outs:
                     self._emit(out)
+            self._watch_drafter()
             if self.on_round is not None:
                 try:
                     self.on_round(self.engine)
                 except Exception:
                     log.exception("on_round callback failed")
         self._fail_all(ErrorKind.UNAVAILABLE, "the target model is shutting down")
+        while True:                # submitted but never admitted: they get their final too
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._final(item.handle, RequestError(ErrorKind.UNAVAILABLE, "the target model is shutting down"))
         if self.on_round is not None:
             self.on_round(self.engine)
+
+    def _watch_drafter(self) -> None:
+        d = getattr(self.engine, "drafter", None)
+        if d is not self._drafter:
+            if d is not None:
+                self.draft_attaches += 1
+            self._drafter = d
 
     def _admit(self, block: bool) -> None:
         try:
@@ -154,7 +222,7 @@ class TargetService:
         try:
             seq = self.engine.add_request(sub.prompt_ids, sub.params)
         except ValueError as e:
-            self.reject(sub.handle, ErrorKind.INVALID_ARG, str(e))
+            self._final(sub.handle, RequestError(ErrorKind.INVALID_ARG, str(e)))
             return
         self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, new_secret())
 
@@ -175,19 +243,23 @@ class TargetService:
         for sid in reported | direct:
             a = self._active.pop(sid)
             self.engine.abort(a.seq, "cancelled")      # frees its KV blocks
-            log.info("request %d cancelled after %d tokens", sid, len(a.seq.output_ids))
+            self.cancelled += 1
+            log.info("request %d (id %r) cancelled after %d tokens in %d rounds", sid,
+                     getattr(a.handle, "request_id", ""), len(a.seq.output_ids), a.rounds)
             if sid in direct:
-                self._outbox.put((a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"), True))
+                self._final(a.handle, RequestError(ErrorKind.CANCELLED, "request was cancelled"))
             else:
                 # Inside the ensemble the final message is a data response: an error from this step
                 # while postprocessing steps are in flight leaves the ensemble request in flight
                 # forever in Triton 2.51 (its ensemble scheduler stops counting steps after an error).
-                self._outbox.put((a.handle, Chunk([], 0, 0, True, finish_reason="cancelled"), True))
+                self._final(a.handle, Chunk([], 0, 0, True, finish_reason="cancelled"))
 
     def _emit(self, out) -> None:
         a = self._active.get(out.seq.seq_id)
         if a is None:
             return
+        self.tokens_generated += len(out.new_token_ids)
+        a.rounds += 1
         chunk = a.tracker.on_step(out)
         if chunk is None:
             return
@@ -198,7 +270,10 @@ class TargetService:
             chunk.stats = out.seq.stats.as_dict()
         if self.cancel_inbox is not None:
             chunk.cancel_key = self.cancel_inbox.key(out.seq.seq_id, a.secret)
-        self._outbox.put((a.handle, chunk, out.finished))
+        if out.finished:
+            self._final(a.handle, chunk)
+        else:
+            self._outbox.put((a.handle, chunk, False))
 
     def _fail_all(self, kind: str, message: str) -> None:
         for sid, a in list(self._active.items()):
@@ -206,7 +281,7 @@ class TargetService:
                 self.engine.abort(a.seq, "error")
             except Exception:
                 log.exception("abort of request %d failed", sid)
-            self._outbox.put((a.handle, RequestError(kind, message), True))
+            self._final(a.handle, RequestError(kind, message))
         self._active.clear()
 
     # --- the response thread ----------------------------------------------------------------

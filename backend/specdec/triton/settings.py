@@ -35,12 +35,19 @@ class Settings:
     gpus: str = ""                        # target's GPUs, one tensor-parallel rank each ("0,1"; instance KIND_MODEL)
     default_max_tokens: int = 128         # when a request sends no max_tokens
     apply_chat_template: bool = False     # default of the apply_chat_template input
+    max_queued_requests: int = 64         # requests waiting beyond the engine batch; more get UNAVAILABLE; -1 = no cap
+    max_input_bytes: int = 0              # cap on text_input (UTF-8 bytes); 0 = max_model_len x the longest token
 
     def __post_init__(self):
         if self.draft_location not in DRAFT_LOCATIONS:
             raise ValueError(f"draft_location={self.draft_location!r} is not one of {DRAFT_LOCATIONS}")
         if not self.rendezvous.startswith("tcp://"):
             raise ValueError(f"rendezvous={self.rendezvous!r}: expected tcp://HOST:PORT")
+        if self.max_queued_requests < -1:
+            raise ValueError(f"max_queued_requests={self.max_queued_requests} is out of range: allowed [-1, inf] "
+                             "(-1 = no cap)")
+        if self.max_input_bytes < 0:
+            raise ValueError(f"max_input_bytes={self.max_input_bytes} is out of range: allowed [0, inf] (0 = derived)")
         self.target_gpus                   # validates gpus
 
     @property

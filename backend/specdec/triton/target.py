@@ -18,7 +18,7 @@ import numpy as np
 
 from . import pbio
 from .cancel import CancelInbox
-from .metrics import EngineGauges
+from .metrics import TritonMetrics
 from .schema import GenerationRequest
 from .service import ErrorKind, RequestError, TargetService
 from .settings import instance_device, read_settings
@@ -51,10 +51,11 @@ def build_engine(settings, device, log_=log):
 class _Handle:
     """A Triton request as the service sees it (StreamHandle): cancellation and sending."""
 
-    __slots__ = ("request", "sender", "num_input_tokens", "req")
+    __slots__ = ("request", "sender", "num_input_tokens", "req", "request_id")
 
     def __init__(self, request, num_input_tokens: int, req: GenerationRequest | None):
         self.request = request
+        self.request_id = request.request_id()      # the client's id (the ensemble passes it on)
         self.sender = request.get_response_sender()
         self.num_input_tokens = num_input_tokens
         self.req = req
@@ -119,9 +120,12 @@ class TargetModel:
                 torch.set_num_threads(settings.cpu_threads)
             self.log.info("instance %s on CPU (%d torch threads)", args["model_instance_name"], torch.get_num_threads())
         self.engine = build_engine(settings, device, self.log)
-        self.gauges = EngineGauges(pb_utils, name, str(device))
-        self.service = TargetService(self.engine, on_round=self.gauges.update, device=device,
-                                     cancel_inbox=CancelInbox())
+        self.metrics = TritonMetrics(pb_utils, name, str(device))
+        max_queued = None if settings.max_queued_requests < 0 else settings.max_queued_requests
+        self.service = TargetService(self.engine, on_round=lambda e: self.metrics.on_round(e, getattr(self, "service", None)),
+                                     device=device, cancel_inbox=CancelInbox(), max_queued=max_queued)
+        self.log.info("accepting up to %s requests at once (engine batch %d + max_queued_requests %s)",
+                      self.service.capacity or "unlimited", self.engine.cfg.max_batch_size, max_queued)
 
     def execute(self, requests):
         for request in requests:
@@ -135,6 +139,10 @@ class TargetModel:
             except ValueError as e:
                 self.service.reject(handle, ErrorKind.INVALID_ARG, str(e))
                 continue
+            except Exception as e:          # never leave a request without its final response
+                self.log.exception("reading a request failed")
+                self.service.reject(handle, ErrorKind.INTERNAL, f"{type(e).__name__}: {e}")
+                continue
             handle.req, handle.num_input_tokens = req, len(ids)
             self.service.submit(handle, ids, params, stream=req.stream, want_stats=req.return_perf_metrics)
         return None
@@ -142,4 +150,5 @@ class TargetModel:
     def finalize(self):
         self.log.info("shutting down: %d active requests get a final UNAVAILABLE error", self.service.num_active)
         self.service.shutdown()
+        self.metrics.close()
         self.engine.close()            # EXIT to a draft worker, if any
