@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
-from tiny import make_model, word_tokenizer  # noqa: E402
+from tiny import make_model, word_tokenizer  # noqa: E402  (test data such as PROMPTS: import from tiny)
 
 
 @pytest.fixture(scope="module")
@@ -74,5 +74,3 @@ def small_vocab_pair(model_dir) -> tuple[Path, Path]:
     return t, d
 
 
-PROMPTS = [[5, 17, 33, 99, 100, 7], [42], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [200, 201, 3],
-           [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [77, 78], [150, 151, 152, 153, 154], [9, 9, 9, 9]]

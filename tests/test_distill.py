@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PROMPTS
+from tiny import PROMPTS
 from specdec import LLM, SamplingParams
 from specdec.cli import main
 from specdec.distill.prompts import HELDOUT_PROMPTS, TRAIN_PROMPTS

@@ -1,7 +1,7 @@
 """Greedy exactness: AR equals HF generate; sync speculative decoding equals AR for every draft kind."""
 import pytest
 import torch
-from conftest import PROMPTS
+from tiny import PROMPTS
 from transformers import AutoModelForCausalLM
 
 from specdec import LLM, SamplingParams

@@ -1,6 +1,6 @@
 """KV rollback by length: no stale K/V is ever read, and every block returns to the pool."""
 import torch
-from conftest import PROMPTS
+from tiny import PROMPTS
 from transformers import AutoModelForCausalLM
 
 from specdec import LLM, SamplingParams

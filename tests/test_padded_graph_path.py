@@ -1,5 +1,5 @@
 """The padded static-buffer path (what CUDA graphs replay) gives the same tokens as the eager path."""
-from conftest import PROMPTS
+from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
 

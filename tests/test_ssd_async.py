@@ -8,7 +8,7 @@ lists, geometric fan-out and all backups without a process per case.
 import time
 
 import pytest
-from conftest import PROMPTS
+from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
 

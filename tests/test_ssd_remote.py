@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import PROMPTS
+from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
 from specdec.spec.transport import free_port

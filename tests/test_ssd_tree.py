@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import PROMPTS
+from tiny import PROMPTS
 
 from specdec.engine.runner import Feed, PagedRunner
 from specdec.models.loader import load_model

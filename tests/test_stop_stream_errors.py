@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import PROMPTS
+from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
 from specdec.engine.detokenizer import IncrementalDetokenizer

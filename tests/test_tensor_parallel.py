@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import PROMPTS
+from tiny import PROMPTS
 from safetensors.torch import load_file
 
 from specdec import LLM, SamplingParams

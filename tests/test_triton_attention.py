@@ -57,7 +57,7 @@ def test_split_count_fills_the_gpu():
 
 
 def test_engine_tokens_equal_with_the_kernel(tiny_llama, tiny_llama_draft):
-    from conftest import PROMPTS
+    from tiny import PROMPTS
 
     from specdec import LLM, SamplingParams
     params = SamplingParams(max_tokens=6, ignore_eos=True)

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import torch
 
+# prompts (token ids) of different lengths, shared by the exactness tests
+PROMPTS = [[5, 17, 33, 99, 100, 7], [42], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [200, 201, 3],
+           [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [77, 78], [150, 151, 152, 153, 154], [9, 9, 9, 9]]
+
 CORPUS = ("the quick brown fox jumps over the lazy dog. speculative decoding drafts tokens and the "
           "target verifies them in one pass. caf\u00e9 na\u00efve \u00fcber \u65e5\u672c\u8a9e \U0001F600 "
           "0123456789 hello world! how are you today? ") * 4
