@@ -135,3 +135,29 @@ def test_request_over_the_size_cap_is_refused(server):
     assert f"text_input has {MAX_INPUT_BYTES + 1} bytes: allowed [1, {MAX_INPUT_BYTES}] (max_input_bytes)" in message
     r = sc.generate(server.grpc_url, ["the quick"], max_tokens=3, temperature=0.0)[0]
     assert r.error is None and r.tokens == 3
+
+
+def test_short_soak_without_failures_then_overload(server, tmp_path):
+    """client/load_test.py for ~30 s (two cycles of perf_analyzer at concurrency 1, 4, 16), then a burst
+    of capacity + 8 streams: no failed request below the limit, all KV blocks back, exactly 8 refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from perf_sweep import find_perf_analyzer
+    try:
+        find_perf_analyzer()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "soak.json"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "client/load_test.py", "-u", server.grpc_url, "--metrics-url", server.metrics_url,
+                           "--minutes", "0.3", "--cycle-s", "9", "--levels", "1,4,16", "--max-tokens", "16",
+                           "--overload", "8", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["cycles"] == 2 and summary["requests"] > 0 and summary["failed_requests"] == 0
+    assert summary["rejected"] == 0 and not summary["perf_analyzer_failures"]
+    assert summary["kv_free_at_end"] == summary["kv_total"]
+    o = summary["overload"]
+    assert o["refused_unavailable"] == 8 and o["completed"] == o["capacity"] and o["max_refusal_s"] < 2.0

@@ -13,7 +13,8 @@ the draft channel. Engine batch 8, at most 24 more requests queued (capacity 32)
 * The specdec_* metrics on the metrics port move as requests run.
 * The draft worker process is SIGKILLed mid-stream: the in-flight requests finish in AR mode with
   unchanged greedy output, the target logs it and counts it, and speculates again once the draft
-  model has started a new worker.
+  model has started a new worker. Then the draft model's own process (its Triton instance) is
+  killed: AR until a worker started by hand joins the rendezvous (last: the draft model is gone).
 """
 from __future__ import annotations
 
@@ -59,10 +60,20 @@ def server(tiny_llama, tmp_path_factory):
     settings = Settings(target=str(tiny_llama), draft="self:1", mode="async", k=4, draft_location="separate",
                         rendezvous=f"tcp://127.0.0.1:{free_port()}", engine_max_batch_size=BATCH,
                         max_queued_requests=QUEUED, cpu_threads=1)
-    srv = start_server(tmp_path_factory.mktemp("triton_reliability"), settings)
-    srv.settings = settings
+    srv = start_server(tmp_path_factory.mktemp("triton_reliability"), settings, exit_timeout_s=10)
+    srv.settings, srv.extra_processes, srv.draft_stub_killed = settings, [], False
     yield srv
-    assert stop_server(srv) == 0, srv.log_tail(40)
+    code = stop_server(srv)
+    for p in srv.extra_processes:          # a draft worker started by a test exits on the target's EXIT
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if srv.draft_stub_killed:              # Triton 2.51 cannot unload a model whose stub is dead
+        assert code == 1 and "Exit timeout expired" in srv.log_tail(5), srv.log_tail(40)
+    else:
+        assert code == 0, srv.log_tail(40)
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +407,45 @@ def test_killed_draft_worker_falls_back_to_ar_and_rejoins(server, draft_joined, 
     new = _draft_status(server)
     assert new["worker_starts"] == status["worker_starts"] + 1 and new["last_exit_code"] == -signal.SIGKILL
     assert m["specdec_kv_free_blocks"] == m["specdec_kv_total_blocks"]
+
+
+def test_killed_draft_instance_leaves_ar_until_a_worker_rejoins(server, draft_joined, ar_llm):
+    """The draft's Triton instance (its stub process) dies: its worker dies with it, the target
+    finishes in AR and keeps serving AR (Triton 2.51 does not restart a stub; model control is
+    off); a draft worker started by hand at the same rendezvous brings speculation back."""
+    psutil = pytest.importorskip("psutil")
+    before = _settled(server)
+    worker = _draft_status(server)["worker_pid"]
+    (stub,) = [p for p in psutil.Process(server.proc.pid).children() if "draft_0_0" in " ".join(p.cmdline())]
+    n, out, first = 48, {}, threading.Event()
+
+    def run():
+        out["results"] = sc.generate(server.grpc_url, PROMPTS, on_text=lambda i, t: first.set(),
+                                     inputs=[sc.make_inputs(p, n, temperature=0.0, extra=_long(n)) for p in PROMPTS])
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert first.wait(60)
+    stub.kill()                                              # the draft model's process
+    server.draft_stub_killed = True
+    thread.join(300)
+    assert [r.text for r in out["results"]] == [_greedy(ar_llm, p, n) for p in PROMPTS]
+    assert all(r.error is None and r.finals == 1 for r in out["results"])
+    assert wait_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+                    timeout_s=10)                            # the worker died with it (PR_SET_PDEATHSIG)
+    m = _settled(server)
+    assert m["specdec_ar_fallbacks_total"] == before["specdec_ar_fallbacks_total"] + 1 and m["specdec_draft_connected"] == 0
+    with pytest.raises(Exception, match="not healthy"):
+        _draft_status(server)
+    r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
+    assert r.error is None and r.drafted == 0                # AR, and still serving
+    s = server.settings
+    by_hand = subprocess.Popen([sys.executable, "-m", "specdec.spec.draft_worker", "--draft", s.draft, "--target", s.target,
+                                "--device", "cpu", "--rendezvous", s.rendezvous, "--max-batch-size", str(BATCH),
+                                "--num-threads", "1", "--connect-timeout", "120"])
+    server.extra_processes.append(by_hand)
+
+    def speculating():
+        r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
+        return r.error is None and (r.drafted or 0) > 0
+    assert wait_for(speculating, timeout_s=120, interval_s=0.5), server.log_tail(30)
+    assert metrics(server)["specdec_draft_connected"] == 1

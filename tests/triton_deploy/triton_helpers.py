@@ -17,13 +17,13 @@ def require_tritonserver() -> None:
         pytest.skip("tritonserver not installed: pip install --no-deps nvidia-pytriton==0.7.0 (scripts/install.sh)")
 
 
-def start_server(workdir: Path, settings, timeout_s: float = 240.0):
+def start_server(workdir: Path, settings, timeout_s: float = 240.0, exit_timeout_s: int = 30):
     """Write the repository for ``settings`` (CPU instances) and start tritonserver on free ports."""
     require_tritonserver()
     from specdec.triton.launcher import Ports, TritonServer
     from specdec.triton.repository import write_repository
     repo = write_repository(workdir / "model_repository", settings)
-    server = TritonServer(repo, workdir, ports=Ports.free(), exit_timeout_s=30)
+    server = TritonServer(repo, workdir, ports=Ports.free(), exit_timeout_s=exit_timeout_s)
     t0 = time.perf_counter()
     server.start()
     try:
