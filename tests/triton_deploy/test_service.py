@@ -160,3 +160,30 @@ def test_shutdown_ends_active_requests(llm):
     svc.submit(late, [1, 2], SamplingParams(max_tokens=2))
     assert h.finals == 1 and h.error.kind == ErrorKind.UNAVAILABLE
     assert not llm.engine.has_unfinished()
+
+
+def test_past_capacity_submit_answers_unavailable_at_once(llm):
+    """Capacity = engine batch + max_queued: one more request is refused from the submitting thread
+    (one final UNAVAILABLE), the held ones complete, and their places are released."""
+    svc = TargetService(llm.engine, idle_wait_s=0.01, max_queued=2)
+    try:
+        cap = llm.engine.cfg.max_batch_size + 2
+        assert svc.capacity == cap
+        params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+        held = [Handle() for _ in range(cap)]
+        for h in held:
+            assert svc.submit(h, llm.tokenizer.encode("hi"), params)
+        extra = Handle()
+        assert not svc.submit(extra, llm.tokenizer.encode("hi"), params)
+        assert extra.finals == 1 and extra.error.kind == ErrorKind.UNAVAILABLE      # already, synchronously
+        assert extra.error.message.startswith("UNAVAILABLE: server overloaded") and f"at most {cap}" in extra.error.message
+        _wait(held)
+        assert all(h.finals == 1 and h.error is None for h in held)
+        counts = svc.counts()
+        assert counts["specdec_active_requests"] == 0 and counts["specdec_requests_rejected_total"] == 1
+        late = Handle()
+        assert svc.submit(late, llm.tokenizer.encode("hi"), SamplingParams(max_tokens=2))     # room again
+        _wait([late])
+        assert late.error is None
+    finally:
+        svc.shutdown()

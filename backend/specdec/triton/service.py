@@ -137,17 +137,13 @@ class TargetService:
         self._stop.set()
         self._inbox.put(None)
         self._engine_thread.join(timeout_s)
+        self._drain_inbox()             # submitted while the engine thread was stopping
         self._outbox.put(None)
         self._response_thread.join(timeout_s)
 
     @property
     def num_active(self) -> int:
         return len(self._active)
-
-    @property
-    def num_held(self) -> int:
-        """Requests submitted and not yet answered with their final message."""
-        return self._held
 
     def counts(self) -> dict[str, float]:
         """Request-level metric values (metrics.snapshot reads them from the engine thread)."""
@@ -189,15 +185,19 @@ class TargetService:
                 except Exception:
                     log.exception("on_round callback failed")
         self._fail_all(ErrorKind.UNAVAILABLE, "the target model is shutting down")
-        while True:                # submitted but never admitted: they get their final too
+        self._drain_inbox()
+        if self.on_round is not None:
+            self.on_round(self.engine)
+
+    def _drain_inbox(self) -> None:
+        """Requests submitted but never admitted get their final too (at shutdown)."""
+        while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                return
             if item is not None:
                 self._final(item.handle, RequestError(ErrorKind.UNAVAILABLE, "the target model is shutting down"))
-        if self.on_round is not None:
-            self.on_round(self.engine)
 
     def _watch_drafter(self) -> None:
         d = getattr(self.engine, "drafter", None)
