@@ -35,6 +35,19 @@ def distilled(tiny_llama, tmp_path_factory):
     return distill(tiny_llama, tmp_path_factory.mktemp("distill") / "draft", "--steps", "4")
 
 
+@pytest.fixture(scope="module")
+def tiny_chat(tiny_llama, tmp_path_factory):
+    """The tiny target with a chat template (so it can write its own prompts)."""
+    from transformers import AutoTokenizer
+    path = tmp_path_factory.mktemp("chat") / "llama"
+    shutil.copytree(tiny_llama, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<eos>{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.save_pretrained(path)
+    return path
+
+
 def test_prompt_sets_are_disjoint():
     assert len(set(TRAIN_PROMPTS)) == len(TRAIN_PROMPTS) >= 300
     assert not set(TRAIN_PROMPTS) & set(HELDOUT_PROMPTS)
@@ -127,3 +140,19 @@ def test_acceptance_command(tiny_llama, distilled, tmp_path, capsys):
     for r in rows:
         assert 0.0 <= r["accept_rate"] <= r["alpha"] <= 1.0 and r["tok_s"] > 0 and r["ar_tok_s"] > 0
         assert r["draft"] == "ngram" or 1.0 <= r["tokens_per_round"] <= 3.0
+
+
+def test_target_invents_prompts(tiny_llama, tiny_chat):
+    from specdec.distill.data import invent_prompts
+    prompts = invent_prompts(LLM(str(tiny_chat), mode="ar"), 24, seed=0, max_tokens=48)
+    assert 1 <= len(prompts) <= 24 and len(set(prompts)) == len(prompts)
+    assert all(isinstance(p, str) and p and p == p.strip() for p in prompts)
+    with pytest.raises(ValueError, match="chat template"):
+        invent_prompts(LLM(str(tiny_llama), mode="ar"), 2, seed=0)
+
+
+def test_checksum_does_not_depend_on_the_dtype_held():
+    """A draft trained against a bfloat16 teacher loads against the float32 base (and vice versa)."""
+    from specdec.models.shared_weights import checksum
+    w = torch.randn(320, 64)
+    assert checksum(w) == checksum(w.to(torch.bfloat16))

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num-prompts", type=int, default=None, help="use N of the built-in training prompts (default all)")
     p.add_argument("--samples", type=int, default=None,
                    help="temperature-1 completions per prompt, besides the greedy one (default 2)")
+    p.add_argument("--invent", type=int, default=None,
+                   help="also ask the target to write N prompts of its own (the user turn of a chat, sampled); "
+                        "more varied data, less overfitting (default 0)")
     p.add_argument("--gen-batch", type=int, default=None, help="engine batch size for corpus generation (default 64)")
     p.add_argument("--loss-chunk", type=int, default=None, help="logit rows per loss chunk (default 4096)")
     p.add_argument("--train-embeddings", action="store_true", default=None,
@@ -31,6 +34,9 @@ def add_parser(sub) -> None:
                    help="dtype of the exported weights (default bfloat16)")
     p.add_argument("--standalone", action="store_true", default=None,
                    help="export the embeddings too: a plain HF folder that needs no target to load (larger)")
+    p.add_argument("--base", default=None,
+                   help="how specdec_draft.json names the target lending the embeddings (default: --target; "
+                        "give the alias, e.g. smollm2-135m, when --target is a local path but the draft will ship)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (then --resume)")
     p.add_argument("--time-limit", type=float, default=None,
@@ -43,8 +49,8 @@ def run(args) -> int:
     from ..distill import train
     from ..distill.checkpoint import resolve_config
     names = ("target", "out", "layers", "steps", "batch", "seq_len", "lr", "warmup", "device", "dtype", "save_every",
-             "num_prompts", "samples", "gen_batch", "loss_chunk", "train_embeddings", "save_dtype", "standalone", "seed",
-             "stop_at", "time_limit")
+             "num_prompts", "samples", "invent", "gen_batch", "loss_chunk", "train_embeddings", "save_dtype",
+             "standalone", "base", "seed", "stop_at", "time_limit")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = resolve_config(given, args.resume)
     train(cfg, report=print)

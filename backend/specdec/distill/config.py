@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from ..config import DTYPES, check_float, check_int
 
 # fields a resumed run may change; the others shape the model or the corpus it was trained on
-RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone")
+RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone",
+                       "base")
 # fields that control one invocation only (never inherited by a resumed run)
 RUN_CONTROL = ("stop_at", "time_limit")
 
@@ -15,8 +16,9 @@ RUN_CONTROL = ("stop_at", "time_limit")
 class DistillConfig:
     """What to distill into what, from which data, for how long.
 
-    The corpus is ``num_prompts`` built-in training prompts x (``samples`` completions sampled at
-    temperature 1 + one greedy completion), each prompt + completion at most ``seq_len`` tokens.
+    The corpus is (``num_prompts`` built-in training prompts + ``invent`` prompts the target writes)
+    x (``samples`` completions sampled at temperature 1 + one greedy completion), each prompt +
+    completion at most ``seq_len`` tokens.
     One step trains on ``batch`` of those sequences (loss on completion positions only).
     """
 
@@ -34,9 +36,11 @@ class DistillConfig:
     save_every: int = 200
     num_prompts: int | None = None      # None = all built-in training prompts
     samples: int = 2
+    invent: int = 0                     # extra prompts the target writes itself (needs a chat template)
     gen_batch: int = 64
     train_embeddings: bool = False      # False: embeddings/LM head frozen, shared with the target
     save_dtype: str = "bfloat16"
+    base: str | None = None             # the manifest's name for the target (None = target; alias or path)
     standalone: bool = False            # export every tensor (a plain HF folder) instead of borrowing the target's
     loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
     seed: int = 0
@@ -56,6 +60,7 @@ class DistillConfig:
         if self.num_prompts is not None:
             check_int("num_prompts", self.num_prompts, 1)
         check_int("samples", self.samples, 0, 64)
+        check_int("invent", self.invent, 0, 1_000_000)
         check_int("gen_batch", self.gen_batch, 1, 1024)
         check_int("loss_chunk", self.loss_chunk, 1)
         if self.stop_at is not None:

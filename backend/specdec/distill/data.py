@@ -2,7 +2,9 @@
 
 The corpus is generated once per output folder with specdec's engine (mode "ar", batched):
 for every prompt one greedy completion (the trajectories temperature-0 decoding follows) and
-``samples`` completions at temperature 1 (the target's distribution). It is saved with the
+``samples`` completions at temperature 1 (the target's distribution). The prompts are the
+built-in TRAIN set plus, with ``invent``, user requests the target writes itself (more topics
+than any fixed list, so the draft overfits less). It is saved with the
 settings that produced it, so a resumed run reuses it instead of generating it again.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Corpus:
 
 def corpus_settings(cfg: DistillConfig) -> dict:
     """What the corpus depends on; a saved corpus is reused only when these match."""
-    return {"target": cfg.target, "num_prompts": cfg.num_prompts, "samples": cfg.samples,
+    return {"target": cfg.target, "num_prompts": cfg.num_prompts, "samples": cfg.samples, "invent": cfg.invent,
             "seq_len": cfg.seq_len, "seed": cfg.seed, "prompts": len(TRAIN_PROMPTS)}
 
 
@@ -91,36 +93,63 @@ def generate_corpus(cfg: DistillConfig) -> Corpus:
               max_model_len=cfg.seq_len, block_size=block, seed=cfg.seed,
               num_kv_blocks=cfg.gen_batch * math.ceil((cfg.seq_len + 2) / block) + 1)
     chat = llm.tokenizer.chat_template is not None
+    texts = training_prompts(cfg)
+    if cfg.invent:
+        texts += invent_prompts(llm, cfg.invent, cfg.seed)
     encoded = []
-    for text in training_prompts(cfg):
+    for text in texts:
         ids = llm.encode(text, SamplingParams(chat=chat))
         if len(ids) <= cfg.seq_len - MIN_COMPLETION:
             encoded.append(ids)
     if not encoded:
         raise ValueError(f"seq_len={cfg.seq_len} is too short for every training prompt "
                          f"(each needs its tokens + {MIN_COMPLETION})")
-    seqs = []
+    requests = []
     for i, ids in enumerate(encoded):
         for j in range(cfg.samples + 1):     # j = 0: greedy; then samples at temperature 1
             params = SamplingParams(temperature=0.0 if j == 0 else 1.0, max_tokens=cfg.seq_len - len(ids),
                                     seed=cfg.seed * 1_000_003 + i * 101 + j)
-            seqs.append(llm.engine.add_request(ids, params))
-    t0 = time.perf_counter()
-    with tqdm(desc="corpus", unit="tok", dynamic_ncols=True) as bar:
-        while llm.engine.has_unfinished():
-            bar.update(sum(len(o.new_token_ids) for o in llm.engine.step()))
-    seconds = time.perf_counter() - t0
+            requests.append((ids, params))
+    seqs, seconds = _run(llm, requests, "corpus")
     corpus = Corpus([s.prompt_ids + s.output_ids for s in seqs], [len(s.prompt_ids) for s in seqs], gen_seconds=seconds)
-    log.info("corpus: %d sequences, %d completion tokens in %.1f s (%.0f tok/s)", len(corpus),
-             corpus.num_completion_tokens, seconds, corpus.num_completion_tokens / max(seconds, 1e-9))
-    close = getattr(llm, "close", None)
-    if close is not None:
-        close()
+    log.info("corpus: %d sequences (%d prompts), %d completion tokens in %.1f s (%.0f tok/s)", len(corpus),
+             len(encoded), corpus.num_completion_tokens, seconds, corpus.num_completion_tokens / max(seconds, 1e-9))
+    llm.close()
     del llm, seqs
     gc.collect()
     if cfg.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return corpus
+
+
+def invent_prompts(llm, n: int, seed: int, max_tokens: int = 96) -> list[str]:
+    """Up to n distinct user requests written by the target itself: the user turn of a chat,
+    sampled at temperature 1 from the template's text before the user's message. Requests that
+    do not end their turn within max_tokens are dropped. Needs a chat template."""
+    from .. import SamplingParams
+    tok = llm.tokenizer
+    if tok.chat_template is None:
+        raise ValueError("invent needs a target with a chat template (the user turn is sampled from it)")
+    marker = "\u2063"                                       # invisible separator: not in any real prompt
+    text = tok.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    prefix = tok.encode(text[: text.index(marker)], add_special_tokens=False)
+    requests = [(prefix, SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=seed * 7_000_003 + i))
+                for i in range(n)]
+    seqs, _ = _run(llm, requests, "prompts")
+    out = [tok.decode(s.output_ids, skip_special_tokens=True).strip() for s in seqs if s.finish_reason == "stop"]
+    invented = list(dict.fromkeys(p for p in out if p))
+    log.info("invented %d distinct prompts (%d asked)", len(invented), n)
+    return invented
+
+
+def _run(llm, requests: list, desc: str) -> tuple[list, float]:
+    """Decode (prompt ids, SamplingParams) requests to the end; returns their Sequences and the seconds."""
+    seqs = [llm.engine.add_request(ids, params) for ids, params in requests]
+    t0 = time.perf_counter()
+    with tqdm(desc=desc, unit="tok", dynamic_ncols=True) as bar:
+        while llm.engine.has_unfinished():
+            bar.update(sum(len(o.new_token_ids) for o in llm.engine.step()))
+    return seqs, time.perf_counter() - t0
 
 
 class Batcher:

@@ -15,13 +15,15 @@ from ..models.shared_weights import MANIFEST, write_manifest
 from .model import shared_tensors
 
 
-def base_name(target: str) -> str:
-    """How the manifest names the target: the alias as is, a folder as an absolute path."""
-    return target if target in ALIASES else str(Path(target).expanduser().resolve())
+def base_name(base: str) -> str:
+    """How the manifest names the target: an alias as is, a folder or file as an absolute path."""
+    return base if base in ALIASES else str(Path(base).expanduser().resolve())
 
 
-def export_draft(draft, teacher, tokenizer, target: str, out: Path, save_dtype: str = "bfloat16",
+def export_draft(draft, teacher, tokenizer, base: str, out: Path, save_dtype: str = "bfloat16",
                  standalone: bool = False, info: dict | None = None) -> Path:
+    """Write the draft into ``out``; ``base`` (alias or folder) names the target that lends the
+    shared tensors in the manifest (unused when ``standalone``)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,7 @@ def export_draft(draft, teacher, tokenizer, target: str, out: Path, save_dtype: 
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if shared:
-        write_manifest(out, base_name(target), shared, {"trained": info or {}})
+        write_manifest(out, base_name(base), shared, {"trained": info or {}})
     elif (out / MANIFEST).exists():
         (out / MANIFEST).unlink()
     return out

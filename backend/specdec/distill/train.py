@@ -145,7 +145,7 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
                 if cfg.compute_dtype != "float32" else contextlib.nullcontext())
 
     def export(step: int) -> None:
-        export_draft(draft, teacher, tokenizer, cfg.target, out, cfg.save_dtype, standalone=cfg.standalone,
+        export_draft(draft, teacher, tokenizer, cfg.base or cfg.target, out, cfg.save_dtype, standalone=cfg.standalone,
                      info={"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
                            "seq_len": cfg.seq_len, "corpus_sequences": len(corpus)})
 
