@@ -156,3 +156,18 @@ def test_checksum_does_not_depend_on_the_dtype_held():
     from specdec.models.shared_weights import checksum
     w = torch.randn(320, 64)
     assert checksum(w) == checksum(w.to(torch.bfloat16))
+
+
+def test_validation_split_holds_out_whole_prompts():
+    from specdec.distill.batches import Batcher, split_by_prompt
+    from specdec.distill.data import Corpus
+    seqs = [[p, p + 1, 7, 8 + j] for p in range(0, 80, 2) for j in range(3)]     # 40 prompts x 3 completions
+    corpus = Corpus(seqs, [2] * len(seqs))
+    train, val = split_by_prompt(corpus)
+    assert len(val) == 2 * 3 and not set(train) & set(val) and len(train) + len(val) == len(seqs)
+    assert not {tuple(seqs[r][:2]) for r in train} & {tuple(seqs[r][:2]) for r in val}
+    batcher = Batcher(corpus, train, batch=4, seed=0)
+    ids, mask = batcher.get(5)
+    assert ids.shape == mask.shape == (4, 4) and mask[:, 1:3].all() and not mask[:, [0, 3]].any()
+    assert torch.equal(Batcher(corpus, train, batch=4, seed=0).get(5)[0], ids)          # resumable: same batch
+    assert split_by_prompt(Corpus(seqs[:30], [2] * 30)) == (list(range(30)), [])        # 10 prompts: no validation

@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from tqdm.auto import tqdm
+
     from ..distill import train
     from ..distill.checkpoint import resolve_config
     names = ("target", "out", "layers", "steps", "batch", "seq_len", "lr", "warmup", "device", "dtype", "save_every",
@@ -53,5 +55,5 @@ def run(args) -> int:
              "standalone", "base", "seed", "stop_at", "time_limit")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = resolve_config(given, args.resume)
-    train(cfg, report=print)
+    train(cfg, report=tqdm.write)          # prints above the progress bar
     return 0

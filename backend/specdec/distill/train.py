@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..models.loader import DTYPES, load_tokenizer
 from .checkpoint import load_checkpoint, save_checkpoint, save_config, state_dir
 from .config import DistillConfig
-from .data import Batcher, load_or_generate
+from .batches import Batcher, eval_batches, split_by_prompt
+from .data import load_or_generate
 from .export import export_draft, exported_bytes
 from .model import init_draft, load_teacher, num_params, trainable
 
@@ -78,20 +79,26 @@ def lr_lambda(cfg: DistillConfig):
     return f
 
 
-def train_step(teacher, draft, ids, mask, opt, sched, params, autocast, loss_chunk: int):
-    """One optimizer step on a batch: ids [B, L] (host), mask [B, L] (host, True at loss positions).
+def batch_kl(teacher, draft, ids, mask, autocast, loss_chunk: int):
+    """Summed KL and top-1 agreements over a batch's loss positions, and their number N.
 
-    Returns the mean KL per loss token and the top-1 agreement, as device scalars, and N."""
+    ids [B, L], mask [B, L] (host tensors; mask True at loss positions)."""
     device = next(draft.parameters()).device
     H = teacher.config.hidden_size
     rows = mask.view(-1).nonzero().squeeze(1)            # loss positions, found on the host (no device sync)
-    n = len(rows)
-    ids, rows = ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)
+    ids, idx = ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)
     with autocast:
         with torch.no_grad():
-            h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]   # [N, H]
-        h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[rows]         # [N, H]
+            h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[idx]   # [N, H]
+        h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[idx]         # [N, H]
         kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, loss_chunk)
+    return kl, agree, len(rows)
+
+
+def train_step(teacher, draft, ids, mask, opt, sched, params, autocast, loss_chunk: int):
+    """One optimizer step; returns the mean KL per loss token and the top-1 agreement (device
+    scalars) and the number of loss tokens."""
+    kl, agree, n = batch_kl(teacher, draft, ids, mask, autocast, loss_chunk)
     loss = kl / n
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -101,15 +108,26 @@ def train_step(teacher, draft, ids, mask, opt, sched, params, autocast, loss_chu
     return loss.detach(), agree / n, n
 
 
+@torch.no_grad()
+def evaluate(teacher, draft, batches, autocast, loss_chunk: int) -> tuple[float, float]:
+    """Mean KL per loss token and top-1 agreement over ``batches`` (validation: unseen prompts)."""
+    kl_total, agree_total, n_total = 0.0, 0, 0
+    for ids, mask in batches:
+        kl, agree, n = batch_kl(teacher, draft, ids, mask, autocast, loss_chunk)
+        kl_total, agree_total, n_total = kl_total + kl.item(), agree_total + agree.item(), n_total + n
+    return kl_total / max(n_total, 1), agree_total / max(n_total, 1)
+
+
 def describe(cfg: DistillConfig, corpus, batcher, teacher, draft, start: int) -> list[str]:
     """The run in two lines: what is trained on what, and a rough H100 time for the training part."""
     head = teacher.config.vocab_size * teacher.config.hidden_size
-    per_step = corpus.num_completion_tokens / len(corpus) * cfg.batch          # loss tokens per step
+    per_step = corpus.num_completion_tokens / len(corpus) * cfg.batch          # loss tokens per step (mean)
     tokens = per_step * (cfg.steps - start)
     flops = tokens * flops_per_token(num_params(teacher.model.layers), num_params(draft.model.layers), head,
                                      cfg.train_embeddings)
     return [f"distill: {cfg.layers}-layer draft of {cfg.target}, {num_params(draft, True) / 1e6:.1f}M trainable params; "
-            f"corpus {len(corpus)} seqs, {corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
+            f"corpus {len(corpus)} seqs ({len(batcher.rows)} train, {len(corpus) - len(batcher.rows)} validation), "
+            f"{corpus.num_completion_tokens / 1e3:.0f}k loss tokens "
             f"({batcher.per_epoch} steps per epoch, {cfg.steps / batcher.per_epoch:.1f} epochs)",
             f"estimate: {cfg.steps - start} steps x ~{per_step / 1e3:.1f}k loss tokens = {tokens / 1e6:.2f}M tokens, "
             f"{flops / 1e12:.0f} TFLOP -> ~{flops / (H100_BF16_FLOPS * ASSUMED_MFU):.0f} s of training on one H100 "
@@ -127,7 +145,8 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     torch.manual_seed(cfg.seed)
 
     corpus = load_or_generate(cfg, sdir / "corpus.pt")
-    batcher = Batcher(corpus, cfg.batch, cfg.seed)
+    train_rows, val_rows = split_by_prompt(corpus)
+    batcher = Batcher(corpus, train_rows, cfg.batch, cfg.seed)
     teacher, folder = load_teacher(cfg.target, device, cfg.compute_dtype)
     tokenizer = load_tokenizer(folder)
     draft = init_draft(teacher, cfg.layers, cfg.train_embeddings)
@@ -145,9 +164,14 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
                 if cfg.compute_dtype != "float32" else contextlib.nullcontext())
 
     def export(step: int) -> None:
+        info = {"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch, "seq_len": cfg.seq_len,
+                "corpus_sequences": len(corpus)}
+        if val_rows:
+            kl, top1 = evaluate(teacher, draft, eval_batches(corpus, val_rows, cfg.batch), autocast, cfg.loss_chunk)
+            info.update(validation_kl=round(kl, 4), validation_top1=round(top1, 4))
+            report(f"step {step}: validation (unseen prompts) KL {kl:.3f}, top-1 agreement {top1:.1%}")
         export_draft(draft, teacher, tokenizer, cfg.base or cfg.target, out, cfg.save_dtype, standalone=cfg.standalone,
-                     info={"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
-                           "seq_len": cfg.seq_len, "corpus_sequences": len(corpus)})
+                     info=info)
 
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
     ema_loss = ema_agree = None
