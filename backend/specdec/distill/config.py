@@ -7,7 +7,7 @@ from ..config import DTYPES, check_float, check_int
 
 # fields a resumed run may change; the others shape the model or the corpus it was trained on
 RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone",
-                       "base")
+                       "base", "head_vocab")
 # fields that control one invocation only (never inherited by a resumed run)
 RUN_CONTROL = ("stop_at", "time_limit")
 
@@ -42,6 +42,7 @@ class DistillConfig:
     save_dtype: str = "bfloat16"
     base: str | None = None             # the manifest's name for the target (None = target; alias or path)
     standalone: bool = False            # export every tensor (a plain HF folder) instead of borrowing the target's
+    head_vocab: int = 8192              # export an LM head over the N tokens the corpus writes most (0 = all)
     loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
     seed: int = 0
     stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
@@ -63,6 +64,7 @@ class DistillConfig:
         check_int("invent", self.invent, 0, 1_000_000)
         check_int("gen_batch", self.gen_batch, 1, 1024)
         check_int("loss_chunk", self.loss_chunk, 1)
+        check_int("head_vocab", self.head_vocab, 0)
         if self.stop_at is not None:
             check_int("stop_at", self.stop_at, 1, self.steps)
         if self.time_limit is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from ..models.draft_head import HEAD_FILE, save_head_tokens
 from ..models.loader import DTYPES
 from ..models.registry import ALIASES
 from ..models.shared_weights import MANIFEST, write_manifest
@@ -21,9 +22,10 @@ def base_name(base: str) -> str:
 
 
 def export_draft(draft, teacher, tokenizer, base: str, out: Path, save_dtype: str = "bfloat16",
-                 standalone: bool = False, info: dict | None = None) -> Path:
+                 standalone: bool = False, info: dict | None = None, head_ids=None) -> Path:
     """Write the draft into ``out``; ``base`` (alias or folder) names the target that lends the
-    shared tensors in the manifest (unused when ``standalone``)."""
+    shared tensors in the manifest (unused when ``standalone``); ``head_ids``: the tokens its LM
+    head keeps (None = all; see :mod:`specdec.models.draft_head`)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,10 @@ def export_draft(draft, teacher, tokenizer, base: str, out: Path, save_dtype: st
     config.architectures = [type(draft).__name__]
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if head_ids is not None:
+        save_head_tokens(out, head_ids)
+    elif (out / HEAD_FILE).exists():
+        (out / HEAD_FILE).unlink()
     if shared:
         write_manifest(out, base_name(base), shared, {"trained": info or {}})
     elif (out / MANIFEST).exists():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from ..models.draft_head import frequent_tokens
 from ..models.loader import DTYPES, load_tokenizer
 from .checkpoint import load_checkpoint, save_checkpoint, save_config, state_dir
 from .config import DistillConfig
@@ -160,18 +161,27 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     for line in describe(cfg, corpus, batcher, teacher, draft, start):
         report(line)
 
+    head_ids = None
+    if 0 < cfg.head_vocab < teacher.config.vocab_size:
+        eos = teacher.config.eos_token_id
+        always = [t for t in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id]
+                  if t is not None]
+        head_ids, coverage = frequent_tokens(corpus.sequences, corpus.prompt_lens, cfg.head_vocab,
+                                             teacher.config.vocab_size, always)
+        report(f"draft LM head: the {len(head_ids)} most frequent tokens, {coverage:.2%} of the corpus's completion tokens")
+
     autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.compute_dtype])
                 if cfg.compute_dtype != "float32" else contextlib.nullcontext())
 
     def export(step: int) -> None:
         info = {"target": cfg.target, "layers": cfg.layers, "steps": step, "batch": cfg.batch, "seq_len": cfg.seq_len,
-                "corpus_sequences": len(corpus)}
+                "corpus_sequences": len(corpus), "head_vocab": 0 if head_ids is None else len(head_ids)}
         if val_rows:
             kl, top1 = evaluate(teacher, draft, eval_batches(corpus, val_rows, cfg.batch), autocast, cfg.loss_chunk)
             info.update(validation_kl=round(kl, 4), validation_top1=round(top1, 4))
             report(f"step {step}: validation (unseen prompts) KL {kl:.3f}, top-1 agreement {top1:.1%}")
         export_draft(draft, teacher, tokenizer, cfg.base or cfg.target, out, cfg.save_dtype, standalone=cfg.standalone,
-                     info=info)
+                     info=info, head_ids=head_ids)
 
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
     ema_loss = ema_agree = None

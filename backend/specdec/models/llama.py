@@ -23,6 +23,7 @@ from ..layers.triton_attention import triton_paged_attention
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from ..layers.tensor_parallel import TPGroup, VocabParallelEmbedding
+from .draft_head import full_vocab_logits
 
 NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
 _BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -177,6 +178,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(a.hidden_size, self.embed.num_embeddings, bias=False)
         self.layers = nn.ModuleList(DecoderLayer(a, tp) for _ in range(a.num_layers))
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.head_ids: torch.Tensor | None = None    # an LM head over these tokens only (draft_head.py)
 
     def set_rotary(self, rotary: RotaryEmbedding) -> None:
         self.rotary = rotary
@@ -199,6 +201,8 @@ class LlamaForCausalLM(nn.Module):
         if logits_index is not None:
             x, residual = x[logits_index], residual[logits_index]
         logits = self.lm_head(self.norm.add_forward(x, residual)[0])
+        if self.head_ids is not None:
+            return full_vocab_logits(logits, self.head_ids, self.arch.vocab_size)
         if self.tp is not None:           # [N, V / tp] shards -> [N, V] on rank 0
             logits = self.tp.gather_vocab(logits, self.arch.vocab_size)
             return None if logits is None else logits.float()
@@ -219,5 +223,6 @@ class LlamaForCausalLM(nn.Module):
         nn.Module.__init__(draft)
         draft.arch, draft.tp = self.arch, self.tp
         draft.rotary, draft.embed, draft.norm, draft.lm_head = self.rotary, self.embed, self.norm, self.lm_head
+        draft.head_ids = self.head_ids
         draft.layers = nn.ModuleList(list(self.layers[:n]))
         return draft

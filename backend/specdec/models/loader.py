@@ -17,6 +17,7 @@ from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from ..layers.tensor_parallel import TPGroup, vocab_shard
 from .llama import NATIVE_ARCHITECTURES, LlamaArch, LlamaForCausalLM, architecture_of
 from .registry import resolve
+from .draft_head import HEAD_FILE, load_head_tokens, restrict_head
 from .shared_weights import load_shared
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,13 @@ def _load_native(folder: Path, cfg, a: LlamaArch, device, dtype, max_positions: 
     missing = [n for n in params if n != "lm_head.weight" and not any(x == n or x.startswith(n + "[") for x in loaded)]
     if missing:
         raise ValueError(f"model folder {folder}: weights missing for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    head_ids = load_head_tokens(folder, a.vocab_size)
+    if head_ids is not None:                            # a draft whose LM head covers part of the vocabulary
+        if tp is not None:
+            raise ValueError(f"{folder}: a partial-vocabulary LM head ({HEAD_FILE}) is for drafts; "
+                             f"it cannot be tensor-parallel")
+        model.lm_head = restrict_head(model.lm_head, head_ids)
+        model.head_ids = head_ids.to(device)
     return model.to(dtype=dtype).eval()
 
 
