@@ -63,14 +63,29 @@ def in_process(a, cs, max_tokens, k, n):
 
     from specdec import LLM, SamplingParams
     cuda = torch.cuda.is_available()
-    llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
-              device=f"cuda:{a.target_gpu}" if cuda else "cpu",
-              draft_device=f"cuda:{a.draft_gpu}" if cuda and a.mode == "async" else None,
-              dtype="bfloat16" if cuda else "float32", max_batch_size=16, max_model_len=4096)
+    if not cuda:
+        torch.set_num_threads(1)        # a shared CPU: spinning OpenMP threads distort the in-process side
+    # The draft where the server puts it (its own GPU), for a like-for-like baseline; if the engine
+    # refuses that placement, the draft shares the target's GPU (printed, so the table says which).
+    model_draft = a.mode != "ar" and a.draft and a.draft != "ngram" and not a.draft.startswith("self:")
+    placements = [f"cuda:{a.draft_gpu}", None] if cuda and model_draft else [None]
+    for i, dd in enumerate(placements):
+        try:
+            llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
+                      device=f"cuda:{a.target_gpu}" if cuda else "cpu", draft_device=dd,
+                      dtype="bfloat16" if cuda else "float32", max_batch_size=16, max_model_len=4096)
+            break
+        except Exception as e:                                      # noqa: BLE001
+            if i == len(placements) - 1:
+                raise
+            print(f"in-process with draft_device={dd} failed ({type(e).__name__}: {e}); draft on the target's GPU")
+    where = dd or f"cuda:{a.target_gpu} (shared with the target)"
+    print(f"in-process: target cuda:{a.target_gpu}, draft {where}" if cuda else "in-process: CPU")
     p = SamplingParams(max_tokens=max_tokens, ignore_eos=True, num_draft_tokens=k)
     out = {}
     for c in cs:
-        llm.generate(PROMPTS[:c], p)                               # warm-up: graphs captured
+        for i in range(0, n, c):                                   # warm-up on the same prompts: graphs captured
+            llm.generate([PROMPTS[(i + j) % 8] for j in range(c)], p)
         t0, tokens, ttfts = time.perf_counter(), 0, []
         for i in range(0, n, c):
             for o in llm.generate([PROMPTS[(i + j) % 8] for j in range(c)], p):
@@ -93,7 +108,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=8)
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` ends us: stop the server (finally) too
     rows = {("in-process", c): v for c, v in in_process(a, (1, 4), a.max_tokens, a.k, a.requests).items()}
+    for (w, c), (tps, ttft) in rows.items():
+        print(f"measured: {w} c={c} {tps:.1f} tok/s, TTFT {ttft:.1f} ms", flush=True)
     import torch
     cuda = torch.cuda.is_available()
     if cuda:
@@ -118,15 +136,22 @@ def main():
             raise RuntimeError("server not ready:\n" + "".join(log_lines[-40:]))
         time.sleep(3)                                   # let the separate draft join its channel
         for c in (1, 4):
-            served(url, c, a.max_tokens, a.k, c)        # warm-up
+            served(url, c, a.max_tokens, a.k, a.requests)   # warm-up on the same prompts, as in-process
             rows[("served", c)] = served(url, c, a.max_tokens, a.k, a.requests)
+            print(f"measured: served c={c} {rows[('served', c)][0]:.1f} tok/s, TTFT {rows[('served', c)][1]:.1f} ms",
+                  flush=True)
     finally:
         os.killpg(srv.pid, signal.SIGINT)
         try:
-            srv.wait(60)
+            srv.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(srv.pid, signal.SIGKILL)
-    print("".join(x for x in log_lines if "GPU" in x or "draft" in x.lower())[-3000:])
+    print("".join(x for x in log_lines if "GPU" in x or "draft" in x.lower())[-1500:])
+    logs = [x.split("log:", 1)[1].strip() for x in log_lines if x.strip().startswith("log:")]
+    if logs and os.path.exists(logs[0]):                # tritonserver's own log: the draft channel's story
+        with open(logs[0], errors="replace") as f:
+            keep = [x for x in f if any(w in x.lower() for w in ("draft", "error", "rendezvous", "fallback"))]
+        print("tritonserver log (draft/error lines, last 8):\n" + "".join(x[-300:] for x in keep[-8:]))
     print(f"{a.target} mode={a.mode} K={a.k} draft={a.draft} target GPU {a.target_gpu}, draft GPU {a.draft_gpu}")
     print(f"{'where':10} {'c':>2} | {'tok/s':>8} {'TTFT ms':>8}")
     for (w, c), (tps, ttft) in rows.items():

@@ -13,11 +13,12 @@ from tiny import make_model  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
 
+DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda:0"     # "cpu" for a dry run (Gloo; no graphs there)
 PROMPTS = [[5, 17, 33, 99, 100, 7], [42], [8, 9, 10, 11, 12, 13, 14, 15], [200, 201, 3], [1, 2, 3, 4, 5, 1, 2]]
 
 
 def run(folder, tp, eager, **kw):
-    llm = LLM(str(folder), device="cuda:0", tensor_parallel_size=tp, eager=eager, max_batch_size=8, **kw)
+    llm = LLM(str(folder), device=DEVICE, tensor_parallel_size=tp, eager=eager, max_batch_size=8, **kw)
     try:
         outs = [o.token_ids for o in llm.generate(PROMPTS, SamplingParams(max_tokens=40, ignore_eos=True))]
         g = llm.engine.runner.graph
