@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Two H200s, run A (carries .carry/w: the nvidia-pytriton and python-rapidjson wheels).
-# 1. tensor parallelism: correctness gate (NCCL + graphs, tp_check.py), then TP 1 vs TP 2 on a
-#    synthetic Llama-3.1-8B (AR sweep b=1,16; sync with a synthetic 1B draft, K=4, b=1).
-#    The TP 1 AR sweep is also the 8B-shape AR run on one H200 (fraction of floor; b16 / b1).
-# 2. Triton: target on GPU 0 and the draft as its own model on GPU 1, served vs in-process.
-# Everything is logged to $OUT/log.txt; bench reports go to $OUT/*.json; a summary table comes last.
+# 1. synthetic Llama-3.1-8B on one H200 (TP 1): AR sweep b=1,16 (fraction of floor; b16 / b1) and
+#    sync with a synthetic 1B draft (K=4, b=1);
+# 2. Triton: target on GPU 0 and the draft as its own model on GPU 1, served vs in-process;
+# 3. tensor parallelism: correctness gate (NCCL + graphs, tp_check.py), then the same runs at TP 2.
+# Everything is logged to $OUT/log.txt (full step outputs in $OUT/*.log); bench reports go to $OUT/*.json; a summary table comes last.
 # Dry run on a CPU machine (tiny random models, no Triton wheels needed if pytriton is installed):
 #   DRY=1 OUT=/tmp/dry bash bench/gpu/h200x2_a.sh
 set -u
@@ -13,8 +13,8 @@ mkdir -p "$OUT" /tmp/persist
 export PYTHONPATH=$PWD/backend:/tmp/site PYTHONUNBUFFERED=1 SPECDEC_CACHE=/tmp/persist/cache TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1    # never NVLink multicast
 PY=${PY:-python3}
-END=${END:-570}                 # seconds: the serving step gets what is left of this
-TC=170 TB=130 TS=80             # time limits: TP check, AR sweep, sync run
+END=${END:-570}                 # seconds: serving gets what the other steps' limits leave of this
+TC=150 TB=110 TS=70             # time limits: TP check, AR sweep, sync run
 exec > >(tee "$OUT/log.txt") 2>&1
 if [ "${DRY:-0}" = 1 ]; then
   $PY -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from tiny import make_model
@@ -29,21 +29,25 @@ else
 fi
 B="$PY -m specdec.cli --log-level WARNING bench --target $T --output_len $OL $DEV"
 
-echo "== [$SECONDS s] TP check"
-timeout $TC $PY bench/gpu/tp_check.py $CHK 2>&1 | grep -v "Loading\|Writing" | tail -12
-echo "== [$SECONDS s] TP timings (tp 1 AR = the 8B-shape AR run on one GPU)"
-for tp in 1 2; do
-  timeout $TB $B --tp $tp --b 16 --sweep b=1,16 --numseqs $NS --json "$OUT/ar_tp$tp.json" 2>&1 | tail -4
-  timeout $TS $B --tp $tp --spec --draft $D --k 4 --b 1 --numseqs 2 --json "$OUT/sync_tp$tp.json" 2>&1 | tail -1
-done
-LEFT=$((END - SECONDS))
-echo "== [$SECONDS s] Triton serving (target GPU 0, draft model GPU 1), ${LEFT} s left"
+# Order (since run A of 2026-11-22): one-GPU steps and serving first, the TP = 2 steps last, because
+# closing a TP = 2 engine hung there ("tensor-parallel worker N did not exit; killing it", then no
+# output until the time limit) and must not starve the rest. Each step's full output: $OUT/*.log.
+echo "== [$SECONDS s] 8B shape on one GPU (TP 1): AR sweep b=1,16; sync with the 1B draft"
+timeout $TB $B --tp 1 --b 16 --sweep b=1,16 --numseqs $NS --json "$OUT/ar_tp1.json" 2>&1 | tee -a "$OUT/bench.log" | tail -4
+timeout $TS $B --tp 1 --spec --draft $D --k 4 --b 1 --numseqs 2 --json "$OUT/sync_tp1.json" 2>&1 | tee -a "$OUT/bench.log" | tail -1
+LEFT=$((END - SECONDS - TC - TB - TS))
+echo "== [$SECONDS s] Triton serving (target GPU 0, draft model GPU 1), ${LEFT} s for it"
 if [ $LEFT -gt 60 ]; then
   timeout $LEFT $PY bench/gpu/serve_http.py --target $T --draft $D --mode sync --k 4 $SERVE_GPUS \
-    --max-tokens $OL --requests 8 2>&1 | grep -v "Loading\|Writing" | tail -16
+    --max-tokens $OL --requests 8 2>&1 | tee "$OUT/serve.log" | grep -v "Loading\|Writing\|^frame #" | tail -24
 else
   echo "serving NOT run: too little time left"
 fi
+echo "== [$SECONDS s] TP check"
+timeout $TC $PY bench/gpu/tp_check.py $CHK 2>&1 | tee "$OUT/tp_check.log" | grep -v "Loading\|Writing" | tail -12
+echo "== [$SECONDS s] TP 2 timings"
+timeout $TB $B --tp 2 --b 16 --sweep b=1,16 --numseqs $NS --json "$OUT/ar_tp2.json" 2>&1 | tee -a "$OUT/bench.log" | tail -4
+timeout $TS $B --tp 2 --spec --draft $D --k 4 --b 1 --numseqs 2 --json "$OUT/sync_tp2.json" 2>&1 | tee -a "$OUT/bench.log" | tail -1
 echo "== [$SECONDS s] summary"
 $PY - "$OUT" <<'PY'
 import json, sys

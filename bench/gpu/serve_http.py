@@ -65,22 +65,16 @@ def in_process(a, cs, max_tokens, k, n):
     cuda = torch.cuda.is_available()
     if not cuda:
         torch.set_num_threads(1)        # a shared CPU: spinning OpenMP threads distort the in-process side
-    # The draft where the server puts it (its own GPU), for a like-for-like baseline; if the engine
-    # refuses that placement, the draft shares the target's GPU (printed, so the table says which).
-    model_draft = a.mode != "ar" and a.draft and a.draft != "ngram" and not a.draft.startswith("self:")
-    placements = [f"cuda:{a.draft_gpu}", None] if cuda and model_draft else [None]
-    for i, dd in enumerate(placements):
-        try:
-            llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
-                      device=f"cuda:{a.target_gpu}" if cuda else "cpu", draft_device=dd,
-                      dtype="bfloat16" if cuda else "float32", max_batch_size=16, max_model_len=4096)
-            break
-        except Exception as e:                                      # noqa: BLE001
-            if i == len(placements) - 1:
-                raise
-            print(f"in-process with draft_device={dd} failed ({type(e).__name__}: {e}); draft on the target's GPU")
+    # In sync mode the in-process draft shares the target's GPU (the engine's usual placement). An
+    # in-process draft on the served draft's GPU (draft_device=cuda:1) was tried on 2026-11-22 (run A)
+    # and the process died within 27 s with a C++ stack trace from c10::TensorImpl's destructor (the
+    # message itself was cut off by the script's tail), so it is no longer the default.
+    dd = f"cuda:{a.draft_gpu}" if cuda and (a.mode == "async" or a.inproc_draft_on_draft_gpu) else None
+    llm = LLM(a.target, draft=a.draft if a.mode != "ar" else None, mode=a.mode, k=a.k,
+              device=f"cuda:{a.target_gpu}" if cuda else "cpu", draft_device=dd,
+              dtype="bfloat16" if cuda else "float32", max_batch_size=16, max_model_len=4096)
     where = dd or f"cuda:{a.target_gpu} (shared with the target)"
-    print(f"in-process: target cuda:{a.target_gpu}, draft {where}" if cuda else "in-process: CPU")
+    print(f"in-process: target cuda:{a.target_gpu}, draft {where}" if cuda else "in-process: CPU", flush=True)
     p = SamplingParams(max_tokens=max_tokens, ignore_eos=True, num_draft_tokens=k)
     out = {}
     for c in cs:
@@ -107,6 +101,8 @@ def main():
     ap.add_argument("--draft-gpu", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--inproc-draft-on-draft-gpu", action="store_true",
+                    help="sync mode: the in-process draft on --draft-gpu too (crashed once on two H200s)")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` ends us: stop the server (finally) too
     rows = {("in-process", c): v for c, v in in_process(a, (1, 4), a.max_tokens, a.k, a.requests).items()}
