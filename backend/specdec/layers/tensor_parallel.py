@@ -80,12 +80,20 @@ class TPGroup:
         return torch.cat(out[0], dim=-1)[:, :vocab_size]
 
     def shutdown(self) -> None:
-        if self.backend is not None and hasattr(self.backend, "shutdown"):
-            try:
-                self.backend.shutdown()
-            except Exception:            # a peer already gone: nothing left to tear down
-                pass
-        self.backend = None
+        """Leave the group, without waiting for the other ranks. NCCL: abort, which frees this
+        rank's communicator locally; its graceful shutdown can wait for peers that are themselves
+        waiting (rank 0 waits for the workers to exit first), a deadlock seen on two H200s.
+        Callers reach this only when no collective is pending (after EXIT)."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        try:
+            if isinstance(backend, dist.ProcessGroupNCCL) and hasattr(backend, "abort"):
+                backend.abort()
+            elif hasattr(backend, "shutdown"):
+                backend.shutdown()
+        except Exception:                # a peer already gone: nothing left to tear down
+            pass
 
 
 def vocab_shard(vocab_size: int, rank: int, size: int) -> tuple[int, int, int]:
