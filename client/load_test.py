@@ -29,7 +29,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
+OVERLOAD_TOKENS = 128           # at least this many tokens per overload stream
 sys.path.insert(0, str(HERE))
 from perf_sweep import find_perf_analyzer, perf_env, summarize, write_input_data  # noqa: E402
 
@@ -104,7 +107,11 @@ def overload(args, metrics_url: str) -> dict:
     import stream_client as sc
     cap = int(scrape(metrics_url)["specdec_max_active_requests"])
     n = cap + args.overload
-    inputs = [sc.make_inputs(f"overload {i}", args.max_tokens, chat=False) for i in range(n)]
+    # long enough (EOS suppressed by min_length) that none finishes while the burst is still being sent:
+    # short requests on a fast machine free their slots early and the refusals would not come
+    tokens = max(args.max_tokens, OVERLOAD_TOKENS)
+    inputs = [sc.make_inputs(f"overload {i}", tokens, chat=False, extra={"min_length": np.array([[tokens]], np.int32)})
+              for i in range(n)]
     t0 = time.perf_counter()
     results = sc.generate(args.url, [""] * n, inputs=inputs, timeout_s=1800)
     refused = [r for r in results if r.error and "UNAVAILABLE" in r.error]
