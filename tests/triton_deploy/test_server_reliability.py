@@ -40,7 +40,7 @@ pytest.importorskip("tritonclient.grpc")
 import stream_client as sc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from bad_inputs import cases  # noqa: E402
-from triton_helpers import metrics, start_server, stop_server, wait_for  # noqa: E402
+from triton_helpers import metrics, speculates, start_server, stop_server, wait_for  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
@@ -100,10 +100,7 @@ def _draft_status(server) -> dict:
 
 @pytest.fixture(scope="module")
 def draft_joined(server):
-    def speculated():
-        r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
-        return r.error is None and (r.drafted or 0) > 0
-    assert wait_for(speculated, timeout_s=180, interval_s=0.5), "the draft model never joined the target"
+    assert wait_for(lambda: speculates(server.grpc_url), timeout_s=180, interval_s=0.5), "the draft model never joined the target"
     return True
 
 
@@ -399,10 +396,7 @@ def test_killed_draft_worker_falls_back_to_ar_and_rejoins(server, draft_joined, 
     assert m["specdec_ar_fallbacks_total"] == before["specdec_ar_fallbacks_total"] + 1
     assert "draft channel failed" in server.log_path.read_text()
     # the draft model starts a new worker; it joins and the target speculates again
-    def speculating():
-        r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
-        return r.error is None and (r.drafted or 0) > 0
-    assert wait_for(speculating, timeout_s=120, interval_s=0.5), server.log_tail(30)
+    assert wait_for(lambda: speculates(server.grpc_url), timeout_s=120, interval_s=0.5), server.log_tail(30)
     m = _settled(server)
     assert m["specdec_draft_connected"] == 1
     assert m["specdec_draft_attaches_total"] == before["specdec_draft_attaches_total"] + 1
@@ -446,9 +440,6 @@ def test_killed_draft_instance_leaves_ar_until_a_worker_rejoins(server, draft_jo
                                 "--num-threads", "1", "--connect-timeout", "120"])
     server.extra_processes.append(by_hand)
 
-    def speculating():
-        r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
-        return r.error is None and (r.drafted or 0) > 0
-    assert wait_for(speculating, timeout_s=120, interval_s=0.5), server.log_tail(30)
+    assert wait_for(lambda: speculates(server.grpc_url), timeout_s=120, interval_s=0.5), server.log_tail(30)
     # the gauges are sampled by the target's metrics thread: wait for its next pass
     assert wait_for(lambda: metrics(server)["specdec_draft_connected"] == 1, timeout_s=15, interval_s=0.25)

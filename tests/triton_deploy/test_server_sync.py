@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 import stream_client as sc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
-from triton_helpers import metrics, start_server, stop_server, wait_for  # noqa: E402
+from triton_helpers import metrics, speculates, start_server, stop_server, wait_for  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
 from specdec.triton.launcher import free_port  # noqa: E402
@@ -56,10 +56,7 @@ def reference(tiny_llama):
 @pytest.fixture(scope="module")
 def draft_joined(server):
     """Requests until one is speculated by the separate draft model (it joins in the background)."""
-    def speculated():
-        r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
-        return r.error is None and (r.drafted or 0) > 0
-    assert wait_for(speculated, timeout_s=120, interval_s=0.5), "the draft model never joined the target"
+    assert wait_for(lambda: speculates(server.grpc_url), timeout_s=120, interval_s=0.5), "the draft model never joined the target"
     return True
 
 

@@ -65,6 +65,13 @@ def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1):
     return value
 
 
+def speculates(grpc_url: str) -> bool:
+    """One short greedy request through the ensemble: did the draft propose tokens for it (has it joined)?"""
+    import stream_client as sc
+    r = sc.generate(grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
+    return r.error is None and (r.drafted or 0) > 0
+
+
 class ServeProcess:
     """``specdec serve`` as a subprocess (what a user runs), with the TritonServer-like URLs the tests use."""
 

@@ -140,13 +140,9 @@ class TensorParallel:
             except Exception as e:      # a worker already gone: the collective fails, they are killed below
                 log.warning("tensor parallel: EXIT not delivered (%s)", e)
         self.channel = None
+        from ..spec.link import stop_process
         for p in self.procs:
-            try:
-                p.wait(timeout=EXIT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("tensor-parallel worker %d did not exit; killing it", p.pid)
-                p.kill()
-                p.wait()
+            stop_process(p, EXIT_GRACE_S, "tensor-parallel worker")
         self.group.shutdown()
         self._finalizer.detach()
         self.store = None

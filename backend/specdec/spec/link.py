@@ -62,6 +62,16 @@ class SpawnArgs:
         return cmd
 
 
+def stop_process(p: subprocess.Popen, grace_s: float, what: str) -> None:
+    """Wait up to ``grace_s`` for a child that was asked to exit, then kill it (and reap it)."""
+    try:
+        p.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s %d did not exit; killing it", what, p.pid)
+        p.kill()
+        p.wait()
+
+
 def python_executable() -> str:
     """The interpreter to start the worker with. Embedded interpreters (Triton's python backend stub)
     may report their host binary as sys.executable; fall back to the base interpreter or PATH."""
@@ -133,14 +143,8 @@ class DraftLink:
     # --- connecting thread ------------------------------------------------------------------
     def _end_proc(self, grace_s: float) -> None:
         p, self.proc = self.proc, None
-        if p is None:
-            return
-        try:
-            p.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("draft worker %d did not exit; killing it", p.pid)
-            p.kill()
-            p.wait()
+        if p is not None:
+            stop_process(p, grace_s, "draft worker")
 
     def _run(self) -> None:
         while not self._stop.is_set():
