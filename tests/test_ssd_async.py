@@ -111,7 +111,7 @@ class TestSameDraft:
 
     def test_worker_crash_falls_back_to_ar_then_respawns(self, ssd_same, ar_ref):
         eng, m = ssd_same.engine, ssd_same.metrics
-        first = eng.link.proc
+        first = eng.draft.link.proc
         seqs = [eng.add_request(list(p), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS]
         for _ in range(2):
             eng.step()
@@ -125,10 +125,10 @@ class TestSameDraft:
             assert time.monotonic() < deadline, "no respawned worker attached"
             eng.step()
             time.sleep(0.05)
-        second = eng.link.proc
+        second = eng.draft.link.proc
         assert second.pid != first.pid
         rounds = m.rounds
         outs = ssd_same.generate(PROMPTS[:4], SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
         assert [o.token_ids for o in outs] == [ar_ref[tuple(p)] for p in PROMPTS[:4]] and m.rounds > rounds
         ssd_same.close()                                              # EXIT: the worker returns, no orphan
-        assert second.poll() == 0 and first.poll() is not None and eng.link is None
+        assert second.poll() == 0 and first.poll() is not None and eng.draft.link is None

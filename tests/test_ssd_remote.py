@@ -10,15 +10,16 @@ import pytest
 from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
-from specdec.spec.transport import free_port
+from specdec.processes import free_port
 
 GREEDY = SamplingParams(max_tokens=24, ignore_eos=True)
 WORKER = """
 import sys, threading, torch
 torch.set_num_threads(1)
-from specdec.spec.draft_worker import serve_draft
-t = threading.Thread(target=serve_draft, args=(sys.argv[1], "cpu", "float32", sys.argv[2]),
-                     kwargs=dict(target=sys.argv[3], max_batch_size=8, connect_timeout_s=120))
+from specdec.config import engine_config
+from specdec.draft.worker import serve_draft
+cfg = engine_config(target=sys.argv[3], draft=sys.argv[1], mode="async", max_batch_size=8)
+t = threading.Thread(target=serve_draft, args=(cfg, sys.argv[2]), kwargs=dict(connect_timeout_s=120))
 t.start()
 t.join()
 """

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from specdec import LLM, SamplingParams
 from specdec.layers.sampling import probs_from_logits
-from specdec.spec.remote import RemoteDrafter
+from specdec.draft.remote import RemoteDrafter
 
 PROMPT = [3, 7, 1]
 N = 2000

@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny import PROMPTS
 
-from specdec.engine.runner import Feed, PagedRunner
+from specdec.runner.feed import Feed
+from specdec.runner.paged import PagedRunner
 from specdec.models.loader import load_model
-from specdec.spec.draft_core import DraftCore
-from specdec.spec.messages import Config, Prefill, RowStatus, Speculate
+from specdec.draft.core import DraftCore
+from specdec.draft.messages import Config, Prefill, RowStatus, Speculate
 
 K = 3
 _ids = itertools.count(10_000)

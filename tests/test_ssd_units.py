@@ -11,7 +11,7 @@ from specdec.config import EngineConfig, SpecConfig
 from specdec.spec.adaptive import Adaptive, choose_backup
 from specdec.spec.fanout import (acceptance_mle, check_fan_out, fit_power_law, geometric_fan_out, outcome_probs,
                                  resolve_fan_out, round_to_budget, saguaro_top)
-from specdec.spec.messages import (Command, Config, Exit, Free, Hello, Prefill, RowStatus, Speculate,
+from specdec.draft.messages import (Command, Config, Exit, Free, Hello, Prefill, RowStatus, Speculate,
                                    SpeculateReply, decode)
 from specdec.spec.saguaro import saguaro_rescale
 from specdec.spec.spec_cache import CacheEntry, SpeculationCache, expected_len, lookup

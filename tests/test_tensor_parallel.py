@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from specdec import LLM, SamplingParams
 from specdec.config import EngineConfig, SpecConfig
-from specdec.engine.tp_step import DEFAULT_CAPACITY
+from specdec.runner.tp_step import DEFAULT_CAPACITY
 from specdec.layers.tensor_parallel import TPGroup
 from specdec.models.llama import LlamaArch
 from specdec.models.loader import load_hf_config, load_model
-from specdec.spec.drafters import NgramDrafter
+from specdec.draft.ngram import NgramDrafter
 
 GREEDY = SamplingParams(max_tokens=20, ignore_eos=True)
 LONG = [[(13 * i + 7 * j) % 300 + 1 for j in range(180 + 9 * i)] for i in range(8)]   # > one broadcast
@@ -119,12 +119,12 @@ def test_sync_model_draft_and_ar(tp_llm, reference):
 def test_sync_ngram(tp_llm, reference):
     eng = tp_llm.engine
     model_drafter = eng.drafter
-    eng.attach_drafter(NgramDrafter(4, 1))
+    eng.draft.drafter = NgramDrafter(4, 1)            # the slot's drafter, swapped for this test
     try:
         outs = _check(tp_llm, reference, PROMPTS)
         assert sum(o.stats["drafted"] for o in outs) > 0
     finally:
-        eng.attach_drafter(model_drafter)
+        eng.draft.drafter = model_drafter
 
 
 def test_long_prefill_takes_two_broadcasts(tp_llm, reference):
@@ -134,7 +134,7 @@ def test_long_prefill_takes_two_broadcasts(tp_llm, reference):
 
 def test_padded_graph_path(tp_llm, reference):
     """Decode-shaped steps through the static buffer that CUDA graphs replay (rank 0 and worker)."""
-    tp_llm.engine.enable_graphs(capture=False)
+    tp_llm.engine.runner.enable_graphs(8, 5, capture=False)    # rank 0 sends Graphs: the workers follow
     assert tp_llm.engine.runner.graph is not None
     _check(tp_llm, reference, PROMPTS)
     _check(tp_llm, reference, PROMPTS[:3])                      # 3 rows padded up to a bucket of 4
@@ -147,7 +147,7 @@ def test_async_with_a_draft_worker(tiny_llama, tiny_llama_draft, reference):
     """SSD: TP rank 0 is also the draft channel's rank 0 (the two groups are separate)."""
     llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, tensor_parallel_size=2)
     try:
-        procs = llm.engine.tp.procs + [llm.engine.link.proc]
+        procs = llm.engine.tp.procs + [llm.engine.draft.link.proc]
         _check(llm, reference, PROMPTS)
         assert llm.metrics.rounds > 0
     finally:

@@ -62,11 +62,10 @@ def test_engine_tokens_equal_with_the_kernel(tiny_llama, tiny_llama_draft):
     from specdec import LLM, SamplingParams
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     prompts = PROMPTS[:2]
-    ref = LLM(str(tiny_llama), mode="ar", attention="torch", device=DEV).generate(prompts, params)
+    ref = LLM(str(tiny_llama), mode="ar", attention_backend="sdpa", device=DEV).generate(prompts, params)
     for padded in (False, True):
-        llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=3, attention="triton", device=DEV)
+        llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=3, attention_backend="triton", device=DEV,
+                  graphs="padded" if padded else "off")
         assert llm.engine.runner.attn_backend == "triton"
-        if padded:
-            llm.engine.enable_graphs(capture=False)
         outs = llm.generate(prompts, params)
         assert [o.token_ids for o in outs] == [o.token_ids for o in ref]

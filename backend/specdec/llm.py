@@ -4,10 +4,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .config import CacheConfig, EngineConfig, SamplingParams, SpecConfig
+from .config import EngineConfig, SamplingParams, engine_config
 from .engine.engine import LLMEngine
 from .engine.sequence import Sequence
-from .models.registry import ALIASES
+from .models.loader import encode_prompt
+from .models.registry import default_draft
 
 
 @dataclass
@@ -28,8 +29,14 @@ class StreamChunk:
     stats: dict
 
 
-def _default_mode(mode, draft):
-    return mode if mode is not None else ("sync" if draft is not None else "ar")
+def make_config(target: str | None = None, draft: str | None = None, mode: str | None = None, **options) -> EngineConfig:
+    """The EngineConfig for these flat options (config.py), with the target alias's default draft when
+    a speculative mode names none. ``LLM``, ``specdec serve`` and the Triton models build theirs here."""
+    if target is not None:
+        options["target"] = target
+    target = options.get("target", EngineConfig.__dataclass_fields__["target"].default)
+    draft = default_draft(target, mode, draft)
+    return engine_config(draft=draft, mode=mode, **options)
 
 
 class LLM:
@@ -43,43 +50,27 @@ class LLM:
     ``mode="async"`` is SSD: the draft runs in a worker process on ``draft_device`` (started
     here, ended by :meth:`close` or ``with LLM(...) as llm``). ``draft="remote:tcp://HOST:PORT"``
     uses a worker started elsewhere (e.g. the Triton ``draft`` model); until it joins, and after
-    a channel failure, the engine decodes autoregressively. SSD options (``fan_out``,
-    ``fan_out_hit``, ``fan_out_miss``, ``fan_out_budget``, ``sampler_x``, ``backup``) go through
-    ``**spec_kwargs`` to :class:`~specdec.config.SpecConfig`.
+    a channel failure, the engine decodes autoregressively.
+
+    ``**options`` are any leaves of the config tree by name (specdec/config.py): ``k``, ``device``,
+    ``draft_device``, ``dtype``, ``max_batch_size``, ``num_kv_blocks``, ``attention_backend``,
+    ``eager``, and the SSD knobs ``fan_out``, ``fan_out_hit``, ``fan_out_miss``, ``fan_out_budget``,
+    ``sampler_x``, ``backup``; an unknown name is an error that lists the allowed ones.
 
     ``tensor_parallel_size=N`` splits a native Llama-family target over N devices (``devices``, one
     per rank; default: N GPUs from ``device`` on, or N CPU ranks over Gloo). This process is rank
     0 and starts the others; :meth:`close` ends them. The draft stays whole, on ``draft_device``.
     """
 
-    def __init__(self, target: str = "smollm2-135m", draft: str | None = None, mode: str | None = None,
-                 k: int = 4, device: str | None = None, draft_device: str | None = None, dtype: str = "float32",
-                 max_batch_size: int = 16, seed: int = 0, max_model_len: int | None = None,
-                 draft_kv_append: bool = True, impl: str = "auto", block_size: int | None = None,
-                 num_kv_blocks: int | None = None, kv_cache_memory_gib: float | None = None,
-                 eager: bool = False, attention: str = "auto", tensor_parallel_size: int = 1,
-                 devices: list[str] | None = None, **spec_kwargs):
-        mode = _default_mode(mode, draft)
-        device = device or (devices[0] if devices else "cpu")
-        if mode != "ar" and draft is None and target in ALIASES:
-            draft = ALIASES[target].default_draft
-        cache = CacheConfig(block_size=block_size or 16, num_blocks=num_kv_blocks, memory_gib=kv_cache_memory_gib)
-        spec = SpecConfig(draft=draft, k=k, draft_kv_append=draft_kv_append, **spec_kwargs)
-        self.config = EngineConfig(target=target, mode=mode, device=device, draft_device=draft_device, dtype=dtype,
-                                   max_batch_size=max_batch_size, max_model_len=max_model_len, seed=seed,
-                                   impl=impl, eager=eager, attention=attention, tensor_parallel_size=tensor_parallel_size,
-                                   devices=devices, cache=cache, spec=spec)
+    def __init__(self, target: str | None = None, draft: str | None = None, mode: str | None = None, **options):
+        self.config = make_config(target, draft, mode, **options)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
 
     # --- prompts ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
         if isinstance(prompt, str):
-            if params.chat:
-                return list(self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True,
-                    return_dict=False))
-            return self.tokenizer.encode(prompt)
+            return encode_prompt(self.tokenizer, prompt, params.chat)
         if not isinstance(prompt, (list, tuple)) or not all(isinstance(t, int) for t in prompt):
             raise ValueError("prompt must be a string or a list of token ids")
         return list(prompt)
@@ -130,6 +121,15 @@ class LLM:
     def close(self) -> None:
         """End the worker processes, if any (the draft worker of mode "async", tensor-parallel ranks). Idempotent."""
         self.engine.close()
+
+    def __del__(self):
+        """Dropping an LLM frees what close() frees (its draft worker and channel, TP ranks)."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:            # interpreter shutdown: modules may already be gone
+                pass
 
     def __enter__(self) -> "LLM":
         return self

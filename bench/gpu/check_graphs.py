@@ -31,7 +31,7 @@ def main():
         ("llama sync sampled k3", target, dict(mode="sync", draft=str(draft), k=3), sampled),
     ]:
         cpu = [o.token_ids for o in LLM(str(folder), device="cpu", max_batch_size=8, **kw).generate(PROMPTS, params)]
-        eager = [o.token_ids for o in LLM(str(folder), device="cuda:0", eager=True, max_batch_size=8, **kw).generate(PROMPTS, params)]
+        eager = [o.token_ids for o in LLM(str(folder), device="cuda:0", graphs="off", max_batch_size=8, **kw).generate(PROMPTS, params)]
         g = LLM(str(folder), device="cuda:0", max_batch_size=8, **kw)
         graph = [o.token_ids for o in g.generate(PROMPTS, params)]
         replays = g.engine.runner.graph.replays

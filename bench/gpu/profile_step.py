@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--eager", action="store_true")
     a = ap.parse_args()
     llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device="cuda:0", dtype="bfloat16",
-              max_batch_size=a.b, max_model_len=2048, eager=a.eager)
+              max_batch_size=a.b, max_model_len=2048, graphs="off" if a.eager else "auto")
     eng = llm.engine
     prompts = [[1 + i, 2, 3, 4, 5, 6, 7, 8] for i in range(a.b)]
     params = SamplingParams(max_tokens=a.steps * 3 + 20, ignore_eos=True)

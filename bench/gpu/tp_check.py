@@ -18,7 +18,7 @@ PROMPTS = [[5, 17, 33, 99, 100, 7], [42], [8, 9, 10, 11, 12, 13, 14, 15], [200, 
 
 
 def run(folder, tp, eager, **kw):
-    llm = LLM(str(folder), device=DEVICE, tensor_parallel_size=tp, eager=eager, max_batch_size=8, **kw)
+    llm = LLM(str(folder), device=DEVICE, tensor_parallel_size=tp, graphs="off" if eager else "auto", max_batch_size=8, **kw)
     try:
         outs = [o.token_ids for o in llm.generate(PROMPTS, SamplingParams(max_tokens=40, ignore_eos=True))]
         g = llm.engine.runner.graph

@@ -58,7 +58,7 @@ PROMPTS = ["the quick brown fox", "speculative decoding drafts tokens", "caf\u00
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
     settings = Settings(target=str(tiny_llama), draft="self:1", mode="async", k=4, draft_location="separate",
-                        rendezvous=f"tcp://127.0.0.1:{free_port()}", engine_max_batch_size=BATCH,
+                        rendezvous=f"tcp://127.0.0.1:{free_port()}", max_batch_size=BATCH,
                         max_queued_requests=QUEUED, cpu_threads=1)
     srv = start_server(tmp_path_factory.mktemp("triton_reliability"), settings, exit_timeout_s=10)
     srv.settings, srv.extra_processes, srv.draft_stub_killed = settings, [], False
@@ -435,9 +435,8 @@ def test_killed_draft_instance_leaves_ar_until_a_worker_rejoins(server, draft_jo
     r = sc.generate(server.grpc_url, ["the quick"], max_tokens=8, temperature=0.0)[0]
     assert r.error is None and r.drafted == 0                # AR, and still serving
     s = server.settings
-    by_hand = subprocess.Popen([sys.executable, "-m", "specdec.spec.draft_worker", "--draft", s.draft, "--target", s.target,
-                                "--device", "cpu", "--rendezvous", s.rendezvous, "--max-batch-size", str(BATCH),
-                                "--num-threads", "1", "--connect-timeout", "120"])
+    by_hand = subprocess.Popen([sys.executable, "-m", "specdec.draft.worker", "--config", s.worker_config("cpu").to_json(),
+                                "--rendezvous", s.rendezvous, "--num-threads", "1", "--connect-timeout", "120"])
     server.extra_processes.append(by_hand)
 
     assert wait_for(lambda: speculates(server.grpc_url), timeout_s=120, interval_s=0.5), server.log_tail(30)

@@ -39,7 +39,7 @@ MAX_TOKENS = 40
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
     settings = Settings(target=str(tiny_llama), draft="self:1", mode="sync", k=4, draft_location="separate",
-                        rendezvous=f"tcp://127.0.0.1:{free_port()}", engine_max_batch_size=16)
+                        rendezvous=f"tcp://127.0.0.1:{free_port()}", max_batch_size=16)
     srv = start_server(tmp_path_factory.mktemp("triton_sync"), settings)
     yield srv
     assert stop_server(srv) == 0, srv.log_tail(40)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SamplingParams
-from ..engine.metrics import EngineMetrics
 from .floor import floor_tok_s, measure_bandwidth, weight_bytes
 from .prompts import load_prompts
 
@@ -35,7 +34,7 @@ def placement(a, mode: str, num_gpus: int) -> dict:
     """Devices of the target's ranks and of the draft. ``--gpus`` counts every GPU, the draft's
     included in async mode (the seed's convention: ``--gpus 5 --async`` = TP 4 on GPUs 0-3, draft
     on GPU 4); ``--tp`` overrides the target's share."""
-    gpus, tp = getattr(a, "gpus", None), getattr(a, "tp", None)
+    gpus, tp = getattr(a, "gpus", None), getattr(a, "tensor_parallel_size", None)
     own_draft = mode == "async"
     if tp is None:
         tp = max(1, gpus - own_draft) if gpus else 1
@@ -53,13 +52,15 @@ def placement(a, mode: str, num_gpus: int) -> dict:
 
 
 def build_llm(a):
+    """The LLM for these bench arguments: the engine options given (commands/common.py), the mode from
+    --spec/--async, and the placement from --gpus/--tp/--device."""
     from .. import LLM
+    from ..commands.common import engine_options
     mode = "async" if a.async_ else "sync" if a.spec else "ar"
     where = placement(a, mode, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    kw = dict(target=a.target, draft=a.draft if mode != "ar" else None, mode=mode, k=a.k, dtype=a.dtype,
-              max_batch_size=a.b, max_model_len=a.max_model_len, eager=a.eager, seed=a.seed, **where)
-    if mode == "async":
-        kw.update(fan_out=a.f, fan_out_hit=a.flh, fan_out_miss=a.flm, sampler_x=a.x, backup=a.backup)
+    kw = {**engine_options(a), **where, "mode": mode}
+    if mode == "ar":
+        kw.pop("draft", None)
     return LLM(**kw), mode
 
 
@@ -88,7 +89,7 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     eng = llm.engine
     params = SamplingParams(temperature=temp, max_tokens=output_len, ignore_eos=True,
                             num_draft_tokens=k, seed=None)
-    eng.metrics = EngineMetrics()
+    eng.metrics.reset()                # in place: drafters and Triton hold the same object
     failures, outs = [], []
     t0 = time.perf_counter()
     try:
@@ -108,8 +109,8 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
         "tokens_per_round": m["tokens_per_round"] if m["rounds"] else 1.0,
         "acceptance": m["acceptance_rate"], "cache_hit_rate": m["cache_hit_rate"],
         "prefill_s": m["prefill_time"], "decode_s": m["decode_time"], "decode_steps": m["decode_steps"],
-        "graph_replays": sum(r.graph.replays for r in eng.scheduler.runners if getattr(r, "graph", None)),
-        "eager_fallbacks": {r.name: dict(r.eager_fallbacks) for r in eng.scheduler.runners if getattr(r, "eager_fallbacks", None)},
+        "graph_replays": sum(r.graph.replays for r in eng.runners if getattr(r, "graph", None)),
+        "eager_fallbacks": {r.name: dict(r.eager_fallbacks) for r in eng.runners if getattr(r, "eager_fallbacks", None)},
         "outputs": [o.token_ids for o in outs],
     }
 
@@ -132,7 +133,7 @@ def bench(a) -> dict:
     runs = []
     for val in sweep_vals:
         k = val if sweep_key == "k" else (a.k if mode != "ar" else None)
-        b = val if sweep_key == "b" else a.b
+        b = val if sweep_key == "b" else a.max_batch_size
         temp = val if sweep_key == "temp" else a.temp
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s", mode, k, b, temp)

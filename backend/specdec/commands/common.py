@@ -1,24 +1,51 @@
-"""Arguments shared by the commands that build an engine."""
+"""Command-line flags for the engine options, generated from the config tree (config.py).
+
+Every flat option becomes ``--name-with-dashes`` with its type, help text and default from the
+tree; a flag that is not given stays None and the tree's default applies, so no default is written
+twice. Commands may add seed-style aliases (``--f`` for ``--fan-out``) and their own defaults.
+"""
 from __future__ import annotations
 
 import argparse
 
-
-def add_engine_args(p: argparse.ArgumentParser, mode_default: str | None = None) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument("--target", default="smollm2-135m", help="alias, HF folder or .gguf file (default: smollm2-135m)")
-    g.add_argument("--draft", default=None, help="draft: folder/alias, 'self:N', 'ngram' (default: the target's default draft)")
-    g.add_argument("--mode", default=mode_default, choices=["ar", "sync", "async"], help="decoding mode")
-    g.add_argument("--k", type=int, default=4, help="draft tokens per round (K)")
-    g.add_argument("--device", default="cpu", help="target device: cpu, cuda:N, mps")
-    g.add_argument("--draft-device", default=None, help="draft device (default: the target's)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--max-batch-size", type=int, default=16)
-    g.add_argument("--max-model-len", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+from ..config import default_of, flat_fields, format_flat, parse_flat
 
 
-def engine_kwargs(args) -> dict:
-    return dict(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
-                draft_device=args.draft_device, dtype=args.dtype, max_batch_size=args.max_batch_size,
-                max_model_len=args.max_model_len, seed=args.seed)
+def add_engine_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
+                    aliases: dict[str, tuple[str, ...]] | None = None, defaults: dict | None = None,
+                    title: str = "engine (config tree: specdec/config.py)") -> None:
+    """Add a flag per flat option (``only`` those, minus ``skip``). ``defaults`` overrides a default for
+    this command (shown in the help); ``aliases`` adds more flag names for an option."""
+    g = p.add_argument_group(title)
+    aliases, defaults = aliases or {}, defaults or {}
+    for name, (_, f) in flat_fields().items():
+        if (only is not None and name not in only) or name in skip:
+            continue
+        default = defaults.get(name, default_of(name))
+        shown = format_flat(default) or "unset"
+        flags = ["--" + name.replace("_", "-"), *aliases.get(name, ())]
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        kind = f.type.replace(" ", "")
+        if kind in ("bool", "bool|None"):
+            g.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=defaults.get(name),
+                           help=help_text)
+        elif kind.startswith("list["):                # --fan-out-hit 2,1,1 or (seed style) --flh 2 1 1
+            g.add_argument(*flags, dest=name, default=defaults.get(name), nargs="+", metavar=name.upper(),
+                           action=_JoinList, help=help_text)
+        else:
+            g.add_argument(*flags, dest=name, default=defaults.get(name), metavar=name.upper(),
+                           type=lambda text, n=name: parse_flat(n, text), help=help_text)
+
+
+class _JoinList(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, parse_flat(self.dest, ",".join(values)))
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+
+
+def engine_options(args, only: tuple[str, ...] | None = None) -> dict:
+    """The flat options given on the command line (or set as command defaults): None = not given."""
+    return {n: getattr(args, n) for n in flat_fields()
+            if (only is None or n in only) and getattr(args, n, None) is not None}

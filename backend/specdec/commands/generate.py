@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import add_engine_args, engine_kwargs
+from .common import add_engine_args, engine_options
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="stream a completion for one prompt")
     p.add_argument("prompt", help="prompt text")
-    add_engine_args(p, mode_default="sync")
+    add_engine_args(p, skip=("tensor_parallel_size", "devices"))
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -21,12 +21,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from .. import LLM, SamplingParams
-    kw = engine_kwargs(args)
+    kw = engine_options(args)
+    kw.setdefault("mode", "sync")
     t0 = time.perf_counter()
     llm = LLM(**kw)
     load_s = time.perf_counter() - t0
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_tokens=args.max_tokens, chat=not args.no_chat, seed=args.seed)
+                            max_tokens=args.max_tokens, chat=not args.no_chat, seed=llm.config.seed)
     start = time.perf_counter()
     first = None
     n = 0

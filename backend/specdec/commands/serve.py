@@ -17,22 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from .common import add_engine_args, engine_options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve through NVIDIA Triton (HTTP, gRPC streaming, metrics)")
-    g = p.add_argument_group("engine")
-    g.add_argument("--target", default="smollm2-135m", help="alias, HF folder or .gguf (default: smollm2-135m)")
-    g.add_argument("--draft", default=None,
-                   help="'ngram', 'self:N', folder/alias, or 'none' (default: the target's default draft)")
-    g.add_argument("--mode", default=None, choices=["ar", "sync", "async"],
-                   help="decoding mode (default: sync with a draft, else ar)")
-    g.add_argument("--k", type=int, default=4, help="draft tokens per round (requests may ask for fewer)")
-    g.add_argument("--fan-out", default="3", help="SSD fan-out (async mode)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: float32 on CPU, bfloat16 on GPU")
-    g.add_argument("--max-batch-size", type=int, default=16, help="sequences the engine batches together")
-    g.add_argument("--max-model-len", type=int, default=0, help="0 = the model's limit")
-    g.add_argument("--num-kv-blocks", type=int, default=0, help="0 = derived from memory")
+    add_engine_args(p, skip=("device", "draft_device", "devices", "tensor_parallel_size"),
+                    defaults={"target": "smollm2-135m"})
+    g = p.add_argument_group("serving")
     g.add_argument("--default-max-tokens", type=int, default=128, help="when a request sends no max_tokens")
     g.add_argument("--cpu-threads", type=int, default=0, help="torch threads of a CPU engine (0 = torch default)")
     g.add_argument("--chat", action="store_true", help="apply the chat template unless a request says otherwise")
@@ -61,18 +53,13 @@ def add_parser(sub) -> None:
 
 
 def settings_from_args(args, cuda: bool):
-    from ..models.registry import ALIASES
     from ..triton.settings import Settings
-    draft = args.draft
-    if draft is None:
-        draft = ALIASES[args.target].default_draft if args.target in ALIASES else None
-    if draft in ("none", ""):
-        draft = None
-    mode = args.mode or ("sync" if draft else "ar")
-    return Settings(target=args.target, draft=draft or "", mode=mode, k=args.k, fan_out=str(args.fan_out),
-                    dtype=args.dtype or ("bfloat16" if cuda else "float32"),
-                    engine_max_batch_size=args.max_batch_size, max_model_len=args.max_model_len,
-                    num_kv_blocks=args.num_kv_blocks, cpu_threads=args.cpu_threads,
+    from ..models.registry import default_draft
+    options = engine_options(args)
+    options.setdefault("dtype", "bfloat16" if cuda else "float32")
+    # serving speculates by default: no --mode and no --draft means sync with the alias's default draft
+    options["draft"] = default_draft(options["target"], options.get("mode") or "sync", options.get("draft")) or ""
+    return Settings(**options, cpu_threads=args.cpu_threads,
                     draft_location="separate" if args.draft_gpu is not None else "in_target",
                     rendezvous=f"tcp://127.0.0.1:{args.rendezvous_port}",
                     default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat,
@@ -81,6 +68,7 @@ def settings_from_args(args, cuda: bool):
 
 def build_server(args, cuda: bool):
     """Settings, the generated repository and the (not yet started) TritonServer for these arguments."""
+    from ..draft.load import draft_folder
     from ..models.registry import resolve
     from ..triton.launcher import Ports, TritonServer
     from ..triton.repository import write_repository
@@ -89,7 +77,8 @@ def build_server(args, cuda: bool):
     settings = settings_from_args(args, cuda)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="specdec-serve-"))
     resolve(settings.target)                       # converts packaged weights once, before the models race
-    if settings.draft and settings.draft not in ("ngram",) and not settings.draft.startswith("self:"):
+    folder = draft_folder(settings.draft) if settings.draft else None
+    if folder is not None:
         resolve(settings.draft)
     repo = write_repository(workdir / "model_repository", settings, target_gpu=target_gpu,
                             draft_gpu=args.draft_gpu, source=args.model_repository)
@@ -131,7 +120,7 @@ def run(args) -> int:
           f"  HTTP     {server.http_url}  (POST /v2/models/ensemble/generate_stream)\n"
           f"  gRPC     {server.grpc_url}  (model 'ensemble', streaming)\n"
           f"  metrics  {server.metrics_url}\n"
-          f"  bound to {server.host}; model control mode none; up to {settings.engine_max_batch_size} + "
+          f"  bound to {server.host}; model control mode none; up to {settings.max_batch_size} + "
           f"{settings.max_queued_requests} requests at once", flush=True)
     while not stop["now"] and server.proc.poll() is None:
         time.sleep(0.5)

@@ -8,17 +8,18 @@ Data flow of one step (see sequence.py for the commit convention):
   runs one decode round for every running sequence: the drafter proposes up to K tokens per
   row, the target scores [last, d1..dK] for all rows in ONE forward (a row with K = 0 is plain
   AR), verification picks (k, t*), and the host commits 1 + k tokens per row.
-* Device inputs are built per forward from the feeds (runner.py); the only host syncs are
-  the ones that bring sampled tokens back, each marked where it happens.
-* SSD (mode "async") and ``draft="remote:..."``: the drafter is a RemoteDrafter talking to a
-  draft worker process (spec/remote.py, spec/link.py); it is attached once the worker has
-  joined and detached on a channel failure (AR from then on, committed tokens kept).
-* ``tensor_parallel_size`` N > 1: this process is rank 0 of the target (tp.py). Everything above
-  stays here; the target runner broadcasts each forward's arrays to ranks 1..N-1, which hold
+* Device inputs are built per forward from the feeds (runner/); the host syncs are the ones that
+  bring sampled tokens back (one per round), each marked where it happens.
+* The drafter lives in the engine's :class:`~specdec.draft.slot.DraftSlot` (draft/slot.py): none,
+  ngram, a local draft model, or a draft worker process (SSD, ``remote:...``) that attaches once
+  connected and detaches on a channel failure (AR from then on, committed tokens kept).
+* ``tensor_parallel_size`` N > 1: this process is rank 0 of the target (parallel/tp.py). Everything
+  above stays here; the target runner broadcasts each forward's arrays to ranks 1..N-1, which hold
   the other weight and KV shards, and only rank 0 receives logits.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -26,17 +27,17 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig, SamplingParams
-from ..layers.sampling import sample_from_probs
-from ..models.loader import eos_token_ids, load_model, load_tokenizer
-from ..spec.drafters import SamplingRows
-from ..spec.transport import ChannelError
+from ..draft.channel import ChannelError
+from ..draft.slot import DraftContext, DraftSlot
+from ..layers.sampling import SamplingRows, sample_from_probs
+from ..runner.feed import Feed
+from ..spec.round_k import round_k
+from ..spec.status import RowStatus
 from ..spec.verify import greedy_accept_length, verify
-from .build import EngineBuild
+from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
-from .draft_attach import DraftAttachment
 from .metrics import EngineMetrics, Timer
-from .runner import Feed
 from .scheduler import Scheduler
 from .sequence import Sequence
 
@@ -51,11 +52,11 @@ class StepOutput:
     finished: bool
 
 
-class LLMEngine(EngineBuild, DraftAttachment):
+class LLMEngine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
-        self.tp = None                    # rank 0's handle on the target's other ranks (tp.py)
-        self.drafter, self.link = None, None
+        self.tp = None                    # rank 0's handle on the target's other ranks (parallel/tp.py)
+        self.draft: DraftSlot | None = None
         try:
             self._setup(cfg)
         except BaseException:
@@ -63,33 +64,34 @@ class LLMEngine(EngineBuild, DraftAttachment):
             raise
 
     def _setup(self, cfg: EngineConfig) -> None:
-        self.device = torch.device(cfg.device)
         if cfg.tensor_parallel_size > 1:
-            self.tp = self._start_tp()
-            self.device = self.tp.device              # devices[0], with its index
+            self.tp = start_tensor_parallel(cfg)
+        t = build_target(cfg, self.tp)
+        self.target, self.runner, self.tokenizer = t.model, t.runner, t.tokenizer
+        self.eos_ids, self.max_model_len, self.device = t.eos_ids, t.max_model_len, t.device
         self.draft_device = torch.device(cfg.draft_device) if cfg.draft_device else self.device
-        target = load_model(cfg.target, self.device, cfg.dtype, cfg.impl, cfg.max_model_len,
-                            tp=None if self.tp is None else self.tp.group)
-        self.target = target
-        self.tokenizer = load_tokenizer(target.folder)
-        self.eos_ids = eos_token_ids(target.folder, target.hf_config, self.tokenizer)
-        limit = getattr(target.hf_config, "max_position_embeddings", None) or getattr(target.hf_config, "n_positions", 2048)
-        self.max_model_len = min(cfg.max_model_len or limit, limit)
-        self.runner = self._make_runner(target, self.device, "target", share=0.5 if self._draft_shares_device() else 1.0,
-                                        tp=self.tp)
-        self.drafter, draft_runner = self._make_drafter()
-        runners = [self.runner] + ([draft_runner] if draft_runner is not None else [])
-        self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, runners, self.drafter)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.metrics = EngineMetrics()
         self.timer = Timer(self.device)
-        self.k = cfg.spec.k if self.drafter is not None else 0
-        self.link = None
-        if self._uses_worker():
-            self._start_link()
-        self.select_attention(cfg.attention)
-        if self.device.type == "cuda" and not cfg.eager:
-            self.enable_graphs(capture=True)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        ctx = DraftContext(dataclasses.replace(cfg, max_model_len=self.max_model_len), self.device, self.draft_device,
+                           self.runner.vocab_size, self.tokenizer, self.target)
+        self.draft = DraftSlot(ctx)
+        self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
+
+    @property
+    def drafter(self):
+        """The drafter speculating now (None: plain decoding, e.g. while a draft worker is away)."""
+        return self.draft.drafter if self.draft is not None else None
+
+    @property
+    def k(self) -> int:
+        """Draft tokens per round now: the configured K while a drafter is attached, else 0."""
+        return self.cfg.spec.k if self.drafter is not None else 0
+
+    @property
+    def runners(self) -> list:
+        """The target's runner and, for a local draft model, the draft's."""
+        return [self.runner] + ([self.draft.runner] if self.draft is not None and self.draft.runner is not None else [])
 
     # --- requests ---------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
@@ -119,10 +121,7 @@ class LLMEngine(EngineBuild, DraftAttachment):
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        if self.link is not None and self.drafter is None:
-            channel = self.link.take()
-            if channel is not None:
-                self._attach(channel)
+        self.draft.poll()                  # a draft worker that connected since the last step attaches now
         admitted = self.scheduler.admit(lookahead=1 + self.k)
         if admitted:
             return self._prefill(admitted)
@@ -134,11 +133,14 @@ class LLMEngine(EngineBuild, DraftAttachment):
             self._draft_failed(e)
             return self._decode()
 
+    def _draft_failed(self, err: Exception) -> None:
+        self.metrics.ar_fallbacks += 1
+        self.draft.failed(err)
+
     def _k_for(self, s: Sequence) -> int:
         if self.drafter is None:
             return 0
-        k = self.k if s.params.num_draft_tokens is None else min(s.params.num_draft_tokens, self.k)
-        return max(0, min(k, s.remaining - 1, self.max_model_len - len(s) - 1))
+        return round_k(self.cfg.spec.k, s.params.num_draft_tokens, s.remaining, self.max_model_len - len(s) - 1)
 
     def _prefill(self, seqs: list[Sequence]) -> list[StepOutput]:
         t0 = self.timer.now()
@@ -150,8 +152,8 @@ class LLMEngine(EngineBuild, DraftAttachment):
                 feeds.append(Feed(s.seq_id, s.prompt_ids, 0, num_logits=1))
                 fresh.append(s)
             s.draft_cached = 0
-        if self.drafter is not None and hasattr(self.drafter, "prefill"):
-            try:                           # sent first: the draft's prefill overlaps the target's
+        if self.drafter is not None:
+            try:                           # sent first: a draft worker's prefill overlaps the target's
                 self.drafter.prefill(seqs)
             except ChannelError as e:
                 self._draft_failed(e)
@@ -187,6 +189,7 @@ class LLMEngine(EngineBuild, DraftAttachment):
         rows = SamplingRows(seqs, self.device, self.generator)
         timer = self.timer
         t0, w0 = timer.mark(), timer.now()
+        prop = None
         if K > 0:
             prop = self.drafter.propose(seqs, kl, rows)
             num = prop.num
@@ -208,7 +211,7 @@ class LLMEngine(EngineBuild, DraftAttachment):
                 tok = sample_from_probs(rows.probs(logits), rows.uniforms(self.k + 1)[:, self.k])
             t2 = timer.mark()
             rec = tok.tolist()                                    # host sync: the step's tokens
-            return self._finish_round(seqs, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
+            return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
         num_t = torch.tensor(num, device=self.device)
         if rows.all_greedy:
@@ -223,15 +226,20 @@ class LLMEngine(EngineBuild, DraftAttachment):
         flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
         acc, rec = flat[:B], flat[B:2 * B]
         drafts = [flat[2 * B + b * Kv: 2 * B + b * Kv + num[b]] for b in range(B)]
-        return self._finish_round(seqs, num, drafts, acc, rec, (t0, t1, t2, w0))
+        return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0))
 
-    def _finish_round(self, seqs, num, drafts, acc, rec, marks) -> list[StepOutput]:
+    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks) -> list[StepOutput]:
         """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats."""
         m, timer = self.metrics, self.timer
         t0, t1, t2, w0 = marks
         if any(num):
             m.draft_time += timer.seconds(t0, t1)
             m.draft_steps += 1
+        if prop is not None:
+            m.channel_wait_time += prop.wait_s
+            if prop.build_s > 0:
+                m.draft_build_time += prop.build_s
+                m.draft_builds += 1
         m.verify_time += timer.seconds(t1, t2)
         m.verify_steps += 1
         outs = []
@@ -241,6 +249,8 @@ class LLMEngine(EngineBuild, DraftAttachment):
             self.runner.truncate(s.seq_id, old_len + acc[b])      # rollback by length: rejected K/V is dropped
             if num[b]:
                 self.drafter.commit(s, old_len, acc[b], num[b])
+                if prop.status is not None and prop.status[b] is not RowStatus.NONE:
+                    self._count_lookup(s, prop.status[b] is RowStatus.HIT, 1 + acc[b])
                 s.stats.rounds += 1
                 s.stats.drafted += num[b]
                 s.stats.accepted += acc[b]
@@ -259,6 +269,16 @@ class LLMEngine(EngineBuild, DraftAttachment):
         m.decode_steps += 1
         m.decode_time += timer.now() - w0
         return outs
+
+    def _count_lookup(self, s: Sequence, hit: bool, tokens: int) -> None:
+        """SSD: one speculation-cache lookup (a hit or a miss) and the tokens its round committed."""
+        for stats in (s.stats, self.metrics):
+            stats.cache_lookups += 1
+            stats.cache_hits += int(hit)
+            if hit:
+                stats.hit_tokens += tokens
+            else:
+                stats.miss_tokens += tokens
 
     def _pad_rows(self, logits: torch.Tensor, num: list[int], Kv: int) -> torch.Tensor:
         B = len(num)
@@ -279,3 +299,24 @@ class LLMEngine(EngineBuild, DraftAttachment):
             self.scheduler.finish(s)
             self.metrics.requests_finished += 1
         return StepOutput(s, emitted, delta, reason is not None)
+
+    # --- settings and lifetime ------------------------------------------------------------------
+    def update_spec(self, **changes) -> None:
+        """Change speculation settings (K, fan-out, Saguaro C, backup) between requests; a draft
+        worker is reconfigured in place (no reload)."""
+        if self.scheduler.has_work():
+            raise RuntimeError("update_spec needs an idle engine (no running or waiting requests)")
+        if "draft" in changes and changes["draft"] != self.cfg.spec.draft:
+            raise ValueError("the draft itself cannot change; build a new LLM")
+        spec = dataclasses.replace(self.cfg.spec, **changes)
+        dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
+        self.cfg.spec = self.draft.ctx.config.spec = spec
+        self.draft.configure(spec)
+
+    def close(self) -> None:
+        """Send EXIT to a draft worker and to the target's other ranks, and wait for them to end (idempotent)."""
+        if self.draft is not None:
+            self.draft.close()
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None

@@ -37,6 +37,12 @@ class EngineMetrics:
     ar_fallbacks: int = 0
     tokens_per_round_hist: Counter = field(default_factory=Counter)
 
+    def reset(self) -> None:
+        """Zero every counter in place (benchmarks between runs): holders of this object keep seeing it."""
+        fresh = EngineMetrics()
+        for k, v in fresh.__dict__.items():
+            setattr(self, k, v)
+
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "tokens_per_round_hist"}
         d["tokens_per_round_hist"] = dict(sorted(self.tokens_per_round_hist.items()))

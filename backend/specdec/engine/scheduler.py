@@ -14,11 +14,11 @@ from .sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, max_batch_size: int, max_prefill_tokens: int, runners: list, drafter=None):
+    def __init__(self, max_batch_size: int, max_prefill_tokens: int, runner, draft):
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
-        self.runners = runners            # [target runner, draft runner (if any)]
-        self.drafter = drafter
+        self.runner = runner              # the target's runner (its KV pool)
+        self.draft = draft                # the engine's DraftSlot: its drafter may come and go
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -38,7 +38,7 @@ class Scheduler:
                 break
             need = {s.seq_id: len(s) + lookahead for s in admitted + [seq]}
             need.update({s.seq_id: len(s) + lookahead for s in self.running})
-            if not self.runners[0].can_hold(need):
+            if not self.runner.can_hold(need):
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
@@ -52,10 +52,11 @@ class Scheduler:
         preempted = []
         while self.running:
             target_need = {s.seq_id: len(s) + ks.get(s.seq_id, 0) for s in self.running}
-            ok = self.runners[0].can_hold(target_need)
-            if ok and self.drafter is not None and len(self.runners) > 1:
-                draft_need = {s.seq_id: self.drafter.needs(s, ks.get(s.seq_id, 0)) for s in self.running}
-                ok = self.runners[1].can_hold(draft_need)
+            ok = self.runner.can_hold(target_need)
+            drafter = self.draft.drafter
+            if ok and drafter is not None and self.draft.runner is not None:
+                draft_need = {s.seq_id: drafter.needs(s, ks.get(s.seq_id, 0)) for s in self.running}
+                ok = self.draft.runner.can_hold(draft_need)
             if ok or len(self.running) == 1:
                 break
             seq = self.running.pop()
@@ -68,10 +69,9 @@ class Scheduler:
         return preempted
 
     def release(self, seq: Sequence) -> None:
-        for r in self.runners:
-            r.free(seq.seq_id)
-        if self.drafter is not None:
-            self.drafter.free(seq)
+        self.runner.free(seq.seq_id)
+        if self.draft.drafter is not None:
+            self.draft.drafter.free(seq)
 
     def finish(self, seq: Sequence) -> None:
         seq.status = Status.FINISHED

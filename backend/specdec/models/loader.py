@@ -247,3 +247,20 @@ def _map_key(key: str, qkv_rows: dict, inter: int):
     if rest == "mlp.up_proj.weight":
         return pre + "mlp.gate_up.weight", (inter, inter)
     return None
+
+
+def context_limit(hf_config) -> int:
+    """The context length a checkpoint supports (Llama family: max_position_embeddings; GPT-2: n_positions)."""
+    return getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 2048)
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of a text prompt: plain, or wrapped as one user turn of the tokenizer's chat template
+    (with the generation prompt). The engine's API and Triton's preprocessing both encode here."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("apply_chat_template=True is not supported by this model: its tokenizer has no "
+                             "chat template; allowed [False]")
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                  add_generation_prompt=True, return_dict=False))
+    return list(tokenizer.encode(text))

@@ -123,3 +123,13 @@ def gguf_to_folder(gguf: Path, out: Path) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def default_draft(target: str, mode: str | None, draft: str | None) -> str | None:
+    """The draft to use: the given one; else, for a speculative mode, the target alias's shipped
+    default draft (``smollm2-135m`` -> ``smollm2-135m-draft``); "none" and "" mean no draft."""
+    if draft in ("none", ""):
+        return None
+    if draft is None and mode not in (None, "ar") and target in ALIASES:
+        return ALIASES[target].default_draft
+    return draft

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fanout import acceptance_mle, fit_power_law, geometric_fan_out
-from .messages import RowStatus
+from ..spec.fanout import acceptance_mle, fit_power_law, geometric_fan_out
+from .status import RowStatus
 
 RANK_WINDOW = 32
 UPDATE_EVERY = 64

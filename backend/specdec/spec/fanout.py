@@ -18,18 +18,7 @@ import math
 
 import numpy as np
 
-
-def check_fan_out(name: str, fan: list[int], k: int) -> list[int]:
-    """Validate a fan-out list of length K+1 (non-negative integers, at least one candidate)."""
-    if not isinstance(fan, (list, tuple)) or not all(isinstance(f, int) and not isinstance(f, bool) for f in fan):
-        raise ValueError(f"{name}={fan!r} must be a list of K+1 = {k + 1} integers")
-    if len(fan) != k + 1:
-        raise ValueError(f"{name} has {len(fan)} entries: expected K+1 = {k + 1} (one per depth 0..{k})")
-    if any(f < 0 for f in fan):
-        raise ValueError(f"{name}={list(fan)!r}: entries must be >= 0")
-    if sum(fan) < 1:
-        raise ValueError(f"{name}={list(fan)!r}: the budget (sum) must be >= 1")
-    return list(fan)
+from ..config import DEFAULT_FAN_OUT, check_fan_out  # noqa: F401  (check_fan_out: re-exported)
 
 
 def uniform_fan_out(f: int, k: int) -> list[int]:
@@ -149,7 +138,7 @@ def resolve_fan_out(spec) -> tuple[list[int], list[int], list[int], bool]:
     if spec.fan_out_hit is not None:
         hit = list(spec.fan_out_hit)
     elif geometric:
-        budget = spec.fan_out_budget or DEFAULT_F * (k + 1)
+        budget = spec.fan_out_budget or DEFAULT_FAN_OUT * (k + 1)
         hit = round_to_budget([1.0] * (k + 1), budget, [budget] * (k + 1))
     else:
         hit = uniform_fan_out(spec.fan_out, k)
@@ -158,5 +147,3 @@ def resolve_fan_out(spec) -> tuple[list[int], list[int], list[int], bool]:
     fast = list(spec.fan_out_miss) if spec.fan_out_miss is not None else [budget] + [0] * k
     return hit, miss, fast, geometric
 
-
-DEFAULT_F = 3

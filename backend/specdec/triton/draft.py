@@ -1,7 +1,7 @@
 """The ``draft`` Triton model: a draft model in its own instance (its own GPU), reached directly.
 
 With ``draft_location: separate`` the instance supervises a draft worker *process*
-(``python -m specdec.spec.draft_worker``) on its device: the worker joins the target through a
+(``python -m specdec.draft.worker``) on its device: the worker joins the target through a
 torch.distributed channel at ``rendezvous`` and answers the target's draft requests there, never
 through Triton requests. ``initialize`` does not wait for the target (nor the target for it): both
 connect in the background and the target serves AR until the draft has joined.
@@ -13,54 +13,33 @@ back-off when workers die quickly), which joins again, and the target speculates
 is tied to this stub (``PR_SET_PDEATHSIG``), so killing the stub process, the draft's Triton
 instance, ends the worker too; Triton 2.51 does not restart a dead stub and model control is off,
 so the target then stays in AR mode until a worker joins the rendezvous another way (a restart of
-the server, or ``python -m specdec.spec.draft_worker --rendezvous ...`` by hand).
+the server, or ``python -m specdec.draft.worker --rendezvous ...`` by hand).
 
 With ``in_target`` (the default) the target runs the draft itself and this model stays idle. Its
 only request, ``status``, reports which of these is the case, the worker's pid and its restarts.
 """
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
 
+from ..processes import spawn
 from . import pbio
 from .settings import instance_device, read_settings
 
-PR_SET_PDEATHSIG = 1
 QUICK_EXIT_S = 30.0          # a worker that ran less than this counts as failing at startup
 MAX_BACKOFF_S = 30.0
 
 
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl      # looked up here, not in the forked child
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGKILL it when this process dies (Linux)."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def worker_command(s, device) -> list[str]:
-    """The draft worker's command line for these settings (connects to the target's rendezvous)."""
-    from ..spec.link import python_executable
-    cmd = [python_executable(), "-m", "specdec.spec.draft_worker", "--draft", s.draft, "--device", str(device),
-           "--dtype", s.dtype, "--rendezvous", s.rendezvous, "--max-batch-size", str(s.engine_max_batch_size),
-           "--connect-timeout", "1e9", "--parent-pid", str(os.getpid()), "--log-level", "INFO"]
-    if s.draft.startswith("self:"):
-        cmd += ["--target", s.target]
-    if s.max_model_len:
-        cmd += ["--max-model-len", str(s.max_model_len)]
+def worker_args(s, device) -> list[str]:
+    """The draft worker's arguments for these settings (it connects to the target's rendezvous)."""
+    args = ["--config", s.worker_config(device).to_json(), "--rendezvous", s.rendezvous,
+            "--connect-timeout", "1e9", "--log-level", "INFO"]
     if s.cpu_threads:
-        cmd += ["--num-threads", str(s.cpu_threads)]
-    return cmd
+        args += ["--num-threads", str(s.cpu_threads)]
+    return args
 
 
 class DraftModel:
@@ -73,12 +52,12 @@ class DraftModel:
         self.stop = threading.Event()
         self.thread = None
         self.proc: subprocess.Popen | None = None
-        if s.draft_location != "separate" or s.mode == "ar" or not s.draft:
+        if not s.separate_draft:
             self.state["status"] = "idle"
             self.log.info("idle: draft_location=%s mode=%s (the target runs its draft itself, if any)",
                           s.draft_location, s.mode)
             return
-        self.cmd = worker_command(s, self.device)
+        self.args = worker_args(s, self.device)
         self.log.info("draft %s on %s: a worker process joins the target at %s in the background", s.draft,
                       self.device, s.rendezvous)
         self.thread = threading.Thread(target=self._supervise, name="specdec-draft", daemon=True)
@@ -90,7 +69,7 @@ class DraftModel:
         while not self.stop.is_set():
             t0 = time.monotonic()
             try:
-                self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent)
+                self.proc = spawn("specdec.draft.worker", self.args, die_with_thread=True)   # this thread supervises it
             except OSError as e:
                 self.state["status"] = f"failed to start: {e}"
                 self.log.error("draft worker could not start (the target serves AR): %s", e)

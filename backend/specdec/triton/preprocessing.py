@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from ..models.loader import encode_prompt
 from . import pbio
 from .schema import check_lengths, check_parameters, parse_request
 from .settings import read_settings
@@ -18,11 +19,11 @@ from .settings import read_settings
 
 def load_tokenizer_and_limit(target: str, max_model_len: int = 0):
     """The target's tokenizer and context limit, computed as the engine computes them."""
-    from ..models.loader import load_hf_config, load_tokenizer
+    from ..models.loader import context_limit, load_hf_config, load_tokenizer
     from ..models.registry import resolve
     folder = resolve(target)
     cfg = load_hf_config(folder)
-    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+    limit = context_limit(cfg)
     return load_tokenizer(folder), min(max_model_len or limit, limit)
 
 
@@ -32,17 +33,6 @@ def input_byte_cap(tokenizer, max_model_len: int) -> int:
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     longest = max((len(t.encode("utf-8")) for t in tokens if isinstance(t, str)), default=1)
     return max_model_len * max(longest, 1)
-
-
-def encode(tokenizer, text: str, chat: bool) -> list[int]:
-    """Token ids of a prompt, exactly as ``LLM.encode`` makes them."""
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("apply_chat_template=True is not supported by this model: its tokenizer has no "
-                             "chat template; allowed [False]")
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                  add_generation_prompt=True, return_dict=False))
-    return list(tokenizer.encode(text))
 
 
 class PreprocessingModel:
@@ -63,7 +53,7 @@ class PreprocessingModel:
                 text, req = parse_request(pbio.getter(request), default_max_tokens=self.settings.default_max_tokens,
                                           max_model_len=self.max_model_len, default_chat=self.settings.apply_chat_template,
                                           max_input_bytes=self.max_input_bytes)
-                ids = encode(self.tokenizer, text, req.apply_chat_template)
+                ids = encode_prompt(self.tokenizer, text, req.apply_chat_template)
                 check_lengths(len(ids), req.params["max_tokens"], self.max_model_len)
             except ValueError as e:
                 responses.append(pbio.error_response("INVALID_ARG", str(e)))

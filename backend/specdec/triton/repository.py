@@ -1,9 +1,10 @@
 """Write a runnable copy of ``model_repository/`` with this deployment's parameters and devices.
 
 The checked-in repository is the GPU variant (target on GPU 0, draft on GPU 1) with default
-parameters; it is never modified. :func:`write_repository` copies it, sets every parameter key a
-model declares from :class:`~.settings.Settings`, and sets the instance groups: KIND_GPU on the
-given GPU, or KIND_CPU on a host without one. The ``draft`` model is left out unless the draft
+parameters; it is never modified. :func:`write_repository` copies it, writes every parameter of
+:class:`~.settings.Settings` (the engine options of the whole config tree and the server keys)
+into each Python model, and sets the instance groups: KIND_GPU on the given GPU, or KIND_CPU on a
+host without one. The ``draft`` model is left out unless the draft
 runs in its own instance (``draft_location: separate``).
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def write_repository(dest: Path, settings: Settings, *, target_gpu: int | None =
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
-    separate = settings.draft_location == "separate" and settings.mode != "ar" and bool(settings.draft)
+    separate = settings.separate_draft
     values = settings.as_parameters()
     for name in MODELS:
         if name == "draft" and not separate:
@@ -57,9 +58,9 @@ def write_repository(dest: Path, settings: Settings, *, target_gpu: int | None =
             raise FileNotFoundError(f"{src}/config.pbtxt is missing (model repository {source})")
         shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         cfg = read_config(src / "config.pbtxt")
-        for key in cfg.parameters:
-            if key in values:
-                cfg.parameters[key].string_value = values[key]
+        if name != "ensemble":
+            for key, value in values.items():
+                cfg.parameters[key].string_value = value
         if name == "target":
             _set_instances(cfg, target_gpu)
         elif name == "draft":

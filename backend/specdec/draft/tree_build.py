@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine.runner import Feed
-from .adaptive import RANK_WINDOW
-from .fanout import saguaro_top
+from ..runner.feed import Feed
+from ..spec.adaptive import RANK_WINDOW
+from ..spec.fanout import saguaro_top
 from .messages import Prefill, RowStatus
-from .spec_cache import CacheEntry
-from .tree import fork, ranked_candidates, tree_mask, tree_positions, tree_slots
+from ..spec.spec_cache import CacheEntry
+from ..spec.tree import fork, ranked_candidates, tree_mask, tree_positions, tree_slots
 
 
 @dataclass(slots=True)
@@ -38,7 +38,7 @@ class TreeJob:
 
 
 class CacheBuilder:
-    """The cache-building half of :class:`~specdec.spec.draft_core.DraftCore` (which provides seqs,
+    """The cache-building half of :class:`~specdec.draft.core.DraftCore` (which provides seqs,
     cfg, adaptive, cache, runner, _forward, _sample, _fits and the pending rows)."""
 
     def _prefill_trees(self, msg: Prefill, tree_rows: list[int], logits: torch.Tensor) -> None:

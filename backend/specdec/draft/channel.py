@@ -2,10 +2,12 @@
 
 Rendezvous ``tcp://HOST:PORT``: the target (rank 0) hosts a ``TCPStore`` there and the draft
 (rank 1) connects to it (:class:`Rendezvous`). Each side first publishes its device through the
-store, so both pick the same backend: NCCL when both sides are CUDA devices (different GPUs), Gloo
-otherwise (tensors then cross through host memory). Then ``init_process_group(backend,
-store=..., rank, world_size=2, device_id=...)`` joins the default group; one channel per
-process at a time.
+store, so both pick the same backend: NCCL when both sides are CUDA devices on different GPUs,
+Gloo otherwise (two processes on one GPU included: NCCL refuses a duplicate GPU; tensors then
+cross through host memory). The channel is a process group of its own (a standalone
+``ProcessGroupGloo`` / ``ProcessGroupNCCL`` built on the rendezvous store), never
+torch.distributed's default group, so one process can hold several channels, one after another or
+at once (two async ``LLM`` objects, a tensor-parallel group beside a draft channel).
 
 Framing: header int64[3] = (command, n_ints, n_floats), then the int64 payload, then the
 float32 payload when there is one. Sends are ``isend``: Gloo's ``send`` blocks until the peer
@@ -50,13 +52,6 @@ def parse_rendezvous(url: str) -> tuple[str, int]:
     if u.scheme != "tcp" or not u.hostname or not u.port:
         raise ValueError(f"rendezvous {url!r}: expected tcp://HOST:PORT")
     return u.hostname, u.port
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _device_info(device: torch.device) -> dict:
@@ -132,9 +127,10 @@ class Rendezvous:
 class Channel:
     """One end of the channel. ``connect`` blocks until the peer has joined (or ``should_stop``)."""
 
-    def __init__(self, rank: int, backend: str, device: torch.device):
+    def __init__(self, rank: int, backend: str, device: torch.device, group):
         self.rank, self.peer = rank, 1 - rank
         self.backend = backend
+        self.group = group                                     # dist.ProcessGroupGloo / ProcessGroupNCCL
         self.device = device                                   # where this side computes
         self.xfer = device if backend == "nccl" else torch.device("cpu")
         self._pending: list[tuple[object, torch.Tensor]] = []
@@ -144,23 +140,25 @@ class Channel:
     def connect(cls, rendezvous: Rendezvous, device: torch.device, timeout_s: float = 120.0,
                 connect_timeout_s: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> "Channel":
         """Join as ``rendezvous.rank``; raises TimeoutError after connect_timeout_s (None = never)."""
-        if dist.is_initialized():
-            raise RuntimeError("this process already has a torch.distributed default group; "
-                               "a draft channel needs its own process (close the other LLM first)")
         rank = rendezvous.rank
         deadline = None if connect_timeout_s is None else time.monotonic() + connect_timeout_s
         mine = _device_info(device)
         prefix, theirs = rendezvous.handshake(mine, should_stop, deadline)
         backend = choose_backend(mine, theirs)
-        kwargs = {}
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.PrefixStore(prefix + "pg/", rendezvous.store)
         if backend == "nccl":
-            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")    # read when the group is built
             torch.cuda.set_device(device)                  # the current device is per thread: set it in this one
-            kwargs["device_id"] = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-        dist.init_process_group(backend, store=dist.PrefixStore(prefix + "pg", rendezvous.store), rank=rank,
-                                world_size=2, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            group = dist.ProcessGroupNCCL(store, rank, 2, opts)
+            if hasattr(group, "eager_connect_single_device"):
+                group.eager_connect_single_device(device)
+        else:
+            group = dist.ProcessGroupGloo(store, rank, 2, timeout)
         log.info("draft channel up (%s): rank %d, %s, %s <-> %s", prefix.rstrip("/"), rank, backend, mine, theirs)
-        return cls(rank, backend, device)
+        return cls(rank, backend, device, group)
 
     # --- messages ---------------------------------------------------------------------------
     def send(self, msg) -> None:
@@ -173,7 +171,7 @@ class Channel:
         try:
             for t in parts:
                 t = t.to(self.xfer, non_blocking=True)
-                self._pending.append((dist.isend(t, self.peer), t))
+                self._pending.append((self.group.send([t], self.peer, 0), t))
         except Exception as e:   # the backend raises RuntimeError / DistError subclasses
             err = f"send {msg.command.name} failed: {e}"
         if err is not None:      # raised outside the handler: no chained traceback holding the group
@@ -183,14 +181,14 @@ class Channel:
         err = None
         try:
             header = torch.empty(3, dtype=torch.int64, device=self.xfer)
-            dist.recv(header, self.peer)
+            self.group.recv([header], self.peer, 0).wait()
             cmd, n, nf = header.tolist()                   # host sync: the payload size
             ints = torch.empty(n, dtype=torch.int64, device=self.xfer)
-            dist.recv(ints, self.peer)
+            self.group.recv([ints], self.peer, 0).wait()
             floats = None
             if nf:
                 floats = torch.empty(nf, dtype=torch.float32, device=self.xfer)
-                dist.recv(floats, self.peer)
+                self.group.recv([floats], self.peer, 0).wait()
             command = Command(cmd)
             self._reap()
         except Exception as e:
@@ -217,8 +215,11 @@ class Channel:
             except Exception as e:      # the peer is gone: nothing to finish
                 log.debug("pending sends at close: %s", e)
         self._pending.clear()
-        try:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        group, self.group = self.group, None
+        try:                                    # NCCL: abort frees the communicator without waiting for the peer
+            if isinstance(group, getattr(dist, "ProcessGroupNCCL", ())) and hasattr(group, "abort"):
+                group.abort()
+            elif hasattr(group, "shutdown"):
+                group.shutdown()
         except Exception as e:
-            log.warning("destroying the draft channel's process group: %s", e)
+            log.debug("closing the draft channel's process group: %s", e)

@@ -9,52 +9,20 @@ forward and returns freed space to the pool.
   feeds of a step batched into one forward. With tensor parallelism (``tp``) it is rank 0's
   runner: its KV pool holds this rank's KV heads, and each forward goes to the worker ranks as
   one broadcast message (tp_step.py) before every rank runs it.
-* :class:`~specdec.engine.hf_runner.HFRunner` (any ``AutoModelForCausalLM``): the model's own
+* :class:`~specdec.runner.hf.HFRunner` (any ``AutoModelForCausalLM``): the model's own
   ``DynamicCache`` per sequence, rolled back with ``crop``.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..layers.attention import build_context
 from .block_manager import BlockManager
+from .feed import DeviceTokens, Feed, place_device_tokens
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Feed:
-    """Tokens of one sequence to run through a model in this forward."""
-
-    seq_id: int
-    tokens: list[int]
-    start: int                                # storage position of tokens[0]
-    num_logits: int = 1                       # logits for the last num_logits tokens (0 = none)
-    positions: list[int] | None = None        # RoPE positions when they differ from storage positions
-    mask: torch.Tensor | None = None          # [len(tokens), start + len(tokens)] bool, custom visibility
-    dummy: bool = False                       # a placeholder row: writes nowhere (sentinel slot), output unused
-
-
-DeviceTokens = tuple  # (tensor [B, Qd] on the runner's device, col0): feed b's tokens[col0:] come from row b
-
-
-def place_device_tokens(input_ids: torch.Tensor, feeds: list[Feed], device_tokens) -> None:
-    """Overwrite host placeholders in the flat input_ids [T] with tokens that live on the device."""
-    dt, col0 = device_tokens
-    dst, src, row = [], [], 0
-    for b, f in enumerate(feeds):
-        n = len(f.tokens)
-        for j in range(col0, n):
-            dst.append(row + j)
-            src.append(b * dt.shape[1] + j - col0)
-        row += n
-    if dst:
-        idx = torch.tensor([dst, src], dtype=torch.long).to(input_ids.device, non_blocking=True)
-        input_ids[idx[0]] = dt.reshape(-1)[idx[1]]
 
 
 class PagedRunner:

@@ -2,7 +2,7 @@
 
 Processes: rank 0 runs the engine — scheduler, block managers, sampling, the draft (TP = 1, on its
 own device) — and its own shard of the target. Every other rank is ``python -m
-specdec.engine.tp_worker`` on its own device: it loads its shard (reading only its slices of the
+specdec.parallel.worker`` on its own device: it loads its shard (reading only its slices of the
 safetensors), allocates its KV shard (KV heads / tp, as many blocks as rank 0) and then runs the
 forwards that rank 0 broadcasts (tp_step.py) until EXIT. Block tables live in rank 0's
 BlockManager only; a worker's state is its weights and its KV shard.
@@ -25,8 +25,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
-import subprocess
 import threading
 import time
 import weakref
@@ -36,7 +34,8 @@ import torch
 import torch.distributed as dist
 
 from ..layers.tensor_parallel import TPGroup
-from .tp_step import Exit, StepChannel
+from ..processes import free_port, spawn, stop_process
+from ..runner.tp_step import Exit, StepChannel
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,6 @@ class TensorParallel:
     """Rank 0's handle: the worker processes, the TP group (``group``) and the step channel (``channel``)."""
 
     def __init__(self, spec: WorkerSpec):
-        from ..spec.link import python_executable
-        from ..spec.transport import free_port
         self.spec, self.size = spec, len(spec.devices)
         self.device = torch.device(spec.devices[0])
         self.group = TPGroup(0, self.size)            # shapes now, connected in connect()
@@ -84,8 +81,7 @@ class TensorParallel:
         self.store = dist.TCPStore(host, port, self.size, True, timeout=datetime.timedelta(seconds=STARTUP_TIMEOUT_S),
                                    wait_for_workers=False)
         self.store.set("tp/spec", json.dumps(dataclasses.asdict(spec)))
-        self.procs = [subprocess.Popen([python_executable(), "-m", "specdec.engine.tp_worker", "--store",
-                                        f"{host}:{port}", "--rank", str(r), "--parent-pid", str(os.getpid())])
+        self.procs = [spawn("specdec.parallel.worker", ["--store", f"{host}:{port}", "--rank", str(r)])
                       for r in range(1, self.size)]
         self._finalizer = weakref.finalize(self, _kill, list(self.procs))
         log.info("tensor parallel: %d ranks on %s; workers %s", self.size, spec.devices, [p.pid for p in self.procs])
@@ -131,19 +127,24 @@ class TensorParallel:
             time.sleep(0.02)
 
     def close(self) -> None:
-        """EXIT to the workers, wait for them (kill after a grace period). Idempotent."""
+        """EXIT to the workers, leave the group, then wait for them (kill after a grace period). Idempotent.
+
+        Order matters with NCCL: rank 0 tears its communicator down (abort) right after the EXIT
+        broadcast has completed on its side, before it waits for the workers. Waiting first deadlocks
+        when a worker's own shutdown waits for rank 0 (seen on two H200s: "worker did not exit")."""
         if getattr(self, "_closing", None) is not None:
             self._closing.set()
         if self.channel is not None and all(p.poll() is None for p in self.procs):
             try:
                 self.channel.send(Exit())
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)   # the broadcast has left this rank before the abort
             except Exception as e:      # a worker already gone: the collective fails, they are killed below
                 log.warning("tensor parallel: EXIT not delivered (%s)", e)
         self.channel = None
-        from ..spec.link import stop_process
+        self.group.shutdown()
         for p in self.procs:
             stop_process(p, EXIT_GRACE_S, "tensor-parallel worker")
-        self.group.shutdown()
         self._finalizer.detach()
         self.store = None
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..spec.status import RowStatus
+
 BACKUPS = ("jit", "fast", "auto")
 
 
@@ -36,15 +38,6 @@ class Command(enum.Enum):
     SPECULATE_REPLY = 5
     FREE = 6
     EXIT = 7
-
-
-class RowStatus(enum.IntEnum):
-    """How the draft produced a row's tokens this round."""
-
-    JIT = 0      # cache miss, drafted on the critical path (q = the draft's, sent)
-    HIT = 1      # speculation cache hit (q = the branch's, sent)
-    FAST = 2     # cache miss, uniform random tokens (q = uniform over the target vocab, not sent)
-    NONE = 3     # the row asked for no tokens
 
 
 def f32_bits(x) -> np.ndarray:
@@ -112,20 +105,26 @@ class Config:
 
 @dataclass(slots=True)
 class Hello:
-    """Draft -> target, answering CONFIG."""
+    """Draft -> target, answering CONFIG: the draft's vocabulary and capacity, and how its runner runs."""
 
     command = Command.HELLO
     vocab_size: int                  # the draft model's own vocabulary size
     max_model_len: int
     kv_tokens: int                   # KV capacity of the draft, in tokens
     pid: int
+    graphs: bool = False             # the worker's decode-shaped steps replay CUDA graphs
+    attention: str = ""              # the worker runner's attention backend
 
     def encode(self):
-        return _ints(self.vocab_size, self.max_model_len, self.kv_tokens, self.pid), None
+        code = list(self.attention.encode()[:32])
+        return _ints(self.vocab_size, self.max_model_len, self.kv_tokens, self.pid, int(self.graphs), len(code),
+                     code), None
 
     @classmethod
     def decode(cls, ints, floats=None) -> "Hello":
-        return cls(*(int(v) for v in np.asarray(ints)[:4]))
+        r = _Reader(ints)
+        vocab, mml, kv, pid, graphs, n = (r.one() for _ in range(6))
+        return cls(vocab, mml, kv, pid, bool(graphs), bytes(r.take(n).tolist()).decode())
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .runner import Feed
+from .feed import Feed
 
 
 class HFRunner:

@@ -1,7 +1,7 @@
 """The draft side of speculation: the draft model's KV, the speculation cache and each round's work.
 
 Everything here lives in the draft process, on the draft device; the transport is elsewhere
-(draft_worker.py), so this class can be driven directly in tests.
+(worker.py), so this class can be driven directly in tests.
 
 * :class:`DraftSeq`: every committed token the target told us about (host list), how many of
   them have correct K/V in the runner (``kv_valid``), and the tokens right after those whose
@@ -9,7 +9,7 @@ Everything here lives in the draft process, on the draft device; the transport i
 * :meth:`DraftCore.speculate` is the critical path: apply the new tokens, look each row's
   outcome key up in the speculation cache, answer hits from it and misses with the backup
   (JIT: K decode steps for the missed rows only; fast: uniform random tokens, q uniform).
-* :meth:`DraftCore.build` (cache_builder.py) runs after the reply, while the target verifies:
+* :meth:`DraftCore.build` (tree_build.py) runs after the reply, while the target verifies:
   the glue forward, the fork, the tree decode and the new cache. Sync mode never builds.
 """
 from __future__ import annotations
@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engine.runner import Feed
-from ..layers.sampling import probs_from_logits, sample_from_probs
-from .adaptive import RANK_WINDOW, Adaptive
-from .cache_builder import CacheBuilder
-from .fanout import saguaro_top
-from .messages import Config, Prefill, RowStatus, Speculate, SpeculateReply
-from .saguaro import saguaro_rescale
-from .spec_cache import SpeculationCache
+from ..layers.sampling import fit_vocab, probs_from_logits, sample_from_probs
+from ..runner.feed import Feed
+from ..spec.adaptive import RANK_WINDOW, Adaptive
+from ..spec.fanout import saguaro_top
+from ..spec.saguaro import saguaro_rescale
+from ..spec.spec_cache import SpeculationCache
+from ..spec.status import RowStatus
+from .loop import draft_loop
+from .messages import Config, Prefill, Speculate, SpeculateReply
+from .tree_build import CacheBuilder
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +73,25 @@ class DraftCore(CacheBuilder):
         self._pending = []
 
     # --- helpers ------------------------------------------------------------------------------
-    def _forward(self, feeds: list[Feed]) -> torch.Tensor:
-        """Draft logits over the target's vocabulary: extra rows cut, missing ones -inf."""
-        logits = self.runner.forward(feeds)
-        V = self.cfg.vocab_size
-        if logits.shape[-1] > V:
-            logits = logits[:, :V]
-        elif logits.shape[-1] < V:
-            logits = torch.nn.functional.pad(logits, (0, V - logits.shape[-1]), value=float("-inf"))
-        return logits
+    def _forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
+        """Draft logits [rows, V] over the target's vocabulary (layers.sampling.fit_vocab)."""
+        return fit_vocab(self.runner.forward(feeds, device_tokens), self.cfg.vocab_size)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[DraftSeq], top: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, logits: torch.Tensor, seqs: list[DraftSeq], top: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """logits [N, V]; row n uses seqs[n]'s sampling parameters and Saguaro-rescales its top[n]
-        probabilities (when sampler_x is set). Returns tokens [N] and the q they came from [N, V]."""
+        probabilities (when sampler_x is set). Returns tokens [N] and the q they came from [N, V]
+        (None when every row is greedy: argmax on the device, no vocabulary-wide work)."""
+        if all(s.temperature == 0 for s in seqs):
+            return logits.argmax(-1), None
         dev = logits.device
-        temp = torch.tensor([s.temperature for s in seqs], dtype=torch.float32, device=dev)
-        probs = probs_from_logits(logits, temp, torch.tensor([s.top_k for s in seqs], device=dev),
-                                  torch.tensor([s.top_p for s in seqs], dtype=torch.float32, device=dev))
+        temp = torch.tensor([s.temperature for s in seqs], dtype=torch.float32).to(dev, non_blocking=True)
+        top_k = torch.tensor([s.top_k for s in seqs]).to(dev, non_blocking=True)
+        top_p = torch.tensor([s.top_p for s in seqs], dtype=torch.float32).to(dev, non_blocking=True)
+        probs = probs_from_logits(logits, temp, top_k, top_p, filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs),
+                                  any_greedy=any(s.temperature == 0 for s in seqs))
         if self.cfg.sampler_x is not None and self.cfg.async_mode:
-            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64, device=dev), self.cfg.sampler_x,
-                                    max(top, default=0))
+            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64).to(dev, non_blocking=True),
+                                    self.cfg.sampler_x, max(top, default=0))
         u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
         return sample_from_probs(probs, u), probs
 
@@ -209,33 +210,31 @@ class DraftCore(CacheBuilder):
 
     def _jit(self, msg: Speculate, seqs: list[DraftSeq], rows: list[int], tokens: np.ndarray,
              q: dict[int, torch.Tensor]) -> list[int]:
-        """Draft want[b] tokens for the given rows only, one decode step at a time. Returns the rows
-        served (those whose K/V fits)."""
+        """Draft want[b] tokens for the given rows only (draft_loop: steps fed on the device, one host
+        sync at the end). Returns the rows served (those whose K/V fits)."""
         t0 = time.perf_counter()
         want = msg.k
         fits = self._fits({msg.seq_ids[b]: len(seqs[b].tokens) + want[b] - 1 for b in rows})
         rows = [b for b in rows if msg.seq_ids[b] in fits]
+        if not rows:
+            return rows
         top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
-        steps: dict[int, list[torch.Tensor]] = {b: [] for b in rows}
-        prev: dict[int, int] = {}
-        for i in range(max((want[b] for b in rows), default=0)):
-            act = [b for b in rows if want[b] > i]
-            feeds = []
-            for b in act:
-                s, L = seqs[b], len(seqs[b].tokens)
-                feeds.append(Feed(msg.seq_ids[b], s.tokens[s.kv_valid:], s.kv_valid) if i == 0
-                             else Feed(msg.seq_ids[b], [prev[b]], L - 1 + i))
-            tok, probs = self._sample(self._forward(feeds), [seqs[b] for b in act], [top[min(i, len(top) - 1)]] * len(act))
-            for r, (b, t) in enumerate(zip(act, tok.tolist())):   # host sync: the next feed is built on the host
-                tokens[b, i] = prev[b] = t
-                steps[b].append(probs[r])
-        for b in rows:
+        act = [seqs[b] for b in rows]
+        catch_up = [Feed(msg.seq_ids[b], seqs[b].tokens[seqs[b].kv_valid:], seqs[b].kv_valid) for b in rows]
+
+        def sample(logits, i):
+            return self._sample(logits, act, [top[min(i, len(top) - 1)]] * len(act))
+
+        toks, probs = draft_loop(self._forward, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
+                                 sample, self.cfg.vocab_size)
+        toks = toks.cpu().numpy()                                   # host sync: the reply goes to the host
+        for r, b in enumerate(rows):
             s = seqs[b]
+            tokens[b, : want[b]] = toks[r, : want[b]]
             s.kv_valid, s.spec = len(s.tokens), tokens[b, : want[b] - 1].tolist()
             if s.temperature > 0:
-                q[b] = torch.stack(steps[b])
-        if rows:
-            self.adaptive.jit_s.add(time.perf_counter() - t0)
+                q[b] = probs[r, : want[b]]
+        self.adaptive.jit_s.add(time.perf_counter() - t0)
         return rows
 
     def summary(self) -> dict:

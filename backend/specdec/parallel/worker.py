@@ -1,4 +1,4 @@
-"""A worker rank (1..N-1) of a tensor-parallel target: ``python -m specdec.engine.tp_worker``.
+"""A worker rank (1..N-1) of a tensor-parallel target: ``python -m specdec.parallel.worker``.
 
 Started by rank 0 (tp.py), which hosts the store named by ``--store``. The worker loads its shard,
 joins the TP group, allocates its KV shard with rank 0's block count, then runs every forward
@@ -23,9 +23,9 @@ import torch.distributed as dist
 from ..layers import fused
 from ..layers.tensor_parallel import TPGroup
 from ..models.loader import DTYPES, load_model
-from .runner import PagedRunner
+from ..runner.paged import PagedRunner
 from .tp import GROUP_TIMEOUT_S, STARTUP_TIMEOUT_S, WorkerSpec
-from .tp_step import Eager, Exit, Graphs, Padded, StepChannel, eager_forward
+from ..runner.tp_step import Eager, Exit, Graphs, Padded, StepChannel, eager_forward
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,14 @@
 """The engine side of a remote draft: a drafter that asks a draft worker over a :class:`Channel`.
 
-It has the drafter interface the engine's ``_decode`` uses (propose / commit / free / needs)
-plus ``prefill`` (sent before the target's own prefill, so the two overlap). The engine's
-``step()`` thread is its only user. Host state kept per sequence:
+It implements :class:`~.base.Drafter`, with ``prefill`` sent before the target's own prefill so
+the two overlap. The engine's ``step()`` thread is its only user. Host state kept per sequence:
 
 * ``seq.draft_cached``: how many of the sequence's tokens the worker has been told about
   (PREFILL, then each SPECULATE carries ``token_ids[draft_cached:]``);
-* whether the next round is the first after PREFILL (outcome key k = -2);
-* the RowStatus of the round being verified, for the hit/miss statistics in ``commit``.
+* whether the next round is the first after PREFILL (outcome key k = -2).
+
+Each proposal carries the rows' RowStatus (hit / JIT / fast), how long the target waited for the
+reply and how long the worker's last cache build took; the engine turns them into statistics.
 
 q for verification: sampled rows get the worker's q (HIT / JIT) or the uniform distribution
 (FAST: the random tokens really were drawn uniformly, so rejection sampling stays exact);
@@ -21,26 +22,28 @@ import time
 import torch
 
 from ..config import SpecConfig
-from .drafters import Proposal, SamplingRows
-from .fanout import resolve_fan_out
-from .messages import Config, Exit, Free, Hello, Prefill, RowStatus, Speculate, SpeculateReply
-from .transport import Channel, ChannelError
+from ..layers.sampling import SamplingRows
+from ..spec.fanout import resolve_fan_out
+from ..spec.round_k import request_k
+from ..spec.status import RowStatus
+from .base import Drafter, Proposal
+from .channel import Channel, ChannelError
+from .messages import Config, Exit, Free, Hello, Prefill, Speculate, SpeculateReply
 
 log = logging.getLogger(__name__)
 
 WARN_EVERY_S = 30.0
 
 
-class RemoteDrafter:
+class RemoteDrafter(Drafter):
     def __init__(self, channel: Channel, spec: SpecConfig, async_mode: bool, vocab_size: int, max_batch_size: int,
-                 max_model_len: int, seed: int, device: torch.device, metrics=None):
+                 max_model_len: int, seed: int, device: torch.device):
         self.ch, self.async_mode, self.vocab_size = channel, async_mode, vocab_size
         self.max_batch_size, self.max_model_len, self.seed = max_batch_size, max_model_len, seed
-        self.device, self.metrics = torch.device(device), metrics
+        self.device = torch.device(device)
         self.known: set[int] = set()
         self.fresh: set[int] = set()
         self._frees: list[int] = []
-        self._status: dict[int, RowStatus] = {}
         self._last_reply: float | None = None
         self._window = self._build = None
         self._warned = 0.0
@@ -66,10 +69,6 @@ class RemoteDrafter:
                  hello.kv_tokens, cfg)
         return hello
 
-    def _k_max(self, s) -> int:
-        n = s.params.num_draft_tokens
-        return self.spec.k if n is None else min(n, self.spec.k)
-
     # --- messages ---------------------------------------------------------------------------
     def _flush_frees(self) -> None:
         if self._frees:
@@ -81,7 +80,7 @@ class RemoteDrafter:
         self._flush_frees()
         toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
         ps = [s.params for s in seqs]
-        self.ch.send(Prefill([s.seq_id for s in seqs], [list(t) for t in toks], [self._k_max(s) for s in seqs],
+        self.ch.send(Prefill([s.seq_id for s in seqs], [list(t) for t in toks], [request_k(self.spec.k, s.params.num_draft_tokens) for s in seqs],
                              [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps]))
         for s, t in zip(seqs, toks):
             s.draft_cached = len(t)
@@ -108,13 +107,13 @@ class RemoteDrafter:
         for s in seqs:
             s.draft_cached = len(s)
             self.fresh.discard(s.seq_id)
-        self._account(t_recv - t_send, window, reply.build_us * 1e-6)
+        build = reply.build_us * 1e-6
+        self._warn_if_exposed(window, build)
         self._last_reply = t_recv
         status = [RowStatus(int(x)) for x in reply.status]
-        for s, st in zip(seqs, status):
-            self._status[s.seq_id] = st
         tokens = torch.from_numpy(reply.tokens).to(self.device)                      # [B, K]
-        return Proposal(tokens, self._q(reply, status, tokens, seqs, sampling), list(ks))
+        return Proposal(tokens, self._q(reply, status, tokens, seqs, sampling), list(ks),
+                        status=status if self.async_mode else None, wait_s=t_recv - t_send, build_s=build)
 
     def _q(self, reply: SpeculateReply, status, tokens: torch.Tensor, seqs, sampling: SamplingRows):
         """[B, K, V] q for verify(), or None when every row is greedy (verify is then not used)."""
@@ -138,13 +137,8 @@ class RemoteDrafter:
                 i += 1
         return q
 
-    def _account(self, wait: float, window: float, build: float) -> None:
-        m = self.metrics
-        if m is not None:
-            m.channel_wait_time += wait
-            if build > 0:
-                m.draft_build_time += build
-                m.draft_builds += 1
+    def _warn_if_exposed(self, window: float, build: float) -> None:
+        """Warn (every WARN_EVERY_S) when the worker's cache build outlasts the target's round."""
         if not self.async_mode or build <= 0 or window <= 0:
             return
         a = 0.1
@@ -156,32 +150,12 @@ class RemoteDrafter:
             log.warning("SSD draft step %.2f ms > target round %.2f ms: the draft is not hidden behind "
                         "verification and the target waits on it", 1e3 * self._build, 1e3 * self._window)
 
-    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
-        st = self._status.pop(seq.seq_id, RowStatus.NONE)
-        if not self.async_mode or st is RowStatus.NONE:
-            return
-        hit = st is RowStatus.HIT
-        tokens = 1 + accepted
-        for stats in (seq.stats, self.metrics):
-            if stats is None:
-                continue
-            stats.cache_lookups += 1
-            stats.cache_hits += int(hit)
-            if hit:
-                stats.hit_tokens += tokens
-            else:
-                stats.miss_tokens += tokens
-
     def free(self, seq) -> None:
         if seq.seq_id in self.known:
             self._frees.append(seq.seq_id)
         self.known.discard(seq.seq_id)
         self.fresh.discard(seq.seq_id)
-        self._status.pop(seq.seq_id, None)
         seq.draft_cached = 0
-
-    def needs(self, seq, k: int) -> int:
-        return 0                                  # the worker owns its KV pool
 
     def close(self, send_exit: bool = True) -> None:
         if send_exit and not self.ch.closed:

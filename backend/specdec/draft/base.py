@@ -1,0 +1,58 @@
+"""The drafter interface: what the engine asks of anything that proposes draft tokens.
+
+Four drafters implement it: :class:`~.ngram.NgramDrafter` (prompt lookup), :class:`~.model.ModelDrafter`
+(a draft model in this process: a separate checkpoint or ``self:N``), and :class:`~.remote.RemoteDrafter`
+(a draft worker process over a channel; SSD's "async" mode and ``remote:tcp://...``).
+
+The engine's ``step()`` thread is a drafter's only user. Per round it calls :meth:`Drafter.propose`
+once with the running sequences and the number of draft tokens each row wants (``ks``), verifies,
+then calls :meth:`Drafter.commit` per row with the verification outcome. Sequences leave through
+:meth:`Drafter.free` (finished or preempted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+
+from ..layers.sampling import SamplingRows
+from ..spec.status import RowStatus
+
+
+@dataclass(slots=True)
+class Proposal:
+    """One round's draft tokens for B rows, and what verification needs to stay exact."""
+
+    tokens: torch.Tensor              # [B, K] int64 on the target's device (entries past num[b] are ignored)
+    probs: torch.Tensor | None        # [B, K, V] q each token was sampled from, or None when q is one-hot at tokens
+    num: list[int]                    # drafts proposed per row (<= what the row asked for)
+    status: list[RowStatus] | None = None   # SSD: how each row's speculation was produced (hit, JIT, fast)
+    wait_s: float = 0.0               # time the target waited for the draft's answer (a remote worker)
+    build_s: float = 0.0              # SSD: how long the worker's last cache build took (off the critical path)
+    extra: dict = field(default_factory=dict)
+
+
+class Drafter:
+    """Base of every drafter; the defaults suit a drafter with no state outside this process."""
+
+    def prefill(self, seqs: list) -> None:
+        """New (or resumed) sequences, before the target's prefill (a remote worker overlaps the two)."""
+
+    def propose(self, seqs: list, ks: list[int], sampling: SamplingRows) -> Proposal:
+        """Draft up to ks[b] tokens for row b (0 = none)."""
+        raise NotImplementedError
+
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
+        """Row ``seq`` had ``old_len`` tokens before the round; ``accepted`` of its ``num_draft`` drafts were kept."""
+
+    def free(self, seq) -> None:
+        """The sequence left the batch (finished or preempted): drop its draft state."""
+
+    def needs(self, seq, k: int) -> int:
+        """KV tokens the draft must hold in this process for ``seq`` in a round with k drafts (0: none)."""
+        return 0
+
+    def configure(self, spec) -> None:
+        """New speculation settings (K, fan-out, ...) between requests."""
+
+    def close(self, send_exit: bool = True) -> None:
+        """Release what the drafter holds (a channel, a worker)."""

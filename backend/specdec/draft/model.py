@@ -1,0 +1,64 @@
+"""A draft model in the engine's process: a separate checkpoint, or ``self:N`` (the target's first N
+layers). It samples K tokens per row with the request's own temperature/top-k/top-p and returns the
+distributions q it sampled from; its KV cache is its runner's, rolled back by length in ``commit``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..layers.sampling import SamplingRows, fit_vocab, sample_from_probs
+from ..runner.feed import Feed
+from .base import Drafter, Proposal
+from .loop import draft_loop
+
+
+class ModelDrafter(Drafter):
+    """q covers the target's vocabulary (``target_vocab``): extra draft rows are cut, missing ones get
+    probability 0. ``target_device``: where proposals go (the draft may run on another device)."""
+
+    def __init__(self, runner, kv_append: bool = True, target_vocab: int | None = None, target_device=None):
+        self.runner = runner
+        self.kv_append = kv_append
+        self.vocab_size = target_vocab or runner.vocab_size
+        self.target_device = torch.device(target_device) if target_device is not None else runner.device
+
+    def _forward(self, feeds: list[Feed], device_tokens) -> torch.Tensor:
+        if device_tokens is not None:
+            device_tokens = (device_tokens[0].to(self.runner.device, non_blocking=True), device_tokens[1])
+        return fit_vocab(self.runner.forward(feeds, device_tokens), self.vocab_size)
+
+    def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
+        """K steps fed on the device, with no host sync in between (draft_loop; sampling parameters
+        are known on the host, layers/sampling.py). q is None when every row is greedy (verify() then
+        takes q one-hot at the tokens)."""
+        u = None if sampling.all_greedy else sampling.uniforms_per_row(ks, max(ks))     # [B, K] on the target's device
+
+        def sample(logits, i):
+            logits = logits.to(self.target_device)
+            if u is None:
+                return logits.argmax(-1), None
+            q = sampling.probs(logits)
+            return sample_from_probs(q, u[:, i]), q
+
+        catch_up = [Feed(s.seq_id, s.token_ids[s.draft_cached:], s.draft_cached) if ks[b] else
+                    Feed(s.seq_id, [0], 0, dummy=True) for b, s in enumerate(seqs)]
+        tokens, probs = draft_loop(self._forward, catch_up, [len(s) for s in seqs], ks, sample, self.vocab_size)
+        for b, s in enumerate(seqs):
+            if ks[b] > 0:
+                s.draft_cached = len(s) - 1 + ks[b]
+        return Proposal(tokens, probs, list(ks))
+
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
+        """Keep the draft K/V that matches committed tokens; with kv_append=False, drop the drafts' K/V."""
+        if num_draft == 0:
+            return
+        keep = old_len + accepted if self.kv_append else old_len
+        seq.draft_cached = min(seq.draft_cached, keep)
+        self.runner.truncate(seq.seq_id, seq.draft_cached)
+
+    def free(self, seq) -> None:
+        self.runner.free(seq.seq_id)
+        seq.draft_cached = 0
+
+    def needs(self, seq, k: int) -> int:
+        return len(seq) - 1 + k if k else 0
