@@ -40,6 +40,20 @@ def test_resolution_rules(monkeypatch):
     assert resolve_backend("flash_attn", "cuda", 1, 3, 300, custom_mask=True) == "sdpa"
 
 
+def test_check_backend_at_start(monkeypatch):
+    check = attention_choice.check_backend
+    assert check("torch", 64, torch.float32) == "sdpa" and check("auto", 512, torch.float32) == "auto"
+    with pytest.raises(ValueError, match="head_dim in \\[1, 256\\] \\(got 512\\)"):
+        check("triton", 512, torch.bfloat16)
+    monkeypatch.setattr(flash_attention, "available", lambda: False)
+    with pytest.raises(ValueError, match="not importable"):
+        check("flash_attn", 128, torch.bfloat16)
+    monkeypatch.setattr(flash_attention, "available", lambda: True)
+    assert check("flash_attn", 128, torch.bfloat16) == "flash_attn"
+    with pytest.raises(ValueError, match="got torch.float32, 128"):
+        check("flash_attn", 128, torch.float32)
+
+
 def test_nearest_bucket():
     assert attention_choice.nearest(3, (1, 5)) == 5
     assert attention_choice.nearest(4, (1, 8, 16, 64)) == 8
@@ -145,7 +159,7 @@ def test_flash_attn_falls_back_to_triton_for_dtypes_it_lacks(fake_flash, monkeyp
     assert (out - attention.paged_attention(q, k_cache, v_cache, ref, 0.25)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["flash_attn", "triton", "sdpa"])
+@pytest.mark.parametrize("backend", ["flash_attn", "triton", "sdpa", "auto"])
 def test_engine_tokens_equal_across_backends(tiny_llama, tiny_llama_draft, fake_flash, backend):
     """Greedy tokens of the speculative engine (eager, then padded graph-shaped steps) with each backend
     equal the target alone on SDPA."""

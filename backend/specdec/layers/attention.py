@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import flash_attention
-from .attention_choice import TRITON_MAX_QUERIES, resolve_backend  # noqa: F401  (re-exported)
+from .attention_choice import resolve_backend
 from .triton_attention import triton_paged_attention
 
 log = logging.getLogger(__name__)

@@ -68,6 +68,24 @@ def canonical(requested: str) -> str:
     return name
 
 
+def check_backend(requested: str, head_dim: int, dtype: torch.dtype) -> str:
+    """Check the setting against a model once, at engine start; returns its canonical name. ValueError when
+    the requested backend cannot serve this model (auto always can: it falls back per step)."""
+    from . import flash_attention, triton_attention
+    name = canonical(requested)
+    if name == "triton" and not triton_attention.supported(head_dim):
+        raise ValueError(f"attention='triton' needs the triton package and head_dim in [1, "
+                         f"{triton_attention.MAX_HEAD_DIM}] (got {head_dim})")
+    if name == "flash_attn":
+        if not flash_attention.available():
+            raise ValueError("attention='flash_attn' needs the flash-attn-4 package (flash_attn.cute) on a "
+                             "Hopper/Blackwell GPU; it is not importable here")
+        if not flash_attention.supports(dtype, head_dim):
+            raise ValueError(f"attention='flash_attn' takes dtypes {flash_attention.DTYPES} and head dims "
+                             f"{flash_attention.HEAD_DIMS} (got {dtype}, {head_dim})")
+    return name
+
+
 def nearest(x: int, buckets) -> int:
     """The bucket nearest x on a log scale (ties go to the larger one)."""
     lx = math.log(max(1, x))

@@ -40,6 +40,7 @@ def _function():
     return flash_attn_varlen_func
 
 
+@functools.cache
 def available() -> bool:
     """Whether flash-attn-4 imports and a Hopper (SM90) or Blackwell (SM100/110) GPU is present."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (9, 10, 11):

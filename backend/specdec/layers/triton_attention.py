@@ -20,7 +20,8 @@ b*Q+Q-1) or *varlen* (``cu_seqlens_q`` [B + 1]). Padded query rows need only a s
 exists in their sequence's table (the engine gives them position 0 and the sentinel block): they read
 in-range memory and produce finite values, which the caller drops. Custom (tree) masks are not handled
 here: those steps use the SDPA path. Head dims up to 256 (padded to a power of two), any g (padded).
-Tested against a float64 reference on CPU (TRITON_INTERPRET=1) and by bench/gpu/attention_table.py.
+Tested against a float64 reference on CPU (TRITON_INTERPRET=1); bench/gpu/attention_table.py checks it
+against float32 and times it on the GPU.
 """
 from __future__ import annotations
 
