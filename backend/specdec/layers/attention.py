@@ -10,16 +10,30 @@ slots of its block table, with a visibility mask:
 * custom: a per-sequence boolean mask [q_len, kv_len], used by SSD's tree decode where
   branches are independent chains stored side by side.
 
-Backends: PyTorch SDPA over the gathered blocks (any device, any mask), and for few-query
-steps without custom masks a Triton kernel reading the block table directly
-(layers/triton_attention.py; ``attention="auto"`` picks it on CUDA when Triton is installed).
+Backends (the ``attention`` setting, resolved per step by attention_choice.resolve_backend):
+``sdpa`` (PyTorch SDPA over the gathered blocks: any device, any mask), ``triton``
+(layers/triton_attention.py: few-query steps, reads the block table directly), ``flash_attn``
+(layers/flash_attention.py: flash-attn-4, CUDA only) and ``auto``. :func:`build_context` (eager,
+variable-length steps, from host lists) and :func:`padded_context` (uniform padded steps, from device
+tensors, what a CUDA graph captures) resolve the step's backend and build only that backend's inputs;
+every layer then calls :func:`paged_attention`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..config import ATTENTION_BACKENDS  # noqa: F401  (the setting's values; "torch": old name of sdpa)
+
+from . import flash_attention
+from .attention_choice import resolve_backend
+from .triton_attention import triton_paged_attention
+
+log = logging.getLogger(__name__)
+
 
 
 @dataclass(slots=True)
@@ -34,47 +48,51 @@ class AttnContext:
     max_kv: int
     is_causal: bool = False           # single fresh prefill: SDPA's causal path, no mask tensor
     grouped: tuple | None = None      # (g, mask with rows repeated g times), cached for all layers
-    q_seq: torch.Tensor | None = None  # [T] row of each query in block_tables  } set when the Triton
-    q_pos: torch.Tensor | None = None  # [T] storage position of each query      } kernel runs this step
-
-
-TRITON_MAX_QUERIES = 32     # queries per sequence up to which the Triton kernel beats SDPA (decode, verify)
-
-
-def use_triton(backend: str, q_lens: list[int] | int, custom: bool) -> bool:
-    return backend == "triton" and not custom and (max(q_lens) if isinstance(q_lens, list) else q_lens) <= TRITON_MAX_QUERIES
+    backend: str = "sdpa"             # this step's backend: "sdpa" | "triton" | "flash_attn"
+    # set when backend is "triton" or "flash_attn" (the SDPA fields above are then None):
+    q_pos: torch.Tensor | None = None         # [T] storage position of each query row
+    cu_seqlens_q: torch.Tensor | None = None  # [B + 1] int32 first row of each sequence (None: uniform B x max_q)
+    kv_lens: torch.Tensor | None = None       # [B] int32 KV length of each sequence (varlen only)
+    max_q: int = 0                            # queries per sequence (uniform: exactly; varlen: the most)
+    block_size: int = 0
+    fa_args: dict | None = None               # flash-attn-4 inputs, derived once per forward (first layer)
 
 
 def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], block_tables: list[list[int]],
                   slot_mapping: torch.Tensor, block_size: int, device: torch.device,
-                  custom_masks: list[torch.Tensor | None] | None = None, backend: str = "torch") -> AttnContext:
-    """Build an :class:`AttnContext`.
+                  custom_masks: list[torch.Tensor | None] | None = None, backend: str = "sdpa") -> AttnContext:
+    """Build an :class:`AttnContext` for an eager (variable-length) step.
 
     q_lens[b] queries of sequence b occupy storage indices q_starts[b] .. q_starts[b]+q_lens[b]-1
     and the sequence attends over kv_lens[b] slots. custom_masks[b], if given, is [q_lens[b], kv_lens[b]].
-    """
+    backend: an ATTENTION_BACKENDS value or "torch"; resolved here for this step's shape."""
     B = len(q_lens)
     max_q, max_kv = max(q_lens), max(kv_lens)
     nb = (max_kv + block_size - 1) // block_size
     tables = torch.zeros((B, nb), dtype=torch.int64)
     for b, t in enumerate(block_tables):
         n = min(len(t), nb)
-        tables[b, :n] = torch.tensor(t[:n], dtype=torch.int64)
+        tables[b, :n] = torch.as_tensor(t[:n], dtype=torch.int64)
+    has_custom = custom_masks is not None and any(m is not None for m in custom_masks)
+    choice = resolve_backend(backend, device, B, max_q, max_kv, custom_mask=has_custom)
+    if choice != "sdpa":
+        # one upload: [cu_seqlens_q (B + 1) | kv_lens (B) | q_pos (T)] int32
+        q_lens_t = torch.tensor(q_lens, dtype=torch.int32)
+        cu = torch.zeros(B + 1, dtype=torch.int32)
+        torch.cumsum(q_lens_t, 0, out=cu[1:])
+        q_pos = torch.cat([torch.arange(s, s + n, dtype=torch.int32) for s, n in zip(q_starts, q_lens)])
+        packed = torch.cat([cu, torch.tensor(kv_lens, dtype=torch.int32), q_pos]).to(device, non_blocking=True)
+        return AttnContext(slot_mapping=slot_mapping.to(device, non_blocking=True),
+                           block_tables=tables.to(device, non_blocking=True), q_index=None, out_index=None,
+                           mask=None, max_kv=max_kv, backend=choice, q_pos=packed[2 * B + 1:],
+                           cu_seqlens_q=packed[: B + 1], kv_lens=packed[B + 1: 2 * B + 1], max_q=max_q,
+                           block_size=block_size)
     q_lens_t = torch.tensor(q_lens, dtype=torch.int64)
     starts = torch.cumsum(q_lens_t, 0) - q_lens_t                          # [B] first row of each seq
     ar = torch.arange(max_q, dtype=torch.int64)
     valid = ar[None, :] < q_lens_t[:, None]                                 # [B, max_q]
     q_index = torch.where(valid, starts[:, None] + ar[None, :], torch.zeros(()).long())
     out_index = (torch.arange(B)[:, None] * max_q + ar[None, :])[valid]     # [T]
-
-    has_custom = custom_masks is not None and any(m is not None for m in custom_masks)
-    if use_triton(backend, q_lens, has_custom):
-        q_seq = torch.repeat_interleave(torch.arange(B), q_lens_t)
-        q_pos = torch.cat([torch.arange(s, s + n) for s, n in zip(q_starts, q_lens)])
-        return AttnContext(slot_mapping=slot_mapping.to(device, non_blocking=True),
-                           block_tables=tables.to(device, non_blocking=True), q_index=None, out_index=None,
-                           mask=None, max_kv=nb * block_size, q_seq=q_seq.to(device, non_blocking=True),
-                           q_pos=q_pos.to(device, non_blocking=True))
     mask = None
     is_causal = False
     if B == 1 and not has_custom and q_starts[0] + q_lens[0] == kv_lens[0]:
@@ -104,19 +122,54 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
 
 
 def padded_context(q_pos: torch.Tensor, block_tables: torch.Tensor, slot_mapping: torch.Tensor,
-                   max_kv: int, backend: str = "torch") -> AttnContext:
+                   max_kv: int, backend: str = "sdpa") -> AttnContext:
     """Context for a uniform padded batch, built from device tensors only (so a CUDA graph can
     capture it): q_pos [B, Q] storage index of each query (padded queries: 0), block_tables
-    [B, max_kv // block_size], slot_mapping [B * Q] (padded queries: the sentinel slot)."""
+    [B, max_kv // block_size], slot_mapping [B * Q] (padded queries: the sentinel slot).
+    backend: an ATTENTION_BACKENDS value or "torch"; resolved here for (B, Q, max_kv)."""
     B, Q = q_pos.shape
-    if use_triton(backend, Q, False):
-        q_seq = torch.arange(B, device=q_pos.device).repeat_interleave(Q)
+    choice = resolve_backend(backend, q_pos.device, B, Q, max_kv, graphed=True)
+    if choice != "sdpa":
         return AttnContext(slot_mapping=slot_mapping, block_tables=block_tables, q_index=None, out_index=None,
-                           mask=None, max_kv=max_kv, q_seq=q_seq, q_pos=q_pos.reshape(-1))
+                           mask=None, max_kv=max_kv, backend=choice, q_pos=q_pos.reshape(-1), max_q=Q,
+                           block_size=max_kv // block_tables.shape[1])
     kv = torch.arange(max_kv, device=q_pos.device)
     mask = (kv[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)            # [B, 1, Q, max_kv]
     return AttnContext(slot_mapping=slot_mapping, block_tables=block_tables, q_index=None, out_index=None,
                        mask=mask, max_kv=max_kv)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: AttnContext,
+                    scale: float) -> torch.Tensor:
+    """q [T, H, D] -> [T, H, D] with the step's backend; k_cache/v_cache [num_blocks, BS, KVH, D] already
+    hold this step's K/V. A flash_attn step whose dtype or head dim flash-attn-4 does not take runs the
+    Triton kernel instead (logged once)."""
+    if ctx.backend == "flash_attn":
+        if flash_attention.supports(q.dtype, q.shape[-1]):
+            if ctx.fa_args is None:
+                ctx.fa_args = _flash_args(ctx)
+            return flash_attention.flash_paged_attention(q, k_cache, v_cache, ctx.fa_args, scale)
+        _warn_once(f"flash_attn does not take {q.dtype} with head_dim {q.shape[-1]}: using the Triton kernel")
+    if ctx.backend in ("triton", "flash_attn"):
+        return triton_paged_attention(q, k_cache, v_cache, ctx.block_tables, ctx.q_pos, ctx.max_kv, scale,
+                                      queries=ctx.max_q, cu_seqlens_q=ctx.cu_seqlens_q)
+    return torch_paged_attention(q, k_cache, v_cache, ctx, scale)
+
+
+def _flash_args(ctx: AttnContext) -> dict:
+    if ctx.cu_seqlens_q is not None:
+        return flash_attention.varlen_args(ctx.block_tables, ctx.cu_seqlens_q, ctx.kv_lens, ctx.max_q, ctx.max_kv)
+    B = ctx.block_tables.shape[0]
+    return flash_attention.uniform_args(ctx.block_tables, ctx.q_pos.view(B, ctx.max_q), ctx.block_size)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning(msg)
 
 
 def _causal_mask(q_starts, max_q, max_kv, valid) -> torch.Tensor:

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ..layers import fused
-from ..layers.attention import AttnContext, padded_context, torch_paged_attention, write_kv
-from ..layers.triton_attention import triton_paged_attention
+from ..layers.attention import AttnContext, padded_context, paged_attention, write_kv
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from ..layers.tensor_parallel import TPGroup, VocabParallelEmbedding
@@ -122,11 +121,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = fused.rotary(q, k, *rope)
         write_kv(kv_cache[0], kv_cache[1], k, v, ctx.slot_mapping)
-        if ctx.q_seq is not None:
-            o = triton_paged_attention(q, kv_cache[0], kv_cache[1], ctx.block_tables, ctx.q_seq, ctx.q_pos,
-                                       ctx.max_kv, self.scale)
-        else:
-            o = torch_paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
+        o = paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)      # ctx.backend picks the kernel
         o = self.o_proj(o.reshape(-1, self.h * self.d))
         return o if self.tp is None else self.tp.all_reduce(o)
 

@@ -38,7 +38,7 @@ class PagedRunner:
         self.kv = torch.zeros(shape, dtype=dtype, device=device)     # block num_blocks = sentinel
         self.kv_caches = list(self.kv.unbind(0))
         self.graph = None
-        self.attn_backend = "torch"          # or "triton": set by the engine (select_attention)
+        self.attn_backend = "sdpa"           # the attention setting: set by runner/setup.py
         self.eager_fallbacks: dict[str, int] = {}
         log.info("%s KV cache: %d blocks x %d tokens (%.1f MiB) on %s", name, num_blocks, block_size,
                  self.kv.numel() * self.kv.element_size() / 2**20, device)

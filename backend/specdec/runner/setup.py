@@ -5,7 +5,8 @@ offer, decided the same way for every model:
 
 1. the KV pool, sized by :func:`kv_pool_blocks` (a fixed block count, a memory budget, or a share
    of free GPU memory; at least one longest sequence);
-2. the attention backend (``attention_backend``: auto | flash_attn | triton | sdpa);
+2. the attention backend (``attention_backend``: auto | flash_attn | triton | sdpa; "auto" is resolved
+   per step shape by layers/attention_choice.py);
 3. the compiled small ops (``layers/fused.py``) when CUDA graphs are captured;
 4. CUDA graphs for decode-shaped steps (decode, verify, the draft's steps): ``graphs`` "auto" captures
    them on CUDA, "off" runs every step eagerly, "padded" runs the graphs' static-buffer path without
@@ -49,19 +50,11 @@ def kv_pool_blocks(per_token_bytes: int, cache: CacheConfig, device: torch.devic
     return max(tokens // bs, -(-min_tokens // bs))
 
 
-def attention_for(choice: str, head_dim: int, device: torch.device) -> str:
-    """The backend a paged runner passes to the attention layer: the Triton kernel for few-query steps
-    on CUDA ("auto"), SDPA everywhere ("sdpa"); "triton" forces the kernel (on CPU only through
-    Triton's interpreter, TRITON_INTERPRET=1: tests)."""
-    from ..layers import triton_attention
-    ok = triton_attention.supported(head_dim)
-    if choice == "triton" and not ok:
-        raise ValueError(f"attention_backend='triton' needs the triton package and a power-of-2 head_dim "
-                         f"(got {head_dim})")
-    if choice == "flash_attn":
-        raise ValueError("attention_backend='flash_attn' needs the flash-attn-4 package on a Hopper GPU")
-    use = choice == "triton" or (choice == "auto" and ok and device.type == "cuda")
-    return "triton" if use else "torch"
+def attention_for(choice: str, head_dim: int, dtype: torch.dtype) -> str:
+    """The runner's attention setting, checked against the model once (layers/attention_choice.py
+    resolves "auto" per step shape: batch bucket, queries per sequence, context bucket)."""
+    from ..layers.attention_choice import check_backend
+    return check_backend(choice, head_dim, dtype)
 
 
 def graph_mode(cfg: EngineConfig, device: torch.device) -> str | None:
@@ -94,7 +87,7 @@ def build_runner(m: LoadedModel, device: torch.device, cfg: EngineConfig, *, nam
         tp.connect(blocks, cache.block_size, max_model_len)          # the workers allocate the same pool
         channel = tp.channel
     runner = PagedRunner(module, device, dtype, cache.block_size, blocks, max_model_len, name, tp=channel)
-    runner.attn_backend = attention_for(cfg.attention_backend, m.arch.head_dim, device)
+    runner.attn_backend = attention_for(cfg.attention_backend, m.arch.head_dim, dtype)
     log.info("%s attention: %s", name, runner.attn_backend)
     mode = graph_mode(cfg, device)
     if mode == "capture":

@@ -28,12 +28,13 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import torch
 
+from ..config import ATTENTION_BACKENDS
 from ..layers.attention import build_context
 from ..layers.tensor_parallel import TPGroup
 
 HEADER = 8                   # int64: kind, payload length, up to 6 fields
 DEFAULT_CAPACITY = 4096      # payload ints of the fixed broadcast before graphs are on
-ATTENTION = ("torch", "triton")
+ATTENTION = ATTENTION_BACKENDS          # the attention setting travels as its index
 
 
 class Step(enum.IntEnum):
