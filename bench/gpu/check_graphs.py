@@ -35,7 +35,7 @@ def main():
         g = LLM(str(folder), device="cuda:0", max_batch_size=8, **kw)
         graph = [o.token_ids for o in g.generate(PROMPTS, params)]
         replays = g.engine.runner.graph.replays
-        fallbacks = {r.name: r.eager_fallbacks for r in g.engine.scheduler.runners if hasattr(r, "eager_fallbacks")}
+        fallbacks = {r.name: r.eager_fallbacks for r in g.engine.runners if hasattr(r, "eager_fallbacks")}
         rows.append((name, graph == eager, graph == cpu, replays, len(g.engine.runner.graph.graphs), fallbacks))
     # bfloat16 runs (no exact reference; must complete and be deterministic)
     b1 = LLM(str(target), device="cuda:0", dtype="bfloat16", mode="sync", draft=str(target), k=4).generate(PROMPTS, greedy)

@@ -6,13 +6,15 @@ def print_report(rep: dict) -> None:
     print(f"device {rep['device_name']} ({rep['device']}), measured bandwidth {rep['bandwidth_GBs']:.0f} GB/s, "
           f"target weights {(rep['target_weight_bytes'] or 0) / 1e6:.0f} MB"
           + (f" per rank, TP {rep['tensor_parallel_size']}" if rep.get("tensor_parallel_size", 1) > 1 else ""))
-    hdr = (f"{'mode':6} {'K':>2} {'b':>3} {'temp':>4} | {'decode tok/s':>12} {'total tok/s':>11} | {'draft ms':>8} "
-           f"{'verify ms':>9} {'tok/round':>9} {'accept':>6} {'hit':>5} | {'floor tok/s':>11} {'frac':>5} | done")
+    # acceptance rate = accepted / drafted tokens; tau (mean accepted length) = committed tokens per target forward
+    hdr = (f"{'mode':6} {'K':>2} {'b':>3} {'temp':>4} {'ctx':>5} | {'decode tok/s':>12} {'total tok/s':>11} | {'draft ms':>8} "
+           f"{'verify ms':>9} {'tau':>5} {'acc.rate':>8} {'hit':>5} | {'floor tok/s':>11} {'frac':>5} | done")
     print(hdr)
     print("-" * len(hdr))
     for r in rep["runs"]:
-        print(f"{r['name']:6} {r['k']:>2} {r['b']:>3} {r['temp']:>4} | {r['decode_tok_s']:>12.1f} {r['total_tok_s']:>11.1f} | "
-              f"{r['avg_draft_ms']:>8.2f} {r['avg_verify_ms']:>9.2f} {r['tokens_per_round']:>9.2f} {r['acceptance']:>6.2f} "
+        print(f"{r['name']:6} {r['k']:>2} {r['b']:>3} {r['temp']:>4} {r.get('prompt_tokens', 0):>5.0f} | "
+              f"{r['decode_tok_s']:>12.1f} {r['total_tok_s']:>11.1f} | "
+              f"{r['avg_draft_ms']:>8.2f} {r['avg_verify_ms']:>9.2f} {r['tokens_per_round']:>5.2f} {r['acceptance']:>8.2f} "
               f"{r['cache_hit_rate']:>5.2f} | {r.get('floor_tok_s', 0):>11.0f} {r.get('fraction_of_floor', 0):>5.2f} | "
               f"{r['completed']}/{r['requests']}{' FAIL: ' + '; '.join(r['failures']) if r['failures'] else ''}")
         if r.get("eager_fallbacks"):

@@ -118,8 +118,11 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
 def bench(a) -> dict:
     llm, mode = build_llm(a)
     eng = llm.engine
-    texts = load_prompts(a.prompts, a.numseqs)
-    prompt_ids = [llm.encode(t, SamplingParams(chat=a.chat)) for t in texts]
+    if getattr(a, "prompt_len", None):
+        prompt_ids = random_prompts(a.numseqs, a.prompt_len, eng.runner.vocab_size, a.seed or 0)
+    else:
+        texts = load_prompts(a.prompts, a.numseqs)
+        prompt_ids = [llm.encode(t, SamplingParams(chat=a.chat)) for t in texts]
     sweep_key, sweep_vals = parse_sweep(a.sweep)
     device = eng.device
     bw = measure_bandwidth(device)
@@ -145,6 +148,7 @@ def bench(a) -> dict:
             fl = floor_tok_s(bw, wbytes, per_tok * mean_ctx, min(b, len(prompt_ids)))
             res["floor_tok_s"] = fl
             res["fraction_of_floor"] = res["decode_tok_s"] / fl if fl else 0.0
+        res["prompt_tokens"] = sum(len(p) for p in prompt_ids) / len(prompt_ids)
         runs.append(Run(f"{mode}", mode, k or 0, b, temp, res))
     report = {"config": {k: v for k, v in vars(a).items() if k != "func"}, "device": str(device),
               "tensor_parallel_size": eng.cfg.tensor_parallel_size,
@@ -164,6 +168,13 @@ def bench(a) -> dict:
     if callable(llm_close):
         llm_close()
     return report
+
+
+def random_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """n prompts of ``length`` uniform token ids (away from the vocabulary's ends: special tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = min(256, vocab_size // 4), max(min(256, vocab_size // 4) + 1, vocab_size - 256)
+    return torch.randint(lo, hi, (n, length), generator=g).tolist()
 
 
 def parse_sweep(spec: str | None):

@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gpus", type=int, default=None,
                    help="total GPUs, the draft's included in async mode (--gpus 5 --async: TP 4 on GPUs 0-3, draft on 4)")
     p.add_argument("--prompts", default=None, help="builtin (default), gsm8k, or a JSONL file with 'text'")
+    p.add_argument("--prompt-len", type=int, default=None,
+                   help="random-token prompts of exactly this many tokens instead (e.g. 2048: long contexts)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--baseline", choices=["none", "hf"], default="none", help="also run HF transformers")
     p.add_argument("--sweep", default=None, help="k=2,4,6 | b=1,4,16 | temp=0,0.7")
