@@ -13,6 +13,8 @@ def test_padded_path_equals_eager(tiny_llama, tiny_llama_draft):
         outs = llm.generate(PROMPTS, params)
         assert [o.token_ids for o in outs] == [o.token_ids for o in ref], draft
         assert llm.engine.runner.graph is not None
+        if llm.engine.draft.runner is not None:           # a draft model: its K steps ran as one program
+            assert llm.engine.draft.runner.graph.loops > 0
         if draft == str(tiny_llama):
             assert all(o.stats["accepted"] == o.stats["drafted"] for o in outs)
     # odd batch sizes pad up to a bucket; the padded rows must not disturb real ones

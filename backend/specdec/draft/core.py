@@ -28,7 +28,7 @@ from ..spec.fanout import saguaro_top
 from ..spec.saguaro import saguaro_rescale
 from ..spec.spec_cache import SpeculationCache
 from ..spec.status import RowStatus
-from .loop import draft_loop
+from .loop import LoopSampler, draft_loop
 from .messages import Config, Prefill, Speculate, SpeculateReply
 from .tree_build import CacheBuilder
 
@@ -94,6 +94,21 @@ class DraftCore(CacheBuilder):
                                     self.cfg.sampler_x, max(top, default=0))
         u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
         return sample_from_probs(probs, u), probs
+
+    def _loop_sampler(self, seqs: list[DraftSeq], K: int, top: list[int]) -> LoopSampler:
+        """The JIT loop's sampler: argmax for greedy rows only; else each row's parameters, uniforms drawn
+        now from the draft's generator, and Saguaro's rescale (async mode, sampler_x set)."""
+        if all(s.temperature == 0 for s in seqs):
+            return LoopSampler(greedy=True)
+        dev = self.device
+        saguaro = self.cfg.sampler_x is not None and self.cfg.async_mode
+        return LoopSampler(
+            False, torch.tensor([s.temperature for s in seqs], dtype=torch.float32).to(dev, non_blocking=True),
+            torch.tensor([s.top_k for s in seqs]).to(dev, non_blocking=True),
+            torch.tensor([s.top_p for s in seqs], dtype=torch.float32).to(dev, non_blocking=True),
+            torch.rand((len(seqs), K), generator=self.gen).to(dev, non_blocking=True),
+            filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs), any_greedy=any(s.temperature == 0 for s in seqs),
+            saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else ())
 
     def _fits(self, needs: dict[int, int]) -> set[int]:
         """The sequences (in order) whose K/V growth to needs[seq] tokens fits the free pool."""
@@ -220,13 +235,10 @@ class DraftCore(CacheBuilder):
             return rows
         top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
         act = [seqs[b] for b in rows]
+        K = max(want[b] for b in rows)
         catch_up = [Feed(msg.seq_ids[b], seqs[b].tokens[seqs[b].kv_valid:], seqs[b].kv_valid) for b in rows]
-
-        def sample(logits, i):
-            return self._sample(logits, act, [top[min(i, len(top) - 1)]] * len(act))
-
-        toks, probs = draft_loop(self._forward, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
-                                 sample, self.cfg.vocab_size)
+        toks, probs = draft_loop(self.runner, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
+                                 self._loop_sampler(act, K, top), self.cfg.vocab_size)
         toks = toks.cpu().numpy()                                   # host sync: the reply goes to the host
         for r, b in enumerate(rows):
             s = seqs[b]

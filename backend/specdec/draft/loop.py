@@ -3,44 +3,92 @@
 Used by the local draft model (sync mode, :class:`~.model.ModelDrafter`) and by the draft worker's
 JIT backup (:class:`~.core.DraftCore`). Step 0 runs each row's catch-up feed (every committed token
 the draft has no K/V for, ending with the newest one); step i > 0 feeds the token sampled at step
-i - 1 at storage position ``ends[b] - 1 + i``, read on the device (no host round trip between
-steps). Every row runs every step (rows already done are placeholder rows that write nowhere) so
-the shapes stay fixed for CUDA graphs.
+i - 1 at storage position ``ends[b] - 1 + i``. Tokens never visit the host between steps.
+
+When the draft's runner has CUDA graphs (runner/cuda_graphs.py) and the catch-up is short, the
+whole loop — K forwards and their sampling — is ONE graph replay fed by one host-to-device copy
+(:meth:`GraphRunner.loop`); otherwise it runs step by step. Every row runs every step (rows
+already done are placeholder rows that write nowhere), so shapes stay fixed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
+from ..layers.sampling import fit_vocab, probs_from_logits, sample_from_probs
 from ..runner.feed import Feed
-
-# sample(logits [B, V], step) -> (tokens [B] int64, q [B, V] or None when every row is greedy)
-Sampler = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
+from ..spec.saguaro import saguaro_rescale
 
 
-def draft_loop(forward, catch_up: list[Feed], ends: list[int], ks: list[int], sample: Sampler,
+@dataclass
+class LoopSampler:
+    """How the loop turns each step's logits [B, V] into tokens [B].
+
+    greedy: argmax, no distribution (every row at temperature 0). Otherwise each row samples with its
+    temperature / top-k / top-p ([B] tensors) from ``uniforms`` [B, K] drawn up front, and q is
+    returned; ``saguaro_top[i]`` > 0 rescales the top probabilities of step i by ``saguaro_c``
+    (Saguaro sampling, SSD only). ``filtered`` / ``any_greedy`` are known on the host (no sync)."""
+
+    greedy: bool
+    temperature: torch.Tensor | None = None
+    top_k: torch.Tensor | None = None
+    top_p: torch.Tensor | None = None
+    uniforms: torch.Tensor | None = None
+    filtered: bool = False
+    any_greedy: bool = False
+    saguaro_c: float | None = None
+    saguaro_top: tuple[int, ...] = ()
+
+    def key(self) -> tuple:
+        """What a captured graph depends on besides shapes."""
+        return (self.greedy, self.filtered, self.any_greedy, self.saguaro_c, self.saguaro_top)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [] if self.greedy else [self.temperature, self.top_k, self.top_p, self.uniforms]
+
+    def bind(self, tensors: list[torch.Tensor]) -> "LoopSampler":
+        """The same sampler reading its per-row tensors from ``tensors`` (a graph's static buffers)."""
+        if self.greedy:
+            return self
+        t, k, p, u = tensors
+        return dataclasses.replace(self, temperature=t, top_k=k, top_p=p, uniforms=u)
+
+    def sample(self, logits: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.greedy:
+            return logits.argmax(-1), None
+        q = probs_from_logits(logits, self.temperature, self.top_k, self.top_p, self.filtered, self.any_greedy)
+        top = self.saguaro_top[min(i, len(self.saguaro_top) - 1)] if self.saguaro_top else 0
+        if self.saguaro_c is not None and top > 0:
+            q = saguaro_rescale(q, torch.full((q.shape[0],), top, dtype=torch.int64, device=q.device),
+                                self.saguaro_c, top)
+        return sample_from_probs(q, self.uniforms[:, i]), q
+
+
+def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sampler: LoopSampler,
                vocab_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Draft ks[b] tokens for row b (max(ks) steps).
+    """Draft ks[b] tokens for row b (max(ks) steps) with ``runner`` (the draft's).
 
-    forward(feeds, device_tokens) -> logits [B, V]: one row per feed, over the target's vocabulary.
     catch_up[b]: row b's step-0 feed (a dummy feed for a row with ks[b] == 0); ends[b]: the row's
-    committed length (its newest token sits at ends[b] - 1). Returns tokens [B, K] int64 on the
-    draft's device (zeros past ks[b]) and q [B, K, V] (None when ``sample`` returns no q).
-    """
-    B, K = len(catch_up), max(ks, default=0)
-    tokens = probs = prev = None
+    committed length (its newest token sits at ends[b] - 1). Logits are taken over the target's
+    vocabulary (``vocab_size``, layers.sampling.fit_vocab). Returns tokens [B, K] int64 on the
+    draft's device (zeros past ks[b]) and q [B, K, V] (None for a greedy sampler)."""
+    K = max(ks, default=0)
+    graph = getattr(runner, "graph", None)
+    if K > 0 and graph is not None and graph.fits_loop(catch_up, K):
+        return graph.loop(catch_up, ends, ks, sampler, vocab_size)
+    B = len(catch_up)
+    tokens = torch.zeros((B, K), dtype=torch.long, device=runner.device)
+    probs = None if sampler.greedy else torch.zeros((B, K, vocab_size), dtype=torch.float32, device=runner.device)
+    prev = None
     for i in range(K):
         if i == 0:
-            logits = forward(catch_up, None)                                   # [B, V]
+            logits = runner.forward(catch_up)                                   # [B, V]
         else:
             feeds = [Feed(f.seq_id, [0], ends[b] - 1 + i, dummy=ks[b] <= i) for b, f in enumerate(catch_up)]
-            logits = forward(feeds, (prev[:, None], 0))
-        tok, q = sample(logits, i)
-        if tokens is None:
-            tokens = torch.zeros((B, K), dtype=torch.long, device=tok.device)
-            if q is not None:
-                probs = torch.zeros((B, K, vocab_size), dtype=torch.float32, device=q.device)
+            logits = runner.forward(feeds, (prev[:, None], 0))
+        tok, q = sampler.sample(fit_vocab(logits, vocab_size), i)
         tokens[:, i] = tok
         if probs is not None:
             probs[:, i] = q

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..layers.sampling import SamplingRows, fit_vocab, sample_from_probs
+from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from .base import Drafter, Proposal
-from .loop import draft_loop
+from .loop import LoopSampler, draft_loop
 
 
 class ModelDrafter(Drafter):
@@ -22,30 +22,24 @@ class ModelDrafter(Drafter):
         self.vocab_size = target_vocab or runner.vocab_size
         self.target_device = torch.device(target_device) if target_device is not None else runner.device
 
-    def _forward(self, feeds: list[Feed], device_tokens) -> torch.Tensor:
-        if device_tokens is not None:
-            device_tokens = (device_tokens[0].to(self.runner.device, non_blocking=True), device_tokens[1])
-        return fit_vocab(self.runner.forward(feeds, device_tokens), self.vocab_size)
-
     def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
-        """K steps fed on the device, with no host sync in between (draft_loop; sampling parameters
-        are known on the host, layers/sampling.py). q is None when every row is greedy (verify() then
-        takes q one-hot at the tokens)."""
-        u = None if sampling.all_greedy else sampling.uniforms_per_row(ks, max(ks))     # [B, K] on the target's device
-
-        def sample(logits, i):
-            logits = logits.to(self.target_device)
-            if u is None:
-                return logits.argmax(-1), None
-            q = sampling.probs(logits)
-            return sample_from_probs(q, u[:, i]), q
-
+        """K steps fed on the device with no host sync (draft/loop.py; one graph replay on CUDA).
+        q is None when every row is greedy (verify() then takes q one-hot at the tokens)."""
+        dev = self.runner.device
+        if sampling.all_greedy:
+            sampler = LoopSampler(greedy=True)
+        else:
+            sampler = LoopSampler(False, sampling.temperature.to(dev), sampling.top_k.to(dev), sampling.top_p.to(dev),
+                                  sampling.uniforms_per_row(ks, max(ks)).to(dev), sampling.filtered, sampling.any_greedy)
         catch_up = [Feed(s.seq_id, s.token_ids[s.draft_cached:], s.draft_cached) if ks[b] else
                     Feed(s.seq_id, [0], 0, dummy=True) for b, s in enumerate(seqs)]
-        tokens, probs = draft_loop(self._forward, catch_up, [len(s) for s in seqs], ks, sample, self.vocab_size)
+        tokens, probs = draft_loop(self.runner, catch_up, [len(s) for s in seqs], ks, sampler, self.vocab_size)
         for b, s in enumerate(seqs):
             if ks[b] > 0:
                 s.draft_cached = len(s) - 1 + ks[b]
+        if tokens.device != self.target_device:
+            tokens = tokens.to(self.target_device, non_blocking=True)
+            probs = None if probs is None else probs.to(self.target_device, non_blocking=True)
         return Proposal(tokens, probs, list(ks))
 
     def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:

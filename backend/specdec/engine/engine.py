@@ -33,7 +33,7 @@ from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
 from ..spec.round_k import round_k
 from ..spec.status import RowStatus
-from ..spec.verify import greedy_accept_length, verify
+from ..spec.verify import GreedyRound, verify
 from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
@@ -203,25 +203,24 @@ class LLMEngine:
         feeds = [Feed(s.seq_id, [s.last_token] + [0] * num[b], len(s) - 1, num_logits=num[b] + 1)
                  for b, s in enumerate(seqs)]
         draft_tokens = draft_tokens[:, :Kv]
-        logits = self.runner.forward(feeds, (draft_tokens, 1) if Kv else None)   # [sum(num + 1), V]
-        if Kv == 0:         # plain AR round: sample straight from p_0 (same uniform as verify would use)
-            if rows.all_greedy:
-                tok = logits.argmax(-1)
-            else:
-                tok = sample_from_probs(rows.probs(logits), rows.uniforms(self.k + 1)[:, self.k])
+        dev_tokens = (draft_tokens, 1) if Kv else None
+        if rows.all_greedy:     # the outcome is computed with the forward (one graph on CUDA), then read once
+            packed = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound(num))   # [B, 2 + Kv]
+            t2 = timer.mark()
+            out = packed.tolist()                                 # host sync: the round's one
+            return self._finish_round(seqs, prop, num, [r[2: 2 + num[b]] for b, r in enumerate(out)],
+                                      [r[0] for r in out], [r[1] for r in out], (t0, t1, t2, w0))
+        logits = self.runner.forward(feeds, dev_tokens)           # [sum(num + 1), V]
+        u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
+        if Kv == 0:         # plain AR round: sample straight from p_0 (the uniform verify would use)
+            tok = sample_from_probs(rows.probs(logits), u[:, self.k])
             t2 = timer.mark()
             rec = tok.tolist()                                    # host sync: the step's tokens
             return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
-        num_t = torch.tensor(num, device=self.device)
-        if rows.all_greedy:
-            argmax = padded.argmax(-1)                            # [B, Kv + 1]
-            accepted = greedy_accept_length(draft_tokens, argmax, num_t)
-            recovery = argmax.gather(1, accepted[:, None]).squeeze(1)
-        else:
-            q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
-            u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
-            accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
+        num_t = torch.tensor(num).to(self.device, non_blocking=True)
+        q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
+        accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
         t2 = timer.mark()
         flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
         acc, rec = flat[:B], flat[B:2 * B]

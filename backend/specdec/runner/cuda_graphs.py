@@ -4,16 +4,28 @@ Decode (1 query per row), verify (K+1 queries per row) and the draft's steps all
 queries per sequence. They run as a *uniform padded batch*: B rows x Q queries, B rounded up
 to a batch bucket, Q exact, and the attention span rounded up to a KV bucket (a power of two).
 Every input lives in one static buffer (ids, RoPE positions, storage positions, slots, block
-tables); a step copies its host arrays into them and replays the graph captured for
-(B bucket, Q, KV bucket) the first time that shape was seen. Padded rows and queries write to
-the sentinel slot (a block the manager never hands out) and their logits are dropped.
+tables, per-row ints); a step copies its host arrays into it (ONE host-to-device copy from a
+pinned staging ring) and replays the graph captured for its key the first time that key was
+seen. Padded rows and queries write to the sentinel slot (a block the manager never hands out)
+and their outputs are dropped.
 
-With ``capture=False`` the same padded forward runs eagerly: that is how CPU tests check it
+Three kinds of graphs:
+
+* :meth:`GraphRunner.forward`: one forward, key (B bucket, Q, KV bucket); it returns logits.
+* the same with an *epilogue*, key + the epilogue's name: work on the padded logits captured in
+  the same graph (verification's greedy acceptance, engine/verify_step.py), so a verify round is
+  one replay and one readback.
+* :meth:`GraphRunner.loop`: the draft loop (draft/loop.py), key (B bucket, catch-up queries,
+  steps, KV bucket, sampler): K forwards and their sampling, each step fed by the previous
+  step's tokens on the device, in one graph.
+
+With ``capture=False`` the same padded programs run eagerly: that is how CPU tests check them
 against the variable-length path.
 
 Tensor parallelism: the static buffer is the payload of the step message (tp_step.py). Rank 0
 writes [header | buffer] in its one copy and broadcasts it; each worker replays the graph the
 header names (:meth:`GraphRunner.execute`), so all ranks capture the same shapes in the same order.
+Epilogues run on rank 0 only (they have no collectives); loops are for drafts, never split.
 """
 from __future__ import annotations
 
@@ -41,9 +53,10 @@ class GraphRunner:
         self.max_blocks = self.max_kv // bs
         dev = runner.device
         n = max_batch * max_q
-        # one static buffer; each (batch, queries) shape uses views at its own offsets, so a step
-        # is ONE host-to-device copy: [ids | RoPE positions | storage positions | slots | tables]
-        size = 4 * n + max_batch * self.max_blocks
+        # one static buffer; each program uses views at its own offsets, so a step is ONE
+        # host-to-device copy. forward: [ids | RoPE pos | storage pos | slots | tables | row ints];
+        # loop: [step-0 ids | pos | slots | last-query rows | later steps' pos | slots | tables]
+        size = 4 * n + max_batch * (2 + 2 * max_q) + max_batch * self.max_blocks
         tp = getattr(runner, "tp", None)  # tensor parallel: [header | buffer] is the broadcast step message
         self.head = 0 if tp is None else tp_step.HEADER
         self.msg = torch.zeros(size, dtype=torch.long, device=dev) if tp is None else tp.reserve(size)
@@ -54,13 +67,19 @@ class GraphRunner:
         self._ring = [torch.zeros_like(self.msg, device="cpu", pin_memory=pin) for _ in range(4 if pin else 1)]
         self._ring_events = [None] * len(self._ring)
         self._ring_pos = 0
-        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object, list[torch.Tensor]]] = {}
         self.pool = None
         self.replays = 0
+        self.loops = 0                       # draft loops run as one program (graph or padded)
 
+    # --- shapes ---------------------------------------------------------------------------
     def fits(self, feeds) -> bool:
         return (len(feeds) <= self.max_batch and all(f.mask is None for f in feeds)
                 and max(len(f.tokens) for f in feeds) <= self.max_q)
+
+    def fits_loop(self, catch_up, steps: int) -> bool:
+        """A draft loop of ``steps`` steps whose catch-up feeds are short enough runs as one graph."""
+        return self.head == 0 and steps <= self.max_q and self.fits(catch_up)
 
     def kv_bucket(self, n: int) -> int:
         p = MIN_KV_BUCKET
@@ -69,25 +88,23 @@ class GraphRunner:
         bs = self.r.blocks.block_size
         return min(-(-p // bs) * bs, self.max_kv)
 
-    def forward(self, feeds, device_tokens=None) -> torch.Tensor:
+    # --- host side --------------------------------------------------------------------------
+    def _layout(self, feeds, Bb: int, Q: int, NB: int):
+        """Host arrays of one padded forward: ids, pos, qpos, slots [Bb, Q], tables [Bb, NB], and the
+        rows (b * Q + i) whose logits the feeds ask for."""
         r, blocks = self.r, self.r.blocks
         bs = blocks.block_size
-        B, Q = len(feeds), max(len(f.tokens) for f in feeds)
-        Bb = next(b for b in self.buckets if b >= B)
-        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
-        NB = KV // bs
-        sentinel_block = blocks.num_blocks
         ids = np.zeros((Bb, Q), dtype=np.int64)
         pos = np.zeros((Bb, Q), dtype=np.int64)
         qpos = np.zeros((Bb, Q), dtype=np.int64)
         slots = np.full((Bb, Q), blocks.sentinel_slot, dtype=np.int64)
-        tables = np.full((Bb, NB), sentinel_block, dtype=np.int64)
+        tables = np.full((Bb, NB), blocks.num_blocks, dtype=np.int64)         # sentinel block
         rows = []
         for b, f in enumerate(feeds):
             n = len(f.tokens)
             end = f.start + n
+            rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
             if f.dummy:                       # padding row: sentinel slot, position 0
-                rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
                 continue
             if end > r.max_model_len:
                 raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={r.max_model_len}")
@@ -98,11 +115,10 @@ class GraphRunner:
             qpos[b, :n] = p
             slots[b, :n] = table[p // bs] * bs + p % bs
             tables[b, : min(len(table), NB)] = table[:NB]
-            rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
-        m = Bb * Q
-        host = np.concatenate([ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()])
-        if self.head:
-            host = np.concatenate([tp_step.encode_header(tp_step.Padded(Bb, Q, KV, r.attn_backend)), host])
+        return ids, pos, qpos, slots, tables, rows
+
+    def _stage(self, host: np.ndarray) -> None:
+        """Copy ``host`` into the start of the static message with one asynchronous H2D copy."""
         slot = self._ring_pos = (self._ring_pos + 1) % len(self._ring)
         if self._ring_events[slot] is not None:
             self._ring_events[slot].synchronize()       # host waits only if that old copy is still queued
@@ -112,11 +128,36 @@ class GraphRunner:
         if self.r.device.type == "cuda":
             ev = self._ring_events[slot] = torch.cuda.Event()
             ev.record()
+
+    # --- one forward ------------------------------------------------------------------------
+    def forward(self, feeds, device_tokens=None, epilogue=None):
+        """Logits [rows the feeds ask for, V]; with ``epilogue`` (engine/verify_step.py), its output
+        over the padded logits [Bb, Q, V] instead, computed inside the same graph."""
+        r = self.r
+        bs = r.blocks.block_size
+        B, Q = len(feeds), max(len(f.tokens) for f in feeds)
+        Bb = next(b for b in self.buckets if b >= B)
+        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
+        NB = KV // bs
+        ids, pos, qpos, slots, tables, rows = self._layout(feeds, Bb, Q, NB)
+        m = Bb * Q
+        parts = [ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()]
+        if epilogue is not None:
+            ints = np.zeros(Bb, dtype=np.int64)
+            ints[:B] = epilogue.row_ints
+            parts.append(ints)
+        host = np.concatenate(parts)
+        if self.head:
+            host = np.concatenate([tp_step.encode_header(tp_step.Padded(Bb, Q, KV, r.attn_backend)), host])
+        self._stage(host)
         if device_tokens is not None:         # tokens sampled on the device: no host round trip
             dt, col0 = device_tokens
             self.buf[:m].view(Bb, Q)[:B, col0:col0 + dt.shape[1]].copy_(dt[:, : Q - col0])
         if self.head:
             r.tp.broadcast()                  # the workers run the same shape from the same buffer
+        if epilogue is not None:
+            key = (Bb, Q, KV, epilogue.name)
+            return self._replay(key, lambda: self._run_epilogue(Bb, Q, KV, epilogue))[:B]
         out = self.execute((Bb, Q, KV))
         if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
             return out[: len(rows)]
@@ -126,14 +167,7 @@ class GraphRunner:
     def execute(self, key: tuple[int, int, int]) -> torch.Tensor:
         """The padded forward of shape key = (batch bucket, queries, KV bucket) over the buffer as it
         stands: replayed (captured the first time) or, without capture, run eagerly."""
-        if not self.capture:
-            return self._run(*key)
-        if key not in self.graphs:
-            self._capture(key)
-        graph, out = self.graphs[key]
-        graph.replay()
-        self.replays += 1
-        return out
+        return self._replay(key, lambda: self._run(*key))
 
     def _views(self, Bb: int, Q: int, KV: int):
         m, NB = Bb * Q, KV // self.r.blocks.block_size
@@ -144,20 +178,108 @@ class GraphRunner:
         ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)
         return self.r.model.forward_padded(ids, pos, qpos, tables, slots, self.r.kv_caches, KV, self.r.attn_backend)
 
-    def _capture(self, key) -> None:
-        Bb, Q, KV = key
-        stream = torch.cuda.Stream(self.r.device)
-        stream.wait_stream(torch.cuda.current_stream(self.r.device))
+    def _run_epilogue(self, Bb: int, Q: int, KV: int, epilogue) -> torch.Tensor:
+        m, NB = Bb * Q, KV // self.r.blocks.block_size
+        ints = self.buf[4 * m + Bb * NB: 4 * m + Bb * NB + Bb]
+        logits = self._run(Bb, Q, KV)
+        return epilogue(logits.view(Bb, Q, -1), self.buf[:m].view(Bb, Q), ints)
+
+    # --- the draft loop ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def loop(self, catch_up, ends: list[int], ks: list[int], sampler, vocab_size: int):
+        """draft/loop.draft_loop as one graph: tokens [B, K] and q [B, K, V] (None when greedy)."""
+        r, blocks = self.r, self.r.blocks
+        bs = blocks.block_size
+        B, K = len(catch_up), max(ks)
+        Q0 = max(len(f.tokens) for f in catch_up)
+        Bb = next(b for b in self.buckets if b >= B)
+        for b, f in enumerate(catch_up):      # room for every step's K/V before the layout reads tables
+            if not f.dummy and ks[b] > 1:
+                blocks.ensure(f.seq_id, ends[b] - 1 + ks[b])
+        KV = self.kv_bucket(max(max(f.start + len(f.tokens), e - 1 + K) for f, e in zip(catch_up, ends)))
+        NB = KV // bs
+        ids, pos, _, slots, tables, rows = self._layout(catch_up, Bb, Q0, NB)
+        last = np.zeros(Bb, dtype=np.int64)
+        last[:B] = rows                       # the catch-up's last query of each row (one logit row each)
+        later_pos = np.zeros((K - 1, Bb), dtype=np.int64)
+        later_slots = np.full((K - 1, Bb), blocks.sentinel_slot, dtype=np.int64)
+        for b, f in enumerate(catch_up):
+            if f.dummy:
+                continue
+            table = blocks.tables[f.seq_id]
+            for i in range(1, ks[b]):
+                p = ends[b] - 1 + i
+                later_pos[i - 1, b] = p
+                later_slots[i - 1, b] = table[p // bs] * bs + p % bs
+        self._stage(np.concatenate([ids.ravel(), pos.ravel(), slots.ravel(), last, later_pos.ravel(),
+                                    later_slots.ravel(), tables.ravel()]))
+        key = ("loop", Bb, Q0, K, KV, vocab_size, sampler.key())
+        inputs = [_pad_rows(t, Bb) for t in sampler.tensors()]            # per-row sampling tensors [Bb, ...]
+        tokens, probs = self._replay(key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s), inputs, sampler)
+        self.loops += 1
+        return tokens[:B], (None if probs is None else probs[:B])
+
+    def _run_loop(self, Bb: int, Q0: int, K: int, KV: int, vocab_size: int, sampler):
+        from ..layers.sampling import fit_vocab
+        m, NB = Bb * Q0, KV // self.r.blocks.block_size
+        b = self.buf
+        ids0, pos0, slots0 = b[:m], b[m:2 * m], b[2 * m:3 * m]
+        o = 3 * m
+        last = b[o:o + Bb]
+        later_pos = b[o + Bb: o + Bb + (K - 1) * Bb].view(max(K - 1, 0), Bb)
+        later_slots = b[o + Bb + (K - 1) * Bb: o + Bb + 2 * (K - 1) * Bb].view(max(K - 1, 0), Bb)
+        o += Bb + 2 * (K - 1) * Bb
+        tables = b[o:o + Bb * NB].view(Bb, NB)
+        model, kv, backend = self.r.model, self.r.kv_caches, self.r.attn_backend
+        logits = model.forward_padded(ids0, pos0, pos0.view(Bb, Q0), tables, slots0, kv, KV, backend)[last]
+        toks, qs = [], []
+        for i in range(K):
+            if i > 0:
+                p = later_pos[i - 1]
+                logits = model.forward_padded(toks[-1], p, p.view(Bb, 1), tables, later_slots[i - 1], kv, KV, backend)
+            tok, q = sampler.sample(fit_vocab(logits, vocab_size), i)
+            toks.append(tok)
+            qs.append(q)
+        tokens = torch.stack(toks, dim=1)                                   # [Bb, K]
+        probs = None if qs[0] is None else torch.stack(qs, dim=1)           # [Bb, K, V]
+        return tokens, probs
+
+    # --- capture and replay -----------------------------------------------------------------
+    def _replay(self, key, program, inputs: list[torch.Tensor] | None = None, sampler=None):
+        """Run ``program`` for ``key``: eagerly without capture, else replay its graph (captured the first
+        time). A loop's ``sampler`` reads its per-row ``inputs`` from the graph's static copies of them."""
+        if not self.capture:
+            return program(sampler.bind(inputs)) if sampler is not None else program()
+        if key not in self.graphs:
+            static = [t.clone() for t in inputs] if sampler is not None else []
+            self._capture(key, (lambda: program(sampler.bind(static))) if sampler is not None else program, static)
+        graph, out, static = self.graphs[key]
+        for dst, src in zip(static, inputs or ()):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        self.replays += 1
+        return out
+
+    def _capture(self, key, program, static) -> None:
+        dev = self.r.device
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):   # warm-up outside the graph (compiles, allocates workspaces)
             for _ in range(2):
-                self._run(Bb, Q, KV)
-        torch.cuda.current_stream(self.r.device).wait_stream(stream)
+                program()
+        torch.cuda.current_stream(dev).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # tensor parallel: NCCL's watchdog thread queries events while we capture; "thread_local"
         # keeps its calls from invalidating this thread's capture
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local" if self.head else "global"):
-            out = self._run(Bb, Q, KV)
+            out = program()
         self.pool = graph.pool()
-        self.graphs[key] = (graph, out)
-        log.info("%s: captured CUDA graph for batch %d x %d queries, KV span %d (%d graphs)",
-                 self.r.name, Bb, Q, KV, len(self.graphs))
+        self.graphs[key] = (graph, out, static)
+        log.info("%s: captured CUDA graph %s (%d graphs)", self.r.name, key, len(self.graphs))
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [n, ...] -> [rows, ...]: padding rows repeat row 0 (their results are dropped)."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])

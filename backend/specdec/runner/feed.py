@@ -40,3 +40,26 @@ def place_device_tokens(input_ids: torch.Tensor, feeds: list[Feed], device_token
     if dst:
         idx = torch.tensor([dst, src], dtype=torch.long).to(input_ids.device, non_blocking=True)
         input_ids[idx[0]] = dt.reshape(-1)[idx[1]]
+
+
+def run_epilogue(logits: torch.Tensor, feeds: list[Feed], device_tokens, epilogue) -> torch.Tensor:
+    """An epilogue (see runner/cuda_graphs.py) over variable-length logits: pads them to [B, Q, V] (every
+    feed's logits at the end of its row) with the fed ids [B, Q], as a graph step lays them out."""
+    B, Q = len(feeds), max(len(f.tokens) for f in feeds)
+    dev = logits.device
+    counts = [f.num_logits for f in feeds]
+    if all(c == Q for c in counts):
+        padded = logits.view(B, Q, -1)
+    else:
+        padded = logits.new_zeros((B, Q, logits.shape[-1]))
+        idx = [b * Q + len(f.tokens) - f.num_logits + i for b, f in enumerate(feeds) for i in range(f.num_logits)]
+        padded.view(B * Q, -1)[torch.tensor(idx, device=dev)] = logits
+    ids = torch.zeros((B, Q), dtype=torch.long)
+    for b, f in enumerate(feeds):
+        ids[b, : len(f.tokens)] = torch.tensor(f.tokens, dtype=torch.long)
+    ids = ids.to(dev, non_blocking=True)
+    if device_tokens is not None:
+        dt, col0 = device_tokens
+        ids[:, col0:col0 + dt.shape[1]] = dt[:, : Q - col0]
+    rows = torch.tensor(epilogue.row_ints, dtype=torch.long).to(dev, non_blocking=True)
+    return epilogue(padded, ids, rows)

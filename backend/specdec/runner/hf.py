@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .feed import Feed
+from .feed import Feed, run_epilogue
 
 
 class HFRunner:
@@ -47,7 +47,11 @@ class HFRunner:
         self.reserved.pop(seq_id, None)
 
     @torch.inference_mode()
-    def forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
+    def forward(self, feeds: list[Feed], device_tokens=None, epilogue=None) -> torch.Tensor:
+        logits = self._forward(feeds, device_tokens)
+        return logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
+
+    def _forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
         out = []
         for b, f in enumerate(feeds):
             if f.dummy:                        # placeholder row: no cache is touched

@@ -20,7 +20,7 @@ import torch
 
 from ..layers.attention import build_context
 from .block_manager import BlockManager
-from .feed import DeviceTokens, Feed, place_device_tokens
+from .feed import DeviceTokens, Feed, place_device_tokens, run_epilogue
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,17 @@ class PagedRunner:
 
     # --- forward --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, feeds: list[Feed], device_tokens: DeviceTokens | None = None) -> torch.Tensor:
-        """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order.
+    def forward(self, feeds: list[Feed], device_tokens: DeviceTokens | None = None, epilogue=None) -> torch.Tensor:
+        """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order, or
+        with ``epilogue`` its output over the logits padded to [B, Q, V] (inside the CUDA graph when the
+        step has one; see runner/cuda_graphs.py).
 
         device_tokens = (tensor [B, Qd], col0): feed b's tokens from column col0 on are read from
         row b of that device tensor (its host list holds placeholders), so a caller can feed
         tokens sampled on the device without a host sync."""
         if self.graph is not None:
             if self.graph.fits(feeds):
-                return self.graph.forward(feeds, device_tokens)
+                return self.graph.forward(feeds, device_tokens, epilogue)
             if max(len(f.tokens) for f in feeds) <= self.graph.max_q:   # decode-shaped, yet eager
                 reason = "custom attention mask" if any(f.mask is not None for f in feeds) else "batch above the largest bucket"
                 if reason not in self.eager_fallbacks:
@@ -108,8 +110,9 @@ class PagedRunner:
             tables.append(table)
             masks.append(f.mask)
         if self.tp is not None:
-            return self._forward_tp(feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts,
-                                    tables, masks)
+            logits = self._forward_tp(feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts,
+                                      tables, masks)
+            return logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
         slot_mapping = torch.from_numpy(np.concatenate(slots))
         ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks, self.attn_backend)
         input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
@@ -120,7 +123,8 @@ class PagedRunner:
         logits_index = None if len(index) == row else torch.from_numpy(index).to(self.device, non_blocking=True)
         if len(index) == 0:
             logits_index = torch.zeros(0, dtype=torch.int64, device=self.device)
-        return self.model(input_ids, positions, ctx, self.kv_caches, logits_index)
+        logits = self.model(input_ids, positions, ctx, self.kv_caches, logits_index)
+        return logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
 
     def _forward_tp(self, feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts, tables, masks):
         """Rank 0 of a tensor-parallel target: broadcast the forward's arrays, then run it like the workers."""

@@ -84,3 +84,29 @@ def greedy_accept_length(draft_tokens: torch.Tensor, target_argmax: torch.Tensor
     K = draft_tokens.shape[1]
     match = (draft_tokens == target_argmax[:, :K]) & (torch.arange(K, device=draft_tokens.device)[None] < num_draft[:, None])
     return match.long().cumprod(-1).sum(-1)
+
+
+def greedy_outcome(logits: torch.Tensor, verified: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
+    """A greedy round's whole outcome in one tensor, so it reaches the host in one copy.
+
+    logits [B, Q, V] (row i: the target after [.., last, d1..di]); verified [B, Q] = [last, d1..d_{Q-1}];
+    num_draft [B] drafts proposed per row (0 = a plain AR row). Returns [B, 1 + Q] int64:
+    accepted k, the recovery token t* (the argmax after the accepted prefix), then d1..d_{Q-1}."""
+    argmax = logits.argmax(-1)                                                        # [B, Q]
+    drafts = verified[:, 1:]
+    accepted = greedy_accept_length(drafts, argmax, num_draft)
+    recovery = argmax.gather(1, accepted[:, None])
+    return torch.cat([accepted[:, None], recovery, drafts], dim=1)
+
+
+class GreedyRound:
+    """:func:`greedy_outcome` as a forward's epilogue (runner/cuda_graphs.py): captured in the verify
+    graph, with num_draft as its per-row ints."""
+
+    name = "greedy_outcome"
+
+    def __init__(self, num_draft: list[int]):
+        self.row_ints = num_draft
+
+    def __call__(self, logits: torch.Tensor, verified: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
+        return greedy_outcome(logits, verified, num_draft)
