@@ -37,6 +37,7 @@ from ..spec.verify import GreedyRound, verify
 from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
+from .overlap import ARPipeline
 from .metrics import EngineMetrics, Timer
 from .scheduler import Scheduler
 from .sequence import Sequence
@@ -77,6 +78,7 @@ class LLMEngine:
                            self.runner.vocab_size, self.tokenizer, self.target)
         self.draft = DraftSlot(ctx)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
+        self.pipeline = ARPipeline(self.runner, self.max_model_len)
 
     @property
     def drafter(self):
@@ -122,16 +124,51 @@ class LLMEngine:
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         self.draft.poll()                  # a draft worker that connected since the last step attaches now
-        admitted = self.scheduler.admit(lookahead=1 + self.k)
+        admitted = self.scheduler.admit(lookahead=2 + self.k)
         if admitted:
-            return self._prefill(admitted)
+            return self._drain() + self._prefill(admitted)
+        running = self.scheduler.running
+        if running and self.cfg.overlap and ARPipeline.usable(self.runner, self.drafter, running):
+            return self._decode_overlapped()
+        outs = self._drain()
         if not self.scheduler.running:
-            return []
+            return outs
         try:
-            return self._decode()
+            return outs + self._decode()
         except ChannelError as e:          # nothing was committed yet: redo the round in AR mode
             self._draft_failed(e)
-            return self._decode()
+            return outs + self._decode()
+
+    # --- overlapped AR steps (engine/overlap.py) -------------------------------------------------
+    def _decode_overlapped(self) -> list[StepOutput]:
+        """Launch the next AR step from the device's tokens, then commit the one before it."""
+        m, w0 = self.metrics, self.timer.now()
+        for s in self.scheduler.make_room({s.seq_id: 1 for s in self.scheduler.running}):   # room for 2 steps
+            log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
+            m.preemptions += 1
+        step, tokens = self.pipeline.advance(list(self.scheduler.running))
+        outs = self._commit_ar(step.seqs, tokens)
+        m.decode_steps += 1
+        m.verify_steps += 1
+        m.decode_time += self.timer.now() - w0
+        return outs
+
+    def _drain(self) -> list[StepOutput]:
+        """Commit the overlapped step in flight, if any."""
+        done = self.pipeline.drain()
+        return [] if done is None else self._commit_ar(done[0].seqs, done[1])
+
+    def _commit_ar(self, seqs, tokens: list[int]) -> list[StepOutput]:
+        outs = []
+        for s, t in zip(seqs, tokens):
+            if not s.running:                    # stopped (or preempted, or aborted) while this step ran
+                continue
+            s.stats.ar_steps += 1
+            s.last_accepted = 0
+            out = self._commit(s, [t])
+            self.metrics.decode_tokens += len(out.new_token_ids)
+            outs.append(out)
+        return outs
 
     def _draft_failed(self, err: Exception) -> None:
         self.metrics.ar_fallbacks += 1
@@ -245,8 +282,8 @@ class LLMEngine:
         for b, s in enumerate(seqs):
             old_len = len(s)
             new = drafts[b][: acc[b]] + [rec[b]]
-            self.runner.truncate(s.seq_id, old_len + acc[b])      # rollback by length: rejected K/V is dropped
             if num[b]:
+                self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
                 self.drafter.commit(s, old_len, acc[b], num[b])
                 if prop.status is not None and prop.status[b] is not RowStatus.NONE:
                     self._count_lookup(s, prop.status[b] is RowStatus.HIT, 1 + acc[b])

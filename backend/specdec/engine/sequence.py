@@ -97,3 +97,7 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
+
+    @property
+    def running(self) -> bool:
+        return self.status is Status.RUNNING
