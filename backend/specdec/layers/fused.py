@@ -43,14 +43,17 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 _compiled = False
+fused_rope_write = False     # q/k norm + rotary + K/V write in one Triton kernel (layers/rope_write.py), CUDA only
 
 
 def enable_compile(device="cuda", dtype=None) -> bool:
     """Compile the functions above (idempotent). torch.compile is lazy, so each compiled function
     is tried once on small inputs on ``device``; any failure keeps all of them eager, logged."""
-    global rms_norm, add_rms_norm, rotary, silu_mul, _compiled
+    global rms_norm, add_rms_norm, rotary, silu_mul, _compiled, fused_rope_write
     if _compiled:
         return True
+    from . import rope_write
+    fused_rope_write = rope_write.HAVE_TRITON and torch.device(device).type == "cuda"
     eager = (rms_norm, add_rms_norm, rotary, silu_mul)
     try:
         opts = dict(dynamic=True, fullgraph=True)

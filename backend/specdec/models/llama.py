@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import fused
+from ..layers import fused, rope_write
 from ..layers.attention import AttnContext, padded_context, paged_attention, write_kv
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
@@ -113,6 +113,13 @@ class Attention(nn.Module):
     def forward(self, x, rope, ctx: AttnContext, kv_cache: torch.Tensor):
         """x [T, hidden]; rope = (cos, sin) [T, 1, D]; kv_cache [2, num_blocks, block_size, KVH, D]."""
         qkv = self.qkv(x)
+        if fused.fused_rope_write and qkv.is_cuda and rope_write.supported(self.d):      # one kernel for all of it
+            qn, kn = (None, None) if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight)
+            q = rope_write.rope_and_write_kv(qkv, *rope, kv_cache[0], kv_cache[1], ctx.slot_mapping, self.h, self.kvh,
+                                             self.d, qn, kn, self.q_norm.eps if qn is not None else 1e-6)
+            o = paged_attention(q, kv_cache[0], kv_cache[1], ctx, self.scale)
+            o = self.o_proj(o.reshape(-1, self.h * self.d))
+            return o if self.tp is None else self.tp.all_reduce(o)
         q, k, v = qkv.split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], dim=-1)
         q = q.view(-1, self.h, self.d)
         k = k.view(-1, self.kvh, self.d)
