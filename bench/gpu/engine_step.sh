@@ -24,5 +24,13 @@ PARTS=${PARTS:-check attn bench}
   step sync8b_ctx$L 150 $B --target synthetic:llama-8b --draft synthetic:llama-1b --spec --k 4 --prompt-len $L \
        --numseqs 16 --output_len 64 --sweep b=1,16 --json "$OUT/sync8b_ctx$L.json"
 done
+if [[ $PARTS == *profile* ]]; then
+  P="python3 bench/gpu/profile_step.py"
+  for T in synthetic:smollm2-135m synthetic:llama-8b; do
+    for F in "" "--no-overlap" "--no-overlap --no-fused-rope"; do
+      TAIL=1 step "profile_${T#synthetic:}${F// /}" 120 $P --target $T --b 1 $F
+    done
+  done
+fi
 [[ $PARTS == *bench* ]] && step ar1b_ctx64 90 $B --target synthetic:llama-1b --prompt-len 64 --numseqs 4 --output_len 128 --b 1 --json "$OUT/ar1b.json"
 echo "=== done" | tee -a "$OUT/summary.txt"

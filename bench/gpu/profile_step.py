@@ -20,11 +20,17 @@ def main():
     ap.add_argument("--b", type=int, default=1)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--no-overlap", action="store_true", help="AR steps without overlapped scheduling")
+    ap.add_argument("--no-fused-rope", action="store_true", help="rotary + K/V write as separate kernels")
+    ap.add_argument("--prompt-len", type=int, default=8)
     a = ap.parse_args()
     llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device="cuda:0", dtype="bfloat16",
-              max_batch_size=a.b, max_model_len=2048, graphs="off" if a.eager else "auto")
+              max_batch_size=a.b, max_model_len=4096, graphs="off" if a.eager else "auto", overlap=not a.no_overlap)
+    if a.no_fused_rope:
+        from specdec.layers import fused
+        fused.fused_rope_write = False           # before the first step: graphs are captured without it
     eng = llm.engine
-    prompts = [[1 + i, 2, 3, 4, 5, 6, 7, 8] for i in range(a.b)]
+    prompts = [[1 + i] + [(7 * j + i) % 5000 + 10 for j in range(a.prompt_len - 1)] for i in range(a.b)]
     params = SamplingParams(max_tokens=a.steps * 3 + 20, ignore_eos=True)
     for p in prompts:
         eng.add_request(p, params)
@@ -45,8 +51,10 @@ def main():
     ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     kernels = sum(e.count for e in ev) / 10
     gpu_ms = sum(e.self_device_time_total for e in ev) / 10 / 1e3
-    print(f"{a.target} {a.mode} b={a.b}: {1e3 * wall:.3f} ms/step wall, {toks:.2f} tokens/step, "
-          f"{toks / wall:.0f} tok/s; GPU busy {gpu_ms:.3f} ms/step in {kernels:.0f} kernels/step")
+    flags = " ".join(f for f, on in (("eager", a.eager), ("no-overlap", a.no_overlap), ("no-fused-rope", a.no_fused_rope)) if on)
+    print(f"PROFILE {a.target} {a.mode} b={a.b} ctx={a.prompt_len} {flags or 'default'}: {1e3 * wall:.3f} ms/step wall, "
+          f"{toks:.2f} tokens/step, {toks / wall:.0f} tok/s; GPU busy {gpu_ms:.3f} ms/step "
+          f"({gpu_ms / (1e3 * wall):.0%} of the step) in {kernels:.0f} kernels/step")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
