@@ -142,7 +142,7 @@ def run(args) -> int:
           f"{settings.max_queued_requests} requests at once", flush=True)
     while not stop["now"] and server.proc.poll() is None:
         if watcher.check():                   # a needed model's stub died: Triton cannot restart it
-            server.stop()
+            server.stop(10)                   # the dead model never unloads: a short grace, then SIGKILL
             return 3
         time.sleep(0.5)
     code = server.proc.poll()
