@@ -17,6 +17,7 @@ with model control mode ``none`` nothing can reload the model. So ``specdec serv
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import urllib.error
@@ -26,11 +27,16 @@ from pathlib import Path
 
 import psutil
 
-STUB = "triton_python_backend_stub"
+from .launcher import STUB
+
+log = logging.getLogger(__name__)
+
 OPTIONAL_MODELS = ("draft",)          # the target serves AR without it
 ROUND_TRIP_TEXT = "specdec start-up check: caf\u00e9 \u2713 12345"
 ROUND_TRIP_STOPS = ["ab", "\u00e9\u00e9"]
-_ERROR_LINE = re.compile(r"^E\d{4} |terminate called|what\(\)|Traceback|Error|error:|Signal \(")
+# what a dying stub leaves in tritonserver's log (its stderr goes there too)
+_STUB_DEATH = re.compile(r"terminate called|what\(\):|Traceback|^\s*\w+(Error|Exception)\b|Signal \(|Segmentation fault|"
+                         r"core dumped|Stub process")
 
 
 def after_ready(server) -> "StubWatcher":
@@ -42,7 +48,12 @@ def after_ready(server) -> "StubWatcher":
     from .preprocessing import input_byte_cap, load_tokenizer_and_limit
     from .repository import read_config
     watcher = StubWatcher(server.proc.pid, server.repository, server.log_path)
-    params = {k: v.string_value for k, v in read_config(server.repository / "preprocessing" / "config.pbtxt").parameters.items()}
+    config = server.repository / "preprocessing" / "config.pbtxt"
+    params = {k: v.string_value for k, v in read_config(config).parameters.items()} if config.exists() else {}
+    if not params.get("target"):
+        log.warning("no preprocessing model with a 'target' parameter in %s: start-up round trip skipped",
+                    server.repository)
+        return watcher
     tokenizer, max_model_len = load_tokenizer_and_limit(params["target"], int(params.get("max_model_len") or 0))
     cap = int(params.get("max_input_bytes") or 0) or input_byte_cap(tokenizer, max_model_len)
     try:
@@ -179,7 +190,7 @@ class StubWatcher:
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
-        hits = [line for line in text.splitlines() if instance in line or _ERROR_LINE.search(line)]
+        hits = [line for line in text.splitlines() if instance in line or _STUB_DEATH.search(line)]
         if not hits:
             return ("\n  the server log has no error from it since start-up (killed from outside? "
                     "e.g. the OOM killer or a signal)")
