@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -153,13 +152,13 @@ class StubWatcher:
         self.missing = [m for m in python_models if m not in {s.model for s in self.stubs}]
         self.reported: set[str] = set()
 
-    def check(self, out=sys.stderr) -> bool:
-        """Print new warnings and a fatal error to ``out``; True when the server must stop."""
+    def check(self) -> bool:
+        """Log new warnings and a fatal error; True when the server must stop."""
         fatal, warnings = self.poll()
         for w in warnings:
-            print(f"warning: {w}", file=out, flush=True)
+            log.warning(w)
         if fatal:
-            print(f"error: {fatal}", file=out, flush=True)
+            log.error(fatal)
         return fatal is not None
 
     def poll(self) -> tuple[str | None, list[str]]:
