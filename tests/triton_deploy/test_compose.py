@@ -37,6 +37,7 @@ def test_triton_service(compose):
     assert "model-control" not in cmd and "--host" not in cmd     # the image's entrypoint sets --host 0.0.0.0 only
     check = " ".join(t["healthcheck"]["test"])
     assert "curl -f" in check and "/v2/health/ready" in check and "grep" not in check   # status code, not body
+    assert t["restart"] == "unless-stopped"       # specdec serve exits on a dead stub; the service comes back
 
 
 def test_bench_profile_runs_perf_analyzer_from_the_sdk_image(compose):

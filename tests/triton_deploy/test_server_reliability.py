@@ -14,7 +14,8 @@ the draft channel. Engine batch 8, at most 24 more requests queued (capacity 32)
 * The draft worker process is SIGKILLed mid-stream: the in-flight requests finish in AR mode with
   unchanged greedy output, the target logs it and counts it, and speculates again once the draft
   model has started a new worker. Then the draft model's own process (its Triton instance) is
-  killed: AR until a worker started by hand joins the rendezvous (last: the draft model is gone).
+  killed: AR until a worker started by hand joins the rendezvous (last: the draft model is gone);
+  `specdec serve`'s stub watcher reports it as a warning, not a reason to stop.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 from specdec import LLM, SamplingParams  # noqa: E402
 from specdec.triton.launcher import free_port  # noqa: E402
 from specdec.triton.settings import Settings  # noqa: E402
+from specdec.triton.watch import StubWatcher, find_stubs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -130,21 +132,48 @@ def _bad_cases(tiny_llama):
     return cases(input_byte_cap(tok, 512), long_prompt)
 
 
-def _send_grpc(url, payload: dict, parameters: dict):
-    arrays = {"text_input": np.array([[b"hi"]], dtype=object), **payload}
+def _grpc_inputs(case) -> list:
+    arrays = {"text_input": np.array([[b"hi"]], dtype=object), **case.payload} if case.model == "ensemble" else case.payload
     inputs = []
     for name, arr in arrays.items():
         if arr is None:
             continue
         t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
         t.set_data_from_numpy(arr)
+        if name in case.raw:
+            t._raw_content = case.raw[name]        # a malformed encoding, which tritonclient would never make
         inputs.append(t)
-    return sc.generate(url, ["x"], inputs=[inputs], parameters=parameters or None, timeout_s=60, drain_s=0.2)[0]
+    return inputs
 
 
-def _send_http(url, body) -> tuple[int, list[dict], str]:
+def _send_grpc(url, case) -> sc.Result:
+    if case.model == "ensemble":
+        return sc.generate(url, ["x"], inputs=[_grpc_inputs(case)], parameters=case.parameters or None, timeout_s=60,
+                           drain_s=0.2)[0]
+    # another model: its own outputs (stream_client asks for the ensemble's)
+    r, q = sc.Result("0"), queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    try:
+        client.async_stream_infer(case.model, _grpc_inputs(case), enable_empty_final_response=True)
+        while r.finals == 0:
+            result, error = q.get(timeout=60)
+            if error is not None:
+                r.error, r.finals = error.message(), 1
+            elif result.get_response().parameters["triton_final_response"].bool_param:
+                r.finals = 1
+            else:
+                r.chunks.append("data")
+    finally:
+        client.stop_stream()
+        client.close()
+    return r
+
+
+def _send_http(url, body, path: str = "/v2/models/ensemble/generate_stream",
+               headers: dict | None = None) -> tuple[int, list[dict], str]:
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(f"{url}/v2/models/ensemble/generate_stream", data=data)
+    req = urllib.request.Request(f"{url}{path}", data=data, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             status, text = r.status, r.read().decode()
@@ -156,15 +185,32 @@ def _send_http(url, body) -> tuple[int, list[dict], str]:
     return status, events, text
 
 
+def _stub_pids(server) -> dict[str, int]:
+    return {st.instance: st.proc.pid for st in find_stubs(server.proc.pid)}
+
+
 def test_every_bad_request_is_refused_and_the_server_keeps_serving(server, tiny_llama, ar_llm):
+    """Each bad request gets its one error, no stub process dies, and valid streams served at the
+    same time (started before the first bad request, running past the last) are untouched."""
     failures = []
-    before = metrics(server)
+    before, stubs = metrics(server), _stub_pids(server)
+    assert set(stubs) == {"preprocessing_0_0", "target_0_0", "draft_0_0", "postprocessing_0_0"}
+    beside, done, n = [], threading.Event(), 48
+
+    def serve_valid_requests():              # two at a time, from before the first bad request to after the last
+        while not done.is_set():
+            beside.extend(sc.generate(server.grpc_url, PROMPTS[:2], inputs=[
+                sc.make_inputs(p, n, temperature=0.0, extra=_long(n)) for p in PROMPTS[:2]]))
+    thread = threading.Thread(target=serve_valid_requests)
+    thread.start()
+    assert wait_for(lambda: metrics(server)["specdec_active_requests"] > 0, timeout_s=30)
     for case in _bad_cases(tiny_llama):
         if case.transport == "grpc":
-            r = _send_grpc(server.grpc_url, case.payload, case.parameters)
+            r = _send_grpc(server.grpc_url, case)
             message, ok = r.error or "", r.error is not None and r.finals == 1 and r.late == 0 and not r.chunks
         else:
-            status, events, text = _send_http(server.http_url, case.payload)
+            path = "/v2/models/ensemble/generate_stream" if case.transport == "http" else f"/v2/models/{case.model}/infer"
+            status, events, text = _send_http(server.http_url, case.payload, path, case.headers)
             message = events[0].get("error", "") if len(events) == 1 else text
             ok = status == case.status and len(events) == 1
         ok = ok and all(n in message for n in case.needles)
@@ -172,10 +218,19 @@ def test_every_bad_request_is_refused_and_the_server_keeps_serving(server, tiny_
             ok = ok and "allowed" in message
         if not ok:
             failures.append(f"{case.kind}: {message[:300]!r}")
+        if _stub_pids(server) != stubs:
+            failures.append(f"{case.kind}: a stub process died: {stubs} -> {_stub_pids(server)}")
+            stubs = _stub_pids(server)
+    done.set()
+    thread.join(300)
     assert not failures, "\n".join(failures)
+    want = [_greedy(ar_llm, p, n) for p in PROMPTS[:2]]
+    assert len(beside) >= 4 and [r.text for r in beside] == want * (len(beside) // 2)
+    assert all(r.error is None and r.finals == 1 for r in beside)
     after = _settled(server)
     assert after["specdec_kv_free_blocks"] == after["specdec_kv_total_blocks"]
-    assert after["specdec_requests_finished_total"] == before["specdec_requests_finished_total"]   # none ran
+    # no engine work for any bad request: only the valid ones finished
+    assert after["specdec_requests_finished_total"] == before["specdec_requests_finished_total"] + len(beside)
     r = sc.generate(server.grpc_url, [PROMPTS[0]], inputs=[sc.make_inputs(PROMPTS[0], 24, temperature=0.0,
                                                                           extra=_long(24))])[0]
     assert r.error is None and r.finals == 1 and r.text == _greedy(ar_llm, PROMPTS[0], 24)
@@ -413,6 +468,8 @@ def test_killed_draft_instance_leaves_ar_until_a_worker_rejoins(server, draft_jo
     before = _settled(server)
     worker = _draft_status(server)["worker_pid"]
     (stub,) = [p for p in psutil.Process(server.proc.pid).children() if "draft_0_0" in " ".join(p.cmdline())]
+    watcher = StubWatcher(server.proc.pid, server.repository, server.log_path)     # what `specdec serve` runs
+    assert {st.instance for st in watcher.stubs} == {"preprocessing_0_0", "target_0_0", "draft_0_0", "postprocessing_0_0"}
     n, out, first = 48, {}, threading.Event()
 
     def run():
@@ -425,6 +482,9 @@ def test_killed_draft_instance_leaves_ar_until_a_worker_rejoins(server, draft_jo
     server.draft_stub_killed = True
     thread.join(300)
     assert [r.text for r in out["results"]] == [_greedy(ar_llm, p, n) for p in PROMPTS]
+    fatal, warnings = watcher.poll()          # a dead draft stub is reported once; the server keeps serving (AR)
+    assert fatal is None and len(warnings) == 1 and "'draft_0_0'" in warnings[0] and "autoregressively" in warnings[0]
+    assert watcher.poll() == (None, [])
     assert all(r.error is None and r.finals == 1 for r in out["results"])
     assert wait_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
                     timeout_s=10)                            # the worker died with it (PR_SET_PDEATHSIG)

@@ -75,20 +75,23 @@ def speculates(grpc_url: str) -> bool:
 class ServeProcess:
     """``specdec serve`` as a subprocess (what a user runs), with the TritonServer-like URLs the tests use."""
 
-    def __init__(self, workdir: Path, args: list[str], timeout_s: float = 240.0):
+    def __init__(self, workdir: Path, args: list[str], timeout_s: float = 240.0, python: str | None = None,
+                 cwd: Path | None = None):
+        """``python``: the interpreter whose specdec serves (default: this one); ``cwd``: where it runs."""
         import subprocess
         import sys
 
         from specdec.triton.launcher import Ports
-        require_tritonserver()
+        if python is None:
+            require_tritonserver()
         self.ports = Ports.free()
         self.workdir = workdir
         self.log_path = workdir / "tritonserver.log"
         self.output = workdir / "serve.out"
-        cmd = [sys.executable, "-m", "specdec.cli", "serve", "--workdir", str(workdir), "--http-port", str(self.ports.http),
+        cmd = [python or sys.executable, "-m", "specdec.cli", "serve", "--workdir", str(workdir), "--http-port", str(self.ports.http),
                "--grpc-port", str(self.ports.grpc), "--metrics-port", str(self.ports.metrics), *args]
         with open(self.output, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         deadline = time.monotonic() + timeout_s
         while "ready in" not in self.output.read_text() and time.monotonic() < deadline:
             if self.proc.poll() is not None:

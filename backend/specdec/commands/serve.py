@@ -90,11 +90,17 @@ def build_server(args, cuda: bool):
 def run(args) -> int:
     import torch
 
+    from ..triton.watch import after_ready
+
     cuda = torch.cuda.is_available() and not args.cpu
     if not cuda and (args.target_gpu is not None or args.draft_gpu is not None):
         print("error: --target-gpu/--draft-gpu given but CUDA is not available (use --cpu)", file=sys.stderr)
         return 2
-    settings, server, target_gpu = build_server(args, cuda)
+    try:
+        settings, server, target_gpu = build_server(args, cuda)
+    except FileNotFoundError as e:          # a missing wheel or model: its message says what to install
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     repo = server.repository
     where = "CPU" if target_gpu is None else f"GPU {target_gpu}"
     draft = settings.draft_spec or "none (AR)"
@@ -103,7 +109,6 @@ def run(args) -> int:
     print(f"specdec serve: target={settings.target} on {where}, mode={settings.mode}, draft={draft}, "
           f"K={settings.k}, dtype={settings.dtype}\n  repository: {repo}\n  log: {server.log_path}", file=sys.stderr)
     t0 = time.perf_counter()
-    server.start()
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -111,7 +116,9 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        server.start()                        # refuses a stub that would corrupt tensors (launcher.py)
         server.wait_ready(args.ready_timeout)
+        watcher = after_ready(server)         # a known request through a stub; then watch the stubs
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         server.stop()
@@ -123,6 +130,9 @@ def run(args) -> int:
           f"  bound to {server.host}; model control mode none; up to {settings.max_batch_size} + "
           f"{settings.max_queued_requests} requests at once", flush=True)
     while not stop["now"] and server.proc.poll() is None:
+        if watcher.check():                   # a needed model's stub died: Triton cannot restart it
+            server.stop(10)                   # the dead model never unloads: a short grace, then SIGKILL
+            return 3
         time.sleep(0.5)
     code = server.proc.poll()
     if code is not None:

@@ -6,6 +6,11 @@ backend. It needs (see /work/shared/FIELD-NOTES.md): a backend folder ``<dir>/py
 interpreter's Python version; ``LD_LIBRARY_PATH`` with the wheel's libs and this interpreter's own
 libdir (the stub links libpython; a different libpython breaks C extensions in the models); and
 this venv's ``bin/`` first on PATH.
+
+The wheel's stub was built with pybind11 < 2.12, which reads a numpy dtype's item size at the
+numpy 1.x offset: under numpy 2 every tensor it hands to Python or takes back is corrupted (a
+BYTES input kills the stub on the first request). :func:`stub_numpy_problem` refuses that pairing
+before tritonserver starts; ``watch.check_round_trip`` proves the stub right after it is ready.
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,9 +28,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..processes import free_port  # noqa: F401  (re-exported: tests pick ports here)
+
 log = logging.getLogger(__name__)
 
 IMAGE_ROOT = Path("/opt/tritonserver")     # inside nvcr.io/nvidia/tritonserver images
+STUB = "triton_python_backend_stub"
+NUMPY_FIX = "pip install 'numpy<2' (the `serve` extra pins it)"
 
 
 @dataclass(slots=True)
@@ -80,6 +88,31 @@ def build_backend_dir(pytriton_root: Path, dest: Path) -> Path:
     return dest
 
 
+def stub_numpy_problem(stub: Path, env: dict) -> str | None:
+    """Why ``stub`` would corrupt tensors in the environment it runs in (``env``), or None.
+
+    A stub built with pybind11 >= 2.12 names ``numpy._core`` (numpy 2's module); one without that
+    string reads numpy 2 dtypes wrongly. The stub's interpreter is the ``python3`` first on the
+    PATH it is started with (its venv), so that is where numpy's version is asked.
+    """
+    try:
+        if b"numpy._core" in Path(stub).read_bytes():
+            return None
+    except OSError:
+        return None                     # no stub to read: tritonserver will say so itself
+    out = subprocess.run(["python3", "-c", "import numpy, sys; sys.stdout.write(numpy.__version__)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    version = out.stdout.strip()
+    if out.returncode != 0 or not version:
+        return None                     # no numpy there: the models fail to import, loudly, at load
+    if int(version.split(".")[0]) < 2:
+        return None
+    where = shutil.which("python3", path=env.get("PATH"))
+    return (f"the Python backend stub {stub} was built with pybind11 < 2.12 and corrupts every tensor "
+            f"under numpy 2, and its interpreter ({where}) has numpy {version}: every request would fail "
+            f"(the first one kills the preprocessing stub). Fix: {NUMPY_FIX}")
+
+
 def _env(site_packages: Path | None) -> dict:
     env = dict(os.environ)
     libs = []
@@ -94,12 +127,6 @@ def _env(site_packages: Path | None) -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass(slots=True)
@@ -160,7 +187,10 @@ class TritonServer:
     def _client_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
 
-    def start(self) -> "TritonServer":
+    def start(self, check_stub: bool = True) -> "TritonServer":
+        """Start tritonserver; first refuse (RuntimeError) a stub that would corrupt tensors."""
+        if check_stub:
+            self.check_stub()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
@@ -176,6 +206,12 @@ class TritonServer:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
+
+    def check_stub(self) -> None:
+        """Raise RuntimeError if the Python-backend stub would corrupt tensors in its environment."""
+        problem = stub_numpy_problem(self.install.backend_dir / "python" / STUB, self.install.env)
+        if problem:
+            raise RuntimeError(problem)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         deadline = time.monotonic() + timeout_s
