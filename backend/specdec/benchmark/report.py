@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def print_report(rep: dict) -> None:
+def print_report(rep: dict, flush: bool = False) -> None:
     print(f"device {rep['device_name']} ({rep['device']}), measured bandwidth {rep['bandwidth_GBs']:.0f} GB/s, "
           f"target weights {(rep['target_weight_bytes'] or 0) / 1e6:.0f} MB"
           + (f" per rank, TP {rep['tensor_parallel_size']}" if rep.get("tensor_parallel_size", 1) > 1 else ""))
@@ -21,6 +21,9 @@ def print_report(rep: dict) -> None:
             print(f"       eager fallbacks: {r['eager_fallbacks']}")
     for name, res in rep.get("hf", {}).items():
         print(f"{name:12} (HF transformers, batch 1): {res['tok_s']:.1f} tok/s")
+    if flush:
+        import sys
+        sys.stdout.flush()
 
 
 def plot_sweep(rep: dict, path: str) -> None:

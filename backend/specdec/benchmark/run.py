@@ -115,7 +115,9 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     }
 
 
-def bench(a) -> dict:
+def bench(a, on_report=None) -> dict:
+    """Build the engine, run, and hand the report to ``on_report`` (print, JSON) BEFORE the engine is
+    closed: a close that hangs (worker processes) can then no longer swallow the results."""
     llm, mode = build_llm(a)
     eng = llm.engine
     if getattr(a, "prompt_len", None):
@@ -164,9 +166,9 @@ def bench(a) -> dict:
         with open(a.profile, "w") as f:
             for row in profile:
                 f.write(json.dumps(row) + "\n")
-    llm_close = getattr(llm, "close", None)
-    if callable(llm_close):
-        llm_close()
+    if on_report is not None:
+        on_report(report)
+    llm.close()
     return report
 
 

@@ -42,11 +42,14 @@ def run(a) -> int:
     from ..benchmark.run import bench
     if a.dtype is None:                   # bench default: bfloat16 on CUDA, float32 on CPU
         a.dtype = "bfloat16" if (a.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "float32"
-    report = bench(a)
-    print_report(report)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(report, f, indent=1)
-    if a.plot and a.sweep:
-        plot_sweep(report, a.plot)
+
+    def publish(report):                  # before the engine closes (benchmark/run.py)
+        print_report(report, flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(report, f, indent=1)
+        if a.plot and a.sweep:
+            plot_sweep(report, a.plot)
+
+    report = bench(a, on_report=publish)
     return 1 if any(r["failures"] for r in report["runs"]) else 0
