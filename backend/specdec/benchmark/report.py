@@ -1,6 +1,8 @@
 """Tables and plots for bench reports."""
 from __future__ import annotations
 
+import sys
+
 
 def print_report(rep: dict, flush: bool = False) -> None:
     print(f"device {rep['device_name']} ({rep['device']}), measured bandwidth {rep['bandwidth_GBs']:.0f} GB/s, "
@@ -22,7 +24,6 @@ def print_report(rep: dict, flush: bool = False) -> None:
     for name, res in rep.get("hf", {}).items():
         print(f"{name:12} (HF transformers, batch 1): {res['tok_s']:.1f} tok/s")
     if flush:
-        import sys
         sys.stdout.flush()
 
 
