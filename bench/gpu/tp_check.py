@@ -1,7 +1,8 @@
 """GPU check of the tensor-parallel target (NCCL, CUDA graphs) before its timings are trusted.
 
-A tiny random Llama (float32, 8 heads / 4 KV heads) runs AR, sync with a model draft and sync
-n-gram with TP = 1 and TP = 2, eager and with CUDA graphs; greedy tokens must be identical.
+A tiny random Llama (float32, 8 heads / 4 KV heads) runs AR, sync with a model draft, sync n-gram and
+async (SSD, draft worker) with TP = 1 and TP = 2, eager and with CUDA graphs; greedy tokens must be
+identical.
 Prints one row per case: identical to TP = 1, graphs captured / replayed on rank 0, eager fallbacks.
 """
 import sys
@@ -34,7 +35,8 @@ def main():
     print(f"{'case':28} {'== TP1':>6} {'graphs':>6} {'replays':>7}  eager fallbacks")
     ok = True
     for name, kw in [("ar", dict(mode="ar")), ("sync model draft k3", dict(mode="sync", draft=str(draft), k=3)),
-                     ("sync ngram k4", dict(mode="sync", draft="ngram", k=4))]:
+                     ("sync ngram k4", dict(mode="sync", draft="ngram", k=4)),
+                     ("async model draft k3", dict(mode="async", draft=str(draft), k=3))]:
         ref, _, _ = run(target, 1, True, **kw)
         for eager in (True, False):
             outs, (graphs, replays), fb = run(target, 2, eager, **kw)
