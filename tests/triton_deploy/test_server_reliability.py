@@ -323,9 +323,10 @@ def test_200_cancelled_streams_return_every_kv_block(server, draft_joined, ar_ll
     ran = {int(m.group(1)): int(m.group(2)) for m in
            re.finditer(r"\(id 'storm-(\d+)'\) cancelled after \d+ tokens in (\d+) rounds", server.log_path.read_text())}
     extra = [ran[i] - plan[i][1] for i in ran]
-    # The tail is bounded loosely: a round of the tiny model takes ~1 ms on a quiet machine, so the
-    # few ms that a cancel needs to cross gRPC and Triton can span a dozen rounds (seen: 9).
-    assert len(ran) >= reached and min(extra) >= 0 and max(extra) <= 20, sorted(extra)
+    # The tail is bounded loosely: a round of the tiny model takes ~1 ms, so the few ms that a cancel
+    # needs to cross gRPC and Triton can span dozens of rounds when other work shares the 2 cores
+    # (seen: 9 on a quiet machine, 43 beside another test suite). The 90 % rule below is the real check.
+    assert len(ran) >= reached and min(extra) >= 0 and max(extra) <= 60, sorted(extra)
     assert sum(1 for x in extra if x <= 2) >= 0.9 * len(extra), sorted(extra)    # seen: 98-99 %
     generated = end["specdec_generated_tokens_total"] - start["specdec_generated_tokens_total"]
     received = sum(tokens for tokens, _ in outcomes)

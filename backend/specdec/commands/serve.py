@@ -135,9 +135,9 @@ def run(args) -> int:
             return 3
         time.sleep(0.5)
     code = server.proc.poll()
-    if code is not None:
+    if code is not None:                      # it stopped serving on its own (e.g. it aborted after a stub died)
         print(f"tritonserver exited with code {code}; last log lines:\n{server.log_tail()}", file=sys.stderr)
-        return code or 1
+        return 3
     print("stopping tritonserver ...", file=sys.stderr)
     server.stop()
     return 0
