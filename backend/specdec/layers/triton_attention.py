@@ -46,6 +46,17 @@ LOG2E = 1.4426950408889634
 
 if HAVE_TRITON:
     @triton.jit
+    def _query_block(cu_ptr, seq, qb, uniform_q, QBLK: tl.constexpr, VARLEN: tl.constexpr):
+        """First query row and query count of block qb of sequence seq (varlen: from cu_seqlens_q)."""
+        if VARLEN:
+            start = tl.load(cu_ptr + seq)
+            count = tl.load(cu_ptr + seq + 1) - start
+        else:
+            start = seq * uniform_q
+            count = uniform_q
+        return start + qb * QBLK, tl.minimum(count - qb * QBLK, QBLK)
+
+    @triton.jit
     def _attn_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, pos_ptr, cu_ptr, po_ptr, pml_ptr,
                      stride_qt, stride_qh, stride_ot, stride_oh, stride_kb, stride_ks, stride_kh,
                      stride_vb, stride_vs, stride_vh, stride_tb, qk_scale, uniform_q, num_qblocks,
@@ -58,14 +69,7 @@ if HAVE_TRITON:
         S = tl.num_programs(2)
         seq = pid // num_qblocks
         qb = pid % num_qblocks
-        if VARLEN:
-            start = tl.load(cu_ptr + seq)
-            count = tl.load(cu_ptr + seq + 1) - start
-        else:
-            start = seq * uniform_q
-            count = uniform_q
-        start = start + qb * QBLK
-        count = tl.minimum(count - qb * QBLK, QBLK)
+        start, count = _query_block(cu_ptr, seq, qb, uniform_q, QBLK, VARLEN)
         r = tl.arange(0, MP)
         i = r // GP                               # query of the block
         g = r % GP                                # head within the group
@@ -131,14 +135,7 @@ if HAVE_TRITON:
         kvh = tl.program_id(1)
         seq = pid // num_qblocks
         qb = pid % num_qblocks
-        if VARLEN:
-            start = tl.load(cu_ptr + seq)
-            count = tl.load(cu_ptr + seq + 1) - start
-        else:
-            start = seq * uniform_q
-            count = uniform_q
-        start = start + qb * QBLK
-        count = tl.minimum(count - qb * QBLK, QBLK)
+        start, count = _query_block(cu_ptr, seq, qb, uniform_q, QBLK, VARLEN)
         R: tl.constexpr = QBLK * GP
         r = tl.program_id(2) * RB + tl.arange(0, RB)
         i = r // GP
