@@ -48,6 +48,7 @@ def greedy(runner: PagedRunner, ctx: list[int], n: int) -> list[int]:
 def _prefill(core, prompts, sids, temperature=0.0):
     n = len(prompts)
     core.prefill(Prefill(sids, [list(p) for p in prompts], [K] * n, [temperature] * n, [0] * n, [1.0] * n))
+    core.finish()                                                   # the build's one host sync: trees cached
 
 
 def _speculate(core, sids, k_prev, contexts, new, temperature=0.0):
@@ -91,6 +92,7 @@ def test_rounds_return_the_drafts_greedy_continuation(draft, async_mode):
             seen[st] += 1
             assert reply.tokens[b].tolist() == greedy(core.runner, ctx[b], K), (sid, st)
         core.build()
+        core.finish()
         if not async_mode:
             assert not core.cache.entries
         for b, sid in enumerate(sids):                            # the target's verdict

@@ -32,6 +32,7 @@ from ..draft.slot import DraftContext, DraftSlot
 from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
 from ..spec.round_k import round_k
+from ..spec.simulate import make_simulator
 from ..spec.status import RowStatus
 from ..spec.verify import greedy_accept_length, verify
 from .build import build_target, start_tensor_parallel
@@ -76,6 +77,8 @@ class LLMEngine:
         ctx = DraftContext(dataclasses.replace(cfg, max_model_len=self.max_model_len), self.device, self.draft_device,
                            self.runner.vocab_size, self.tokenizer, self.target)
         self.draft = DraftSlot(ctx)
+        # SIMULATED verification (bench --simulate-acceptance only): None in every real run
+        self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
 
     @property
@@ -204,6 +207,8 @@ class LLMEngine:
                  for b, s in enumerate(seqs)]
         draft_tokens = draft_tokens[:, :Kv]
         logits = self.runner.forward(feeds, (draft_tokens, 1) if Kv else None)   # [sum(num + 1), V]
+        if prop is not None:
+            self.drafter.overlap()        # SSD in this process: the next tree is launched beside the verify
         if Kv == 0:         # plain AR round: sample straight from p_0 (same uniform as verify would use)
             if rows.all_greedy:
                 tok = logits.argmax(-1)
@@ -222,6 +227,8 @@ class LLMEngine:
             q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
             u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
             accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
+        if self.simulator is not None:    # SIMULATED: the outcome is drawn (spec/simulate.py), not verified
+            accepted, recovery = self.simulator.outcome(num, seqs, self.drafter, self.device)
         t2 = timer.mark()
         flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
         acc, rec = flat[:B], flat[B:2 * B]

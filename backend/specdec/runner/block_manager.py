@@ -3,10 +3,22 @@
 Rollback is by length: ``truncate(seq, n)`` keeps the blocks that hold the first n tokens and
 returns the rest to the pool; nothing is copied, and stale K/V in a kept block is overwritten
 by the next write at that position before anything reads it.
+
+Copy-on-write forks (SSD's tree branches): ``fork(parent, child, n)`` gives ``child`` the parent's
+first n tokens. The full blocks below n are *shared* (a reference count per block; a block goes
+back to the pool when its last holder drops it); the partial block holding tokens
+``n // block_size * block_size .. n - 1``, if any, is *copied* into a fresh block of the child's, so
+the child writes its own tokens from position n on without touching the parent. The manager does
+not own the K/V tensor: ``fork`` returns the (src, dst) block copies and the caller runs them
+(:func:`copy_blocks`, one gather and one scatter over every layer). Writing into a shared block is
+the caller's error; :meth:`BlockManager.exclusive_from` tells whether a position may be written.
 """
 from __future__ import annotations
 
 from collections import deque
+
+import numpy as np
+import torch
 
 
 class OutOfBlocks(RuntimeError):
@@ -19,6 +31,7 @@ class BlockManager:
         self.block_size = block_size
         self._free: deque[int] = deque(range(num_blocks))
         self.tables: dict[int, list[int]] = {}
+        self.refs = np.zeros(num_blocks, dtype=np.int32)      # holders of each block (0 = free)
 
     @property
     def num_free(self) -> int:
@@ -41,14 +54,27 @@ class BlockManager:
         """needs: seq_id -> num_tokens; True when all of them fit at once."""
         return sum(self.extra_blocks(s, n) for s, n in needs.items()) <= self.num_free
 
+    def _take(self, n: int, seq_id: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfBlocks(f"KV cache full: sequence {seq_id} needs {n} more blocks, {len(self._free)} free")
+        out = [self._free.popleft() for _ in range(n)]
+        self.refs[out] = 1
+        return out
+
+    def _drop(self, blocks: list[int]) -> None:
+        """Release one reference to each block; blocks nobody holds go back to the pool."""
+        if not blocks:
+            return
+        idx = np.asarray(blocks, dtype=np.int64)
+        np.subtract.at(self.refs, idx, 1)
+        self._free.extend(int(b) for b in reversed(blocks) if self.refs[b] == 0)
+
     def ensure(self, seq_id: int, num_tokens: int) -> list[int]:
         """Grow the block table of ``seq_id`` to hold ``num_tokens`` tokens; returns the table."""
         table = self.tables.setdefault(seq_id, [])
         extra = self.blocks_for(num_tokens) - len(table)
-        if extra > len(self._free):
-            raise OutOfBlocks(f"KV cache full: sequence {seq_id} needs {extra} more blocks, {len(self._free)} free")
-        for _ in range(extra):
-            table.append(self._free.popleft())
+        if extra > 0:
+            table.extend(self._take(extra, seq_id))
         return table
 
     def truncate(self, seq_id: int, num_tokens: int) -> None:
@@ -56,14 +82,58 @@ class BlockManager:
         if table is None:
             return
         keep = self.blocks_for(num_tokens)
-        while len(table) > keep:
-            self._free.append(table.pop())
+        if len(table) > keep:
+            dropped = table[keep:]
+            del table[keep:]
+            self._drop(dropped)
 
     def free(self, seq_id: int) -> None:
         table = self.tables.pop(seq_id, None)
         if table:
-            self._free.extend(reversed(table))
+            self._drop(table)
+
+    def fork(self, parent_seq: int, child_seq: int, num_tokens: int) -> list[tuple[int, int]]:
+        """``child_seq`` (new) starts as the first ``num_tokens`` tokens of ``parent_seq``: full blocks
+        shared, the partial block copied. Returns the (src, dst) block copies the caller must run on the
+        K/V tensor before the child's next forward (at most one)."""
+        if child_seq in self.tables:
+            raise ValueError(f"fork: sequence {child_seq} already exists")
+        table = self.tables.get(parent_seq)
+        if table is None or len(table) < self.blocks_for(num_tokens):
+            have = 0 if table is None else len(table) * self.block_size
+            raise ValueError(f"fork: sequence {parent_seq} holds {have} token slots, fewer than {num_tokens}")
+        full, part = divmod(num_tokens, self.block_size)
+        shared = table[:full]
+        if shared:
+            np.add.at(self.refs, np.asarray(shared, dtype=np.int64), 1)
+        child = list(shared)
+        copies = []
+        if part:
+            try:
+                dst = self._take(1, child_seq)[0]
+            except OutOfBlocks:
+                self._drop(shared)
+                raise
+            child.append(dst)
+            copies.append((table[full], dst))
+        self.tables[child_seq] = child
+        return copies
+
+    def exclusive_from(self, seq_id: int, pos: int) -> bool:
+        """True when every block of ``seq_id`` holding positions >= pos belongs to it alone (writable)."""
+        table = self.tables.get(seq_id, [])
+        tail = table[pos // self.block_size:]
+        return not tail or bool((self.refs[np.asarray(tail, dtype=np.int64)] == 1).all())
 
     def slot(self, seq_id: int, pos: int) -> int:
         table = self.tables[seq_id]
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+
+def copy_blocks(kv: torch.Tensor, copies: list[tuple[int, int]], block_dim: int = 2) -> None:
+    """Run a fork's block copies on the K/V tensor: kv[..., dst, ...] = kv[..., src, ...] for every
+    layer and K/V half at once. kv: [layers, 2, num_blocks + 1, block_size, KVH, D] (block_dim 2)."""
+    if not copies:
+        return
+    pairs = torch.tensor(copies, dtype=torch.long).to(kv.device, non_blocking=True)     # [n, 2]
+    kv.index_copy_(block_dim, pairs[:, 1], kv.index_select(block_dim, pairs[:, 0]))
