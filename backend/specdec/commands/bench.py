@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
                     defaults={"k": 6, "max_batch_size": 1, "max_model_len": 4096})
     p.add_argument("--eager", dest="graphs", action="store_const", const="off", help="no CUDA graphs (--graphs off)")
     p.add_argument("--spec", action="store_true", help="speculative decoding (sync unless --async)")
-    p.add_argument("--async", dest="async_", action="store_true", help="SSD: draft on its own device")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="SSD (the draft in this process on the target's GPU, or on its own GPU with --gpus)")
+    p.add_argument("--modes", default=None, help="several modes in one table, e.g. ar,sync,async (one engine at a time)")
     p.add_argument("--numseqs", type=int, default=8, help="number of prompts")
     p.add_argument("--output_len", "--output-len", type=int, default=128, help="tokens per request (EOS ignored)")
     p.add_argument("--temp", type=float, default=0.0)
@@ -26,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--prompts", default=None, help="builtin (default), gsm8k, or a JSONL file with 'text'")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     p.add_argument("--baseline", choices=["none", "hf"], default="none", help="also run HF transformers")
-    p.add_argument("--sweep", default=None, help="k=2,4,6 | b=1,4,16 | temp=0,0.7")
+    p.add_argument("--sweep", default=None, help="k=2,4,6 | b=1,4,16 | temp=0,0.7 | acceptance=0.5,0.7,0.9 | hit=0.5,0.8 "
+                   "(the last two SIMULATED: need --simulate-acceptance)")
     p.add_argument("--plot", default=None, help="PNG path for the sweep plot")
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--profile", default=None, help="write per-step JSON lines here")

@@ -133,6 +133,7 @@ class DraftCore:
         if self.tree is None:
             return False
         if self.cfg.tree_policy == "always":
+            self.rule.decisions[True] += 1
             return True
         o, k = self.adaptive.outcomes, self.cfg.k
         prior = 1.0 + k * 0.5

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -88,7 +89,13 @@ class DraftExecutor:
 
     def wait(self) -> None:
         if self.threaded:
-            self._jobs.join()
+            q = self._jobs
+            with q.all_tasks_done:
+                while q.unfinished_tasks:
+                    t = self._thread
+                    if t is None or not t.is_alive() or sys.is_finalizing():
+                        break                       # the thread is gone (interpreter exit): nothing to wait for
+                    q.all_tasks_done.wait(0.05)
         if self._error is not None:
             e, self._error = self._error, None
             raise e
@@ -128,7 +135,6 @@ class InProcessDrafter(Drafter):
         self.runner = core.runner
         self.known: set[int] = set()
         self.fresh: set[int] = set()
-        self._frees: list[int] = []
         self._built = False
         weakref.finalize(self, executor.close)          # a dropped engine's draft thread ends too
         self.configure(spec)
@@ -143,27 +149,19 @@ class InProcessDrafter(Drafter):
         """New settings: the core starts over (every sequence is re-prefilled lazily)."""
         self.spec = spec
         cfg = self.config_message(spec, self.vocab_size, self.max_batch_size, self.max_model_len, self.seed)
-        self._flush_frees()
         self.exec.run(lambda: (self.core.free(list(self.core.seqs)), self.core.configure(cfg)))
         self.known.clear()
         self.fresh.clear()
-
-    def _flush_frees(self) -> None:
-        if self._frees:
-            ids, self._frees = self._frees, []
-            self.exec.run(lambda: self.core.free(ids))
 
     # --- the round ----------------------------------------------------------------------------
     def prefill(self, seqs) -> None:
         """New (or resumed) sequences: queued on the draft side before the target's own prefill, so the
         two overlap (CUDA: two streams; CPU: the draft thread)."""
-        self._flush_frees()
         toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
         ps = [s.params for s in seqs]
         msg = Prefill([s.seq_id for s in seqs], [list(t) for t in toks],
                       [request_k(self.spec.k, s.params.num_draft_tokens) for s in seqs],
                       [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps])
-        self.exec.wait()
         self.exec.submit(lambda: self.core.prefill(msg))
         for s, t in zip(seqs, toks):
             s.draft_cached = len(t)
@@ -171,7 +169,6 @@ class InProcessDrafter(Drafter):
             self.fresh.add(s.seq_id)
 
     def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
-        self._flush_frees()
         lazy = [s for s in seqs if s.seq_id not in self.known]
         if lazy:                                  # e.g. after configure(): catch the core up first
             self.prefill(lazy)
@@ -186,6 +183,8 @@ class InProcessDrafter(Drafter):
                         [p.top_k for p in ps], [p.top_p for p in ps], 0)
         reply = self.exec.run(lambda: self.core.speculate(msg))     # lookup here; JIT on the draft stream
         self.exec.target_waits()
+        if reply.probs is not None and self.exec.stream is not None:   # allocated on the draft stream, read here
+            reply.probs.record_stream(torch.cuda.current_stream(self.device))
         for s in seqs:
             s.draft_cached = len(s)
             self.fresh.discard(s.seq_id)
@@ -202,8 +201,10 @@ class InProcessDrafter(Drafter):
             self.exec.submit(self.core.build)
 
     def free(self, seq) -> None:
+        """Queued behind the draft's work in flight (CUDA: at once; its blocks are reused in stream order)."""
         if seq.seq_id in self.known:
-            self._frees.append(seq.seq_id)
+            sid = seq.seq_id
+            self.exec.submit(lambda: self.core.free([sid]))
         self.known.discard(seq.seq_id)
         self.fresh.discard(seq.seq_id)
         seq.draft_cached = 0
@@ -236,7 +237,6 @@ class InProcessDrafter(Drafter):
 
     def close(self, send_exit: bool = True) -> None:
         try:
-            self._flush_frees()
             self.exec.run(self.core.finish)
         finally:
             self.exec.close()

@@ -319,6 +319,7 @@ class LLMEngine:
         dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = self.draft.ctx.config.spec = spec
         self.draft.configure(spec)
+        self.simulator = make_simulator(spec, self.runner.vocab_size, self.cfg.seed)
 
     def close(self) -> None:
         """Send EXIT to a draft worker and to the target's other ranks, and wait for them to end (idempotent)."""
