@@ -51,3 +51,29 @@ def test_copy_blocks_copies_every_layer_and_half():
     copy_blocks(kv, [(1, 3), (2, 0)])
     assert torch.equal(kv[:, :, 3], before[:, :, 1]) and torch.equal(kv[:, :, 0], before[:, :, 2])
     assert torch.equal(kv[:, :, 1:3], before[:, :, 1:3]) and torch.equal(kv[:, :, 4], before[:, :, 4])
+
+
+def test_fork_many_matches_single_forks_and_frees_in_one_pass():
+    a, b = BlockManager(40, 4), BlockManager(40, 4)
+    for bm in (a, b):
+        bm.ensure(1, 10)
+    lens = [10, 8, 9, 3]
+    import numpy as np
+    out = np.full((4, 6), -7)
+    tables, copies = a.fork_many(1, [-1, -2, -3, -4], lens, reserve=3, out=out)
+    for row, t in zip(out.tolist(), tables):
+        assert row[: len(t)] == t and set(row[len(t):]) <= {-7}
+    want_copies = []
+    for c, n in zip([-1, -2, -3, -4], lens):
+        want_copies += b.fork(1, c, n)
+        b.ensure(c, n + 3)
+    assert copies == want_copies and tables == [b.tables[c] for c in (-1, -2, -3, -4)]
+    assert (a.refs == b.refs).all() and a.num_free == b.num_free
+    a.unfork(1, [-1, -2], lens[:2])
+    a.free_many([-3, -4])
+    assert a.num_free == 40 - 3 and a.refs[a.tables[1]].tolist() == [1, 1, 1]
+    with pytest.raises(OutOfBlocks):
+        a.fork_many(1, [-5, -6], [10, 10], reserve=100)         # all or nothing
+    assert -5 not in a.tables and a.refs[a.tables[1]].tolist() == [1, 1, 1] and a.num_free == 37
+    a.free(1)
+    assert a.num_free == 40 and (a.refs == 0).all()

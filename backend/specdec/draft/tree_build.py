@@ -22,7 +22,7 @@ import torch
 from ..runner.block_manager import copy_blocks
 from ..spec.adaptive import RANK_WINDOW
 from ..spec.spec_cache import CacheEntry, SpeculationCache
-from ..spec.tree import branch_positions, branch_slots, fork_layout, ranked_candidates
+from ..spec.tree import branch_positions, fork_layout, ranked_candidates
 from .tree_steps import TreeSteps
 
 _child_ids = itertools.count(1)
@@ -81,11 +81,12 @@ class TreeBuilder:
         block plus the blocks its ``steps`` tokens reach."""
         blocks = self.runner.blocks
         bs, free, out = blocks.block_size, blocks.num_free, []
+        S = max((r.steps for r in rows), default=0)              # every branch runs the build's S steps
         for r in rows:
             need = 0
             for j, f in enumerate(r.fan_out):
                 n = r.fork_base + j
-                need += f * (blocks.blocks_for(n + r.steps) - n // bs)
+                need += f * (blocks.blocks_for(n + S) - n // bs)
             if need <= free:
                 free -= need
                 out.append(r)
@@ -127,21 +128,21 @@ class TreeBuilder:
             forked = torch.cuda.Event()
             forked.record()
         # copy-on-write children, one per branch; their tables stay fixed for the whole build
-        blocks, children, copies, tables = self.runner.blocks, [], [], []
+        blocks = self.runner.blocks
+        children, copies = [], []                 # children: (parent, child ids, their fork lengths)
+        tables = np.full((N, blocks.blocks_for(int(fork_len.max()) + S)), blocks.num_blocks, dtype=np.int64)
         for r, (a, b) in zip(rows, spans):
-            for i in range(a, b):
-                cid = _child_id()
-                copies += blocks.fork(r.seq_id, cid, int(fork_len[i]))
-                tables.append(blocks.ensure(cid, int(fork_len[i]) + S))
-                children.append(cid)
+            ids = [_child_id() for _ in range(a, b)]
+            _, cp = blocks.fork_many(r.seq_id, ids, fork_len[a:b].tolist(), reserve=S, out=tables[a:b])
+            children.append((r.seq_id, ids, fork_len[a:b].tolist()))
+            copies += cp
         copy_blocks(self.runner.kv, copies)
         pos = branch_positions(fork_len, S)
-        slots = branch_slots(tables, pos, blocks.block_size)
         branch_rows = np.repeat(np.arange(len(rows)), [b - a for a, b in spans])
         sampler = None if sample is None else (lambda logits, s: sample(logits, s, branch_rows))
-        tokens, probs = self.steps.run(roots, pos, slots, tables, sampler)
-        for cid in children:                     # stream-ordered: the next user of these blocks runs after
-            blocks.free(cid)
+        tokens, probs = self.steps.run(roots, pos, tables, sampler)
+        for parent, ids, lens in children:      # stream-ordered: the next user of these blocks runs after
+            blocks.unfork(parent, ids, lens)
         out = torch.cat([roots[:, None], tokens], 1)                                  # [N, 1 + S]
         host = torch.empty(out.shape, dtype=torch.long, pin_memory=self.cuda)
         host.copy_(out, non_blocking=True)

@@ -26,6 +26,7 @@ import torch
 
 from ..layers.sampling import fit_vocab
 from ..runner.cuda_graphs import BATCH_BUCKETS, MIN_KV_BUCKET
+from ..spec.tree import branch_slots
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,12 @@ class TreeSteps:
         return next(b for b in self.buckets if b >= rows)
 
     # --- one build ---------------------------------------------------------------------------
-    def run(self, roots: torch.Tensor, positions: np.ndarray, slots: np.ndarray, tables: list[list[int]],
+    def run(self, roots: torch.Tensor, positions: np.ndarray, tables: np.ndarray,
             sample: Sampler | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """roots [N] (device) step-0 tokens; positions/slots [S, N] per step and row; tables[i] row i's
-        block table (covering its positions); sample None = greedy (argmax). Returns tokens [N, S]
-        (a view of a static buffer: copy it before the next run) and q [N, S, V] (None when greedy)."""
+        """roots [N] (device) step-0 tokens; positions [S, N] per step and row; tables [N, W] row i's
+        block table (covering its positions; padding: any block id); sample None = greedy (argmax).
+        Returns tokens [N, S] (a view of a static buffer: copy it before the next run) and q [N, S, V]
+        (None when greedy)."""
         S, N = positions.shape
         if N > self.max_rows or S > self.max_steps or len(tables) != N or roots.shape != (N,):
             raise ValueError(f"tree of {N} rows x {S} steps exceeds {self.max_rows} x {self.max_steps} "
@@ -83,9 +85,10 @@ class TreeSteps:
         Nb = self.bucket(N)
         KV = self.kv_bucket(int(positions[-1].max()) + 1)
         NB = KV // bs
+        slots = branch_slots(tables, positions, bs)
         host_tables = np.full((Nb, NB), blocks.num_blocks, dtype=np.int64)
-        for i, t in enumerate(tables):
-            host_tables[i, : min(len(t), NB)] = t[:NB]
+        w = min(tables.shape[1], NB)
+        host_tables[:N, :w] = tables[:, :w]
         host_pos = np.zeros((S, Nb), dtype=np.int64)
         host_pos[:, :N] = positions
         host_slots = np.full((S, Nb), blocks.sentinel_slot, dtype=np.int64)

@@ -15,6 +15,7 @@ the caller's error; :meth:`BlockManager.exclusive_from` tells whether a position
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 import numpy as np
@@ -61,13 +62,21 @@ class BlockManager:
         self.refs[out] = 1
         return out
 
-    def _drop(self, blocks: list[int]) -> None:
-        """Release one reference to each block; blocks nobody holds go back to the pool."""
-        if not blocks:
-            return
+    def _drop(self, blocks) -> None:
+        """Release one reference per listed block (a block may be listed once per holder); blocks nobody
+        holds any more go back to the pool."""
         idx = np.asarray(blocks, dtype=np.int64)
-        np.subtract.at(self.refs, idx, 1)
-        self._free.extend(int(b) for b in reversed(blocks) if self.refs[b] == 0)
+        if idx.size == 0:
+            return
+        if idx.size > 64:                                   # bincount: ufunc.at is slow on long lists
+            self.refs -= np.bincount(idx, minlength=self.num_blocks).astype(np.int32)
+        else:
+            np.subtract.at(self.refs, idx, 1)
+        gone = idx[self.refs[idx] == 0]
+        if gone.size > 1:
+            _, first = np.unique(gone, return_index=True)
+            gone = gone[np.sort(first)]
+        self._free.extend(gone[::-1].tolist())
 
     def ensure(self, seq_id: int, num_tokens: int) -> list[int]:
         """Grow the block table of ``seq_id`` to hold ``num_tokens`` tokens; returns the table."""
@@ -118,6 +127,75 @@ class BlockManager:
             copies.append((table[full], dst))
         self.tables[child_seq] = child
         return copies
+
+    def fork_many(self, parent_seq: int, child_seqs: list[int], num_tokens: list[int], reserve: int = 0,
+                  out: np.ndarray | None = None) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        """:meth:`fork` for many children of one parent at once (SSD's branches of one sequence), each
+        child also grown to hold ``reserve`` more tokens. Returns the children's tables and the block
+        copies; ``out`` [children, W], if given, receives the tables (padding untouched). All or nothing:
+        raises OutOfBlocks before changing anything when the pool is short."""
+        table = self.tables.get(parent_seq)
+        n = np.asarray(num_tokens, dtype=np.int64)
+        if table is None or (len(n) and len(table) < self.blocks_for(int(n.max()))):
+            raise ValueError(f"fork: sequence {parent_seq} holds fewer than {int(n.max()) if len(n) else 0} tokens")
+        if any(c in self.tables for c in child_seqs) or len(set(child_seqs)) != len(child_seqs):
+            raise ValueError("fork: a child sequence already exists")
+        if not len(n):
+            return [], []
+        bs = self.block_size
+        full, part = n // bs, n % bs
+        new = -(-(n + reserve) // bs) - full                # each child's own blocks: the copied partial one, the rest
+        total = int(new.sum())
+        if total > len(self._free):
+            raise OutOfBlocks(f"KV cache full: {len(child_seqs)} forks of sequence {parent_seq} need "
+                              f"{total} blocks, {len(self._free)} free")
+        parent = np.asarray(table, dtype=np.int64)
+        held = np.zeros(len(parent) + 1, dtype=np.int64)   # children holding each parent block
+        np.add.at(held, full, 1)
+        self.refs[parent] += held[::-1].cumsum()[::-1][1:].astype(np.int32)
+        own = [self._free.popleft() for _ in range(total)]
+        self.refs[own] = 1
+        starts = np.concatenate([[0], np.cumsum(new)[:-1]])
+        tables, copies = [], []
+        for i, c in enumerate(child_seqs):
+            mine = own[starts[i]: starts[i] + new[i]]
+            if part[i]:
+                copies.append((table[full[i]], mine[0]))
+            t = table[: full[i]] + mine
+            self.tables[c] = t
+            tables.append(t)
+        if out is not None:
+            cols = np.arange(out.shape[1])[None, :]
+            f = full[:, None]
+            own_arr = np.asarray(own, dtype=np.int64)
+            in_parent = cols < f
+            in_own = (cols >= f) & (cols < f + new[:, None])
+            out[in_parent] = parent[np.broadcast_to(cols, in_parent.shape)[in_parent]]
+            out[in_own] = own_arr[(starts[:, None] + cols - f)[in_own]]
+        return tables, copies
+
+    def unfork(self, parent_seq: int, child_seqs: list[int], num_tokens: list[int]) -> None:
+        """Free children made by :meth:`fork_many` (same ``num_tokens``) that still share the parent's blocks
+        they were forked with: one vectorised pass instead of one per child."""
+        table = self.tables.get(parent_seq)
+        n = np.asarray(num_tokens, dtype=np.int64)
+        full = n // self.block_size
+        if table is None or any(self.tables.get(c, [None])[: f] != table[: f] for c, f in zip(child_seqs, full)):
+            self.free_many(child_seqs)                      # the parent changed meanwhile: the general path
+            return
+        own = [b for c, f in zip(child_seqs, full) for b in self.tables.pop(c)[f:]]
+        parent = np.asarray(table, dtype=np.int64)
+        held = np.zeros(len(parent) + 1, dtype=np.int64)
+        np.add.at(held, full, 1)
+        self.refs[parent] -= held[::-1].cumsum()[::-1][1:].astype(np.int32)
+        self._drop(own)
+
+    def free_many(self, seq_ids: list[int]) -> None:
+        """Free several sequences at once (one pass over their blocks)."""
+        tables = [self.tables.pop(s) for s in seq_ids if s in self.tables]
+        count = sum(len(t) for t in tables)
+        if count:
+            self._drop(np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int64, count=count))
 
     def exclusive_from(self, seq_id: int, pos: int) -> bool:
         """True when every block of ``seq_id`` holding positions >= pos belongs to it alone (writable)."""

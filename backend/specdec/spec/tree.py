@@ -23,12 +23,16 @@ import torch
 
 def ranked_candidates(logits: torch.Tensor, exclude: torch.Tensor, width: int) -> torch.Tensor:
     """logits [G, V] (glue rows); exclude [G] token to drop per row (-1 = none) -> [G, width] token
-    ids, best first (the fork at depth j takes the first F_j of row j). No host sync."""
+    ids, best first (the fork at depth j takes the first F_j of row j). No host sync, and nothing
+    vocabulary-wide beyond one top-(width + 1)."""
     if logits.dim() != 2 or exclude.shape != logits.shape[:1]:
         raise ValueError(f"logits must be [G, V] and exclude [G]; got {tuple(logits.shape)}, {tuple(exclude.shape)}")
-    width = min(width, logits.shape[1])
-    drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, exclude.clamp(min=0)[:, None], (exclude >= 0)[:, None])
-    return logits.masked_fill(drop, float("-inf")).topk(width, dim=-1, sorted=True).indices
+    V = logits.shape[1]
+    width = min(width, V)
+    top = logits.topk(min(width + 1, V), dim=-1, sorted=True).indices              # [G, width + 1]
+    dropped = top == exclude[:, None]                                              # at most one per row
+    order = (torch.arange(top.shape[1], device=top.device) + dropped * top.shape[1]).argsort(dim=-1)
+    return top.gather(1, order[:, :width])
 
 
 def fork(ranked: list[list[int]], fan_out: list[int]) -> tuple[list[int], list[int]]:
@@ -61,12 +65,15 @@ def branch_positions(fork_len: np.ndarray, steps: int) -> np.ndarray:
     return fork_len[None, :] + np.arange(steps, dtype=np.int64)[:, None]
 
 
-def branch_slots(tables: list[list[int]], positions: np.ndarray, block_size: int) -> np.ndarray:
-    """[steps, n] KV slot of each branch token: tables[i] is branch i's block table, positions [steps, n]."""
-    steps, n = positions.shape
-    out = np.empty((steps, n), dtype=np.int64)
-    for i, t in enumerate(tables):
-        t = np.asarray(t, dtype=np.int64)
-        p = positions[:, i]
-        out[:, i] = t[p // block_size] * block_size + p % block_size
-    return out
+def branch_slots(tables, positions: np.ndarray, block_size: int) -> np.ndarray:
+    """[steps, n] KV slot of each branch token: tables [n, W] (row i: branch i's block table, padded;
+    or a list of lists), positions [steps, n]."""
+    if not isinstance(tables, np.ndarray):
+        width = max((len(t) for t in tables), default=0)
+        arr = np.zeros((len(tables), width), dtype=np.int64)
+        for i, t in enumerate(tables):
+            arr[i, : len(t)] = t
+        tables = arr
+    positions = np.asarray(positions, dtype=np.int64)
+    blocks = np.take_along_axis(tables, (positions // block_size).T, axis=1).T          # [steps, n]
+    return blocks * block_size + positions % block_size
