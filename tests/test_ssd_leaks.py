@@ -58,3 +58,18 @@ def test_cancellation_mid_stream_leaves_no_blocks(tiny_llama, ar_ref):
             assert s.output_ids == ar_ref[tuple(p)]
         assert llm.metrics.requests_aborted == 4
         assert_idle(llm)
+
+
+def test_inline_executor_as_on_cuda(tiny_llama, tiny_llama_draft, ar_ref, monkeypatch):
+    """On CUDA the draft's work is queued from the engine's own thread (no draft thread): the same
+    executor mode, run on CPU, keeps the output and leaves no blocks."""
+    from specdec.draft import inprocess
+    init = inprocess.DraftExecutor.__init__
+    monkeypatch.setattr(inprocess.DraftExecutor, "__init__", lambda self, device, threaded=None: init(self, device, False))
+    for draft in (tiny_llama, tiny_llama_draft):
+        with LLM(str(tiny_llama), draft=str(draft), mode="async", k=4, max_batch_size=8, num_kv_blocks=10,
+                 draft_placement="in_process", graphs="padded") as llm:
+            assert not llm.engine.drafter.exec.threaded
+            outs = llm.generate(PROMPTS, GREEDY)
+            assert [o.token_ids for o in outs] == [ar_ref[tuple(p)] for p in PROMPTS]
+            assert_idle(llm)

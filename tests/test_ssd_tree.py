@@ -140,3 +140,20 @@ def test_fast_backup_and_full_pool(draft):
     _prefill(tiny, [long], [41])
     reply = _speculate(tiny, [41], [-2], [long + [7]], [[7]])
     assert reply.status.tolist() == [RowStatus.FAST]
+
+
+def test_whole_tree_graph_body_matches_the_step_loop(draft, monkeypatch):
+    """The greedy build's graph body (all K steps on the device: forward, argmax, next token) gives the
+    same trees as the step loop; here the body runs eagerly (CPU), as after a failed capture."""
+    from specdec.draft import tree_steps
+    entries = {}
+    for whole in (False, True):
+        core = make_core(draft)
+        if whole:
+            core.tree.steps.capture = True
+            monkeypatch.setattr(tree_steps.TreeSteps, "_capture", lambda self, key: 1 / 0)
+        _prefill(core, PROMPTS[:3], [1, 2, 3])
+        entries[whole] = {sid: (e.keys.tolist(), e.tokens.tolist()) for sid, e in core.cache.entries.items()}
+        if whole:
+            assert core.tree.steps.eager_runs == 1 and core.tree.steps.graphs
+    assert entries[True] == entries[False] and len(entries[True]) == 3

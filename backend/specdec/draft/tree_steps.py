@@ -58,6 +58,7 @@ class TreeSteps:
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.replays = 0
+        self.eager_runs = 0
 
     def kv_bucket(self, n: int) -> int:
         p = MIN_KV_BUCKET
@@ -166,8 +167,17 @@ class TreeSteps:
 
     def _replay(self, key) -> torch.Tensor:
         if key not in self.graphs:
-            self._capture(key)
-        graph, out = self.graphs[key]
+            try:
+                self._capture(key)
+            except Exception:                     # never silently: logged, then this shape runs eagerly
+                log.exception("%s: capturing the tree %s graph for %s failed; running it eagerly", self.r.name,
+                              key[0], key[1:])
+                self.graphs[key] = None
+        entry = self.graphs[key]
+        if entry is None:
+            self.eager_runs += 1
+            return self._body(key)
+        graph, out = entry
         graph.replay()
         self.replays += 1
         return out
