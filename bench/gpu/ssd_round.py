@@ -35,21 +35,21 @@ else:
     LEN, N1, N8, SAME = "96", "2", "8", "synthetic:llama-1b"
 COMMON = ["--k", "4", "--f", "3", "--output_len", LEN, "--max-model-len", "2048", "--prompts", "gsm8k"] + DEV
 
-CASES = [  # (case, label, argv)
+CASES = [  # (case, label, argv); the "tree always" diagnostics last, so a tight time budget drops them first
     ("A", "8B+1B miss", ["--target", BIG, "--draft", SMALL, "--modes", "ar,sync,async", "--b", "1", "--numseqs", N1]),
-    ("A", "8B+1B miss, tree always", ["--target", BIG, "--draft", SMALL, "--modes", "async", "--tree-policy", "always",
-                                      "--b", "1", "--numseqs", N1]),
     ("B", "1B=1B", ["--target", SAME, "--draft", SAME, "--modes", "sync,async", "--b", "8", "--sweep", "b=1,8",
                     "--numseqs", N8]),
-    ("B", "1B=1B, tree always", ["--target", SAME, "--draft", SAME, "--modes", "async", "--tree-policy", "always",
-                                 "--b", "8", "--sweep", "b=1,8", "--numseqs", N8]),
     ("C", "SIMULATED 8B+1B H=0.8", ["--target", BIG, "--draft", SMALL, "--modes", "ar,sync,async", "--b", "1",
                                     "--numseqs", N1, "--simulate-acceptance", "0.7", "--simulate-hit", "0.8",
                                     "--sweep", "acceptance=0.5,0.7,0.9"]),
+    ("A", "8B+1B miss, tree always", ["--target", BIG, "--draft", SMALL, "--modes", "async", "--tree-policy", "always",
+                                      "--b", "1", "--numseqs", N1]),
     ("C", "SIMULATED 8B+1B H=0.8, tree always", ["--target", BIG, "--draft", SMALL, "--modes", "async",
                                                  "--tree-policy", "always", "--b", "1", "--numseqs", N1,
                                                  "--simulate-acceptance", "0.7", "--simulate-hit", "0.8",
                                                  "--sweep", "acceptance=0.5,0.7,0.9"]),
+    ("B", "1B=1B, tree always", ["--target", SAME, "--draft", SAME, "--modes", "async", "--tree-policy", "always",
+                                 "--b", "8", "--sweep", "b=1,8", "--numseqs", N8]),
 ]
 
 
