@@ -94,12 +94,12 @@ def ar_ref(tiny_llama):
 def test_two_async_llms_one_after_another(tiny_llama, ar_ref):
     """Each engine's draft channel is a process group of its own: the first LLM is only dropped
     (``del``), and its worker exits once the LLM is collected."""
-    first = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=3, max_batch_size=8)
+    first = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=3, max_batch_size=8, draft_placement="worker")
     assert [o.token_ids for o in first.generate(PROMPTS, GREEDY)] == ar_ref
     proc = first.engine.draft.link.proc
     del first
     gc.collect()
-    second = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=2, max_batch_size=8)
+    second = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=2, max_batch_size=8, draft_placement="worker")
     try:
         assert [o.token_ids for o in second.generate(PROMPTS, GREEDY)] == ar_ref
         assert second.metrics.rounds > 0 and second.metrics.cache_hits > 0
@@ -116,7 +116,8 @@ def test_two_async_llms_one_after_another(tiny_llama, ar_ref):
 def test_draft_worker_runs_the_engines_runner_setup(tiny_llama, tiny_llama_draft, ar_ref, graphs):
     """The worker builds its runner with runner/setup.py from the engine's config: with graphs on
     (here the graphs' padded path, which CPU can run) both use them, with graphs off neither does."""
-    with LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, graphs=graphs) as llm:
+    with LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, graphs=graphs,
+             draft_placement="worker") as llm:
         hello = llm.engine.drafter.hello
         assert hello.graphs == (llm.engine.runner.graph is not None) == (graphs == "padded")
         assert hello.attention == llm.engine.runner.attn_backend
@@ -166,3 +167,15 @@ def test_tensor_parallel_close_leaves_the_group_before_waiting():
     t.close()
     assert events == [("send", "Exit"), ("shutdown",), ("wait",), ("wait",)]
     assert t.channel is None and t._closing.is_set()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("graphs", ["padded", "off"])
+def test_in_process_draft_runs_the_engines_runner_setup(tiny_llama, tiny_llama_draft, ar_ref, graphs):
+    """SSD with the draft in the target's process: its runner also comes from runner/setup.py (graphs
+    with the target's), it is the default placement on the target's device, and no worker starts."""
+    with LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, graphs=graphs) as llm:
+        eng = llm.engine
+        assert type(eng.drafter).__name__ == "InProcessDrafter" and eng.draft.link is None
+        assert (eng.drafter.runner.graph is not None) == (eng.runner.graph is not None) == (graphs == "padded")
+        assert [o.token_ids for o in llm.generate(PROMPTS, GREEDY)] == ar_ref

@@ -1,9 +1,11 @@
-"""Async SSD end to end: the draft worker is a real second process over Gloo.
+"""Async SSD end to end, in both placements: the draft in the target's process (a draft thread on
+CPU; ``graphs="padded"`` also runs the static-buffer path of the CUDA graphs) and the draft worker as a
+real second process over Gloo.
 
-Greedy output must equal AR for every configuration. One worker per module fixture serves
-many configurations: ``engine.update_spec`` reconfigures it in place (CONFIG message), so the
-cases below cover batch sizes {1, 2, 4, 8, 16}, K in {2, 4, 7}, F in {1, 3}, explicit hit/miss
-lists, geometric fan-out and all backups without a process per case.
+Greedy output must equal AR for every configuration. One engine per placement serves many
+configurations: ``engine.update_spec`` reconfigures the draft in place (a CONFIG message to a worker),
+so the cases below cover batch sizes {1, 2, 4, 8, 16}, K in {2, 4, 7}, F in {1, 3}, explicit hit/miss
+lists, geometric fan-out, all backups and both tree policies without an engine per case.
 """
 import time
 
@@ -28,24 +30,30 @@ def ar_ref(tiny_llama):
 
 # One async LLM per process at a time (its channel is the process's torch.distributed default
 # group), so the worker fixtures are class-scoped: each is closed before the next class starts.
-@pytest.fixture(scope="class")
-def ssd(tiny_llama, tiny_llama_draft):
+PLACEMENTS = [("in_process", "off"), ("in_process", "padded"), ("worker", "off")]
+
+
+@pytest.fixture(scope="class", params=PLACEMENTS, ids=[f"{p}-graphs_{g}" for p, g in PLACEMENTS])
+def ssd(request, tiny_llama, tiny_llama_draft):
     """An unrelated draft (acceptance near 0): many misses, so both backups really run."""
-    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=7, max_batch_size=16)
+    placement, graphs = request.param
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=7, max_batch_size=16,
+              draft_placement=placement, graphs=graphs)
     yield llm
     llm.close()
 
 
-@pytest.fixture(scope="class")
-def ssd_same(tiny_llama):
+@pytest.fixture(scope="class", params=["in_process", "worker"])
+def ssd_same(request, tiny_llama):
     """Draft == target: every draft token is accepted and the bonus token is always forked. The
     target's KV pool is small (12 blocks of 16 tokens), so sequences get preempted and re-prefilled."""
-    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=4, max_batch_size=16, num_kv_blocks=12)
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=4, max_batch_size=16, num_kv_blocks=12,
+              draft_placement=request.param)
     yield llm
     llm.close()
 
 
-BASE = dict(fan_out=3, fan_out_hit=None, fan_out_miss=None, fan_out_budget=None, backup="jit")
+BASE = dict(fan_out=3, fan_out_hit=None, fan_out_miss=None, fan_out_budget=None, backup="jit", tree_policy="auto")
 CASES = [  # (batch size, spec changes, per-request K override)
     (16, dict(k=7, fan_out=3, backup="jit"), None),
     (8, dict(k=7, fan_out=1, backup="fast"), None),
@@ -55,6 +63,8 @@ CASES = [  # (batch size, spec changes, per-request K override)
     (16, dict(k=2, fan_out_hit=[2, 1, 3], fan_out_miss=[6, 0, 0], backup="fast"), None),
     (8, dict(k=4, fan_out_hit=[1, 1, 1, 1, 2], fan_out_miss=[6, 0, 0, 0, 0], backup="jit"), None),
     (16, dict(k=7, fan_out="geometric", fan_out_budget=16, backup="auto"), [None, 2, 4, 0]),
+    (4, dict(k=4, fan_out=3, backup="jit", tree_policy="always"), None),
+    (16, dict(k=2, fan_out=2, backup="fast", tree_policy="always"), [None, 1]),
 ]
 
 
@@ -97,7 +107,7 @@ class TestUnrelatedDraft:
 class TestSameDraft:
     def test_draft_equal_to_target_hits_the_cache(self, ssd_same, ar_ref):
         for k, fan in ((4, 3), (2, 1)):
-            ssd_same.engine.update_spec(**{**BASE, "k": k, "fan_out": fan})
+            ssd_same.engine.update_spec(**{**BASE, "k": k, "fan_out": fan, "tree_policy": "always"})
             m = ssd_same.metrics
             h0, l0, a0, d0 = m.cache_hits, m.cache_lookups, m.accepted, m.drafted
             outs = ssd_same.generate(PROMPTS16[:8], SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
@@ -111,6 +121,8 @@ class TestSameDraft:
 
     def test_worker_crash_falls_back_to_ar_then_respawns(self, ssd_same, ar_ref):
         eng, m = ssd_same.engine, ssd_same.metrics
+        if eng.draft.link is None:
+            pytest.skip("the draft runs in this process: no worker to crash")
         first = eng.draft.link.proc
         seqs = [eng.add_request(list(p), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)) for p in PROMPTS]
         for _ in range(2):

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from specdec import LLM, SamplingParams
 from specdec.layers.sampling import probs_from_logits
-from specdec.draft.remote import RemoteDrafter
+from specdec.draft import inprocess, remote
 
 PROMPT = [3, 7, 1]
 N = 2000
@@ -76,10 +76,13 @@ def marginals(small_vocab_pair):
     return exact_marginals(target, POSITIONS), exact_marginals(draft, POSITIONS)
 
 
-@pytest.fixture(scope="module")
-def ssd(small_vocab_pair):
+@pytest.fixture(scope="module", params=["in_process", "worker"])
+def ssd(request, small_vocab_pair):
+    """tree_policy "always": the hit rate of this pair is low, and the build rule would stop building
+    trees; the point here is that hits (tree q), JIT and fast rows are all exact."""
     target, draft = small_vocab_pair
-    llm = LLM(str(target), draft=str(draft), mode="async", k=2, max_batch_size=250, seed=123)
+    llm = LLM(str(target), draft=str(draft), mode="async", k=2, max_batch_size=250, seed=123,
+              draft_placement=request.param, tree_policy="always")
     yield llm
     llm.close()
 
@@ -125,13 +128,14 @@ def test_a_wrong_rule_fails(ssd, marginals, monkeypatch):
     """Control: verify cached/JIT tokens against a uniform q instead of the q they were sampled
     from (over-accepting the draft); the test must see the bias at this sample size."""
     ssd.engine.update_spec(backup="jit", sampler_x=None)
-    real_q = RemoteDrafter._q
+    real_q = remote.proposal_q
 
-    def wrong_q(self, reply, status, tokens, seqs, sampling):
-        q = real_q(self, reply, status, tokens, seqs, sampling)
+    def wrong_q(*args):
+        q = real_q(*args)
         return torch.full_like(q, 1.0 / q.shape[-1])
 
-    monkeypatch.setattr(RemoteDrafter, "_q", wrong_q)
+    monkeypatch.setattr(remote, "proposal_q", wrong_q)
+    monkeypatch.setattr(inprocess, "proposal_q", wrong_q)
     toks, _ = sample(ssd)
     pv = pvalues(toks, marginals[0])
     assert min(pv) < P_FAIL, pv

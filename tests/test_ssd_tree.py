@@ -48,6 +48,7 @@ def greedy(runner: PagedRunner, ctx: list[int], n: int) -> list[int]:
 def _prefill(core, prompts, sids, temperature=0.0):
     n = len(prompts)
     core.prefill(Prefill(sids, [list(p) for p in prompts], [K] * n, [temperature] * n, [0] * n, [1.0] * n))
+    core.finish()                                                   # the build's one host sync: trees cached
 
 
 def _speculate(core, sids, k_prev, contexts, new, temperature=0.0):
@@ -91,6 +92,7 @@ def test_rounds_return_the_drafts_greedy_continuation(draft, async_mode):
             seen[st] += 1
             assert reply.tokens[b].tolist() == greedy(core.runner, ctx[b], K), (sid, st)
         core.build()
+        core.finish()
         if not async_mode:
             assert not core.cache.entries
         for b, sid in enumerate(sids):                            # the target's verdict
@@ -138,3 +140,20 @@ def test_fast_backup_and_full_pool(draft):
     _prefill(tiny, [long], [41])
     reply = _speculate(tiny, [41], [-2], [long + [7]], [[7]])
     assert reply.status.tolist() == [RowStatus.FAST]
+
+
+def test_whole_tree_graph_body_matches_the_step_loop(draft, monkeypatch):
+    """The greedy build's graph body (all K steps on the device: forward, argmax, next token) gives the
+    same trees as the step loop; here the body runs eagerly (CPU), as after a failed capture."""
+    from specdec.draft import tree_steps
+    entries = {}
+    for whole in (False, True):
+        core = make_core(draft)
+        if whole:
+            core.tree.steps.capture = True
+            monkeypatch.setattr(tree_steps.TreeSteps, "_capture", lambda self, key: 1 / 0)
+        _prefill(core, PROMPTS[:3], [1, 2, 3])
+        entries[whole] = {sid: (e.keys.tolist(), e.tokens.tolist()) for sid, e in core.cache.entries.items()}
+        if whole:
+            assert core.tree.steps.eager_runs == 1 and core.tree.steps.graphs
+    assert entries[True] == entries[False] and len(entries[True]) == 3

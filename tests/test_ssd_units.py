@@ -15,7 +15,7 @@ from specdec.draft.messages import (Command, Config, Exit, Free, Hello, Prefill,
                                    SpeculateReply, decode)
 from specdec.spec.saguaro import saguaro_rescale
 from specdec.spec.spec_cache import CacheEntry, SpeculationCache, expected_len, lookup
-from specdec.spec.tree import fork, ranked_candidates, tree_mask, tree_positions, tree_slots
+from specdec.spec.tree import branch_positions, branch_slots, fork, fork_layout, ranked_candidates
 from specdec.spec.verify import verify
 
 
@@ -210,17 +210,24 @@ def test_fork_excludes_the_drafted_token():
     assert fork(ranked, [2, 0, 1]) == ([0, 0, 2], [1, 2, 3])
 
 
-def test_tree_mask_and_positions():
-    # prefix of 3 tokens, glue at storage 3..5 (glue_start 3, K=2), 3 branches at depths 0, 1, 2, 2 steps
-    depths, base = [0, 1, 2], 6
-    m = tree_mask(3, depths, base, 2)
-    want = torch.zeros(3, 12, dtype=torch.bool)
-    for i, j in enumerate(depths):
-        want[i, : 3 + j + 1] = True                 # prefix + glue[0..j]
-        want[i, base + i] = want[i, base + 3 + i] = True
-    assert torch.equal(m, want)
-    assert tree_positions(3, depths, 0) == [4, 5, 6] and tree_positions(3, depths, 1) == [5, 6, 7]
-    assert tree_slots(base, 3, 1) == 9
+def test_fork_layout_matches_fork_and_branch_positions():
+    """fork_layout gives, on the host, the same branches as fork() reads from the candidates; each
+    branch at depth j shares L + j tokens and stores its step-s token at L + j + s."""
+    ranked = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]])      # 2 sequences' glue rows
+    fan_a, fan_b = [2, 0, 1], [3]
+    da, ia = fork_layout(fan_a, 0, 3)
+    db, ib = fork_layout(fan_b, 3, 3)
+    assert da.tolist() == [0, 0, 2] and db.tolist() == [0, 0, 0]
+    assert ranked.view(-1)[torch.from_numpy(ia)].tolist() == fork(ranked[:3].tolist(), fan_a)[1] == [1, 2, 7]
+    assert ranked.view(-1)[torch.from_numpy(ib)].tolist() == [10, 11, 12]
+    L = 10
+    pos = branch_positions(L + da, 2)
+    assert pos.tolist() == [[10, 10, 12], [11, 11, 13]]
+    tables = [[5, 6], [7, 8], [9, 3]]
+    slots = branch_slots(tables, pos, block_size=8)
+    assert slots.tolist() == [[6 * 8 + 2, 8 * 8 + 2, 3 * 8 + 4], [6 * 8 + 3, 8 * 8 + 3, 3 * 8 + 5]]
+    with pytest.raises(ValueError):
+        fork_layout([4], 0, 3)                                               # wider than the candidates
 
 
 # --- messages --------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def test_padded_graph_path(tp_llm, reference):
 
 def test_async_with_a_draft_worker(tiny_llama, tiny_llama_draft, reference):
     """SSD: TP rank 0 is also the draft channel's rank 0 (the two groups are separate)."""
-    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, tensor_parallel_size=2)
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=3, max_batch_size=8, tensor_parallel_size=2,
+              draft_placement="worker")
     try:
         procs = llm.engine.tp.procs + [llm.engine.draft.link.proc]
         _check(llm, reference, PROMPTS)

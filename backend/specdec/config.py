@@ -29,6 +29,8 @@ IMPLS = ("auto", "native", "hf")
 ATTENTION_BACKENDS = ("auto", "flash_attn", "triton", "sdpa")
 GRAPHS = ("auto", "off", "padded")
 BACKUPS = ("jit", "fast", "auto")
+DRAFT_PLACEMENTS = ("auto", "in_process", "worker")
+TREE_POLICIES = ("auto", "always")
 MAX_K = 16
 MAX_FAN_OUT = 64
 DEFAULT_FAN_OUT = 3
@@ -73,6 +75,11 @@ def check_fan_out(name: str, fan: list[int], k: int) -> list[int]:
     if sum(fan) < 1:
         raise ValueError(f"{name}={list(fan)!r}: the budget (sum) must be >= 1")
     return list(fan)
+
+
+def _device_name(device: str) -> str:
+    """"cuda" and "cuda:0" name the same device (as far as placement goes)."""
+    return "cuda:0" if device == "cuda" else device
 
 
 def parse_rendezvous(url: str) -> tuple[str, int]:
@@ -184,9 +191,30 @@ class SpecConfig:
     sampler_x: float | None = field(default=None, metadata=_help("Saguaro sampling C in (0, 1] (async only)"))
     backup: str = field(default="jit", metadata=_help("SSD backup on a cache miss: jit | fast | auto"))
     channel_timeout_s: float = field(default=120.0, metadata=_help("draft channel timeout (s)"))
+    draft_placement: str = field(default="auto", metadata=_help(
+        "SSD: where the draft runs: in_process (a second CUDA stream, or a thread on CPU, in the target's "
+        "process; no channel) | worker (its own process, over a channel; the choice for a draft on another "
+        "GPU) | auto (in_process when draft_device is the target's device, else worker)"))
+    tree_policy: str = field(default="auto", metadata=_help(
+        "SSD: build the speculation tree every round (always) or only while the measured hit rate makes it "
+        "pay (auto: otherwise draft like sync decoding, re-measuring as it goes)"))
+    simulate_acceptance: float | None = field(default=None, metadata=_help(
+        "SIMULATED verification for benchmarks of random-weight shapes: each draft token is accepted with "
+        "this probability instead of by the target (output is not the target's; never for exactness)"))
+    simulate_hit: float | None = field(default=None, metadata=_help(
+        "SIMULATED verification (with simulate_acceptance): probability that the recovery token is one the "
+        "speculation tree forked (an SSD cache hit)"))
 
     def __post_init__(self):
         check_int("k", self.k, 1, MAX_K)
+        check_choice("draft_placement", self.draft_placement, DRAFT_PLACEMENTS)
+        check_choice("tree_policy", self.tree_policy, TREE_POLICIES)
+        if self.simulate_acceptance is not None:
+            check_float("simulate_acceptance", self.simulate_acceptance, 0.0, 1.0)
+        if self.simulate_hit is not None:
+            check_float("simulate_hit", self.simulate_hit, 0.0, 1.0)
+            if self.simulate_acceptance is None:
+                raise ValueError("simulate_hit needs simulate_acceptance (the SIMULATED verifier)")
         check_int("ngram_max", self.ngram_max, 1, 32)
         check_int("ngram_min", self.ngram_min, 1, self.ngram_max)
         check_choice("backup", self.backup, BACKUPS)
@@ -268,6 +296,9 @@ class EngineConfig:
             raise ValueError("mode='async' needs a neural draft; 'ngram' is supported in mode='sync'")
         if self.spec.remote and self.mode == "ar":
             raise ValueError(f"draft={draft!r} needs mode 'sync' or 'async'")
+        if self.spec.simulate_hit is not None and self.mode == "async" and not self.draft_in_process:
+            raise ValueError("simulate_hit (SIMULATED cache hits) needs the draft in the target's process "
+                             "(draft_placement in_process): the verifier picks recovery tokens from the tree")
         if self.spec.sampler_x is not None and self.mode != "async":
             raise ValueError(f"sampler_x={self.spec.sampler_x} (Saguaro sampling) needs mode='async'; got mode={self.mode!r}")
         self._check_parallel()
@@ -294,9 +325,18 @@ class EngineConfig:
                                  "splits; use a separate draft model")
 
     @property
+    def draft_in_process(self) -> bool:
+        """SSD with the draft in the target's process (draft_placement, "auto": on the target's device)."""
+        if self.mode != "async" or self.spec.remote:
+            return False
+        p = self.spec.draft_placement
+        same = _device_name(self.draft_device or self.device) == _device_name(self.device)
+        return p == "in_process" or (p == "auto" and same)
+
+    @property
     def uses_draft_worker(self) -> bool:
-        """The draft runs in a worker process: SSD, or a remote worker in either mode."""
-        return self.mode == "async" or self.spec.remote
+        """The draft runs in a worker process: SSD placed in a worker, or a remote worker in either mode."""
+        return (self.mode == "async" and not self.draft_in_process) or self.spec.remote
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -47,7 +47,8 @@ class LLM:
     "sync" when a draft is given, else "ar"). With ``mode="sync"`` and no draft, the target's
     default draft is used when the alias names one.
 
-    ``mode="async"`` is SSD: the draft runs in a worker process on ``draft_device`` (started
+    ``mode="async"`` is SSD: on the target's device the draft runs in this process (a second CUDA
+    stream; ``draft_placement``), on another device in a worker process on ``draft_device`` (started
     here, ended by :meth:`close` or ``with LLM(...) as llm``). ``draft="remote:tcp://HOST:PORT"``
     uses a worker started elsewhere (e.g. the Triton ``draft`` model); until it joins, and after
     a channel failure, the engine decodes autoregressively.

@@ -1,11 +1,19 @@
-"""The benchmark loop: build the engine once, warm it up on the same shapes, run, report.
+"""The benchmark loop: build the engine once per mode, warm it up on the same shapes, run, report.
 
 Decode throughput counts the tokens committed by decode steps (after truncation by max_tokens)
 over the time of those steps; total throughput is all output tokens over the wall time of
-``generate`` (prefill included). Draft/verify times are per engine round.
+``generate`` (prefill included). Per-phase times are per engine round: draft (the proposal on the
+critical path: a sync draft, or SSD's wait for its tree, lookup and JIT), verify (the target's
+forward and verification), host (the rest of the round), build (SSD's tree, off the critical path)
+and wait (the part of draft spent waiting on the draft's channel or tree).
+
+``--modes ar,sync,async`` runs several modes in one table (one engine at a time); ``--sweep
+acceptance=0.5,0.7,0.9`` (with ``--simulate-acceptance`` set) varies the SIMULATED acceptance
+(spec/simulate.py), whose rows are labelled SIMULATED.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -51,16 +59,30 @@ def placement(a, mode: str, num_gpus: int) -> dict:
                 draft_device=draft_device)
 
 
-def build_llm(a):
+def bench_modes(a) -> list[str]:
+    """The modes to run: --modes, else the one --spec/--async name."""
+    if getattr(a, "modes", None):
+        modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+        bad = [m for m in modes if m not in ("ar", "sync", "async")]
+        if bad or not modes:
+            raise ValueError(f"--modes {a.modes!r}: expected a comma-separated subset of ar,sync,async")
+        return modes
+    return ["async" if a.async_ else "sync" if a.spec else "ar"]
+
+
+def build_llm(a, mode: str | None = None):
     """The LLM for these bench arguments: the engine options given (commands/common.py), the mode from
-    --spec/--async, and the placement from --gpus/--tp/--device."""
+    --spec/--async (or ``mode``), and the placement from --gpus/--tp/--device."""
     from .. import LLM
     from ..commands.common import engine_options
-    mode = "async" if a.async_ else "sync" if a.spec else "ar"
+    mode = mode or bench_modes(a)[0]
     where = placement(a, mode, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     kw = {**engine_options(a), **where, "mode": mode}
     if mode == "ar":
-        kw.pop("draft", None)
+        for name in ("draft", "simulate_acceptance", "simulate_hit"):
+            kw.pop(name, None)
+    elif mode == "sync":
+        kw.pop("simulate_hit", None)             # no speculation cache to hit
     return LLM(**kw), mode
 
 
@@ -101,6 +123,11 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     wall = time.perf_counter() - t0
     m = eng.metrics.summary()
     tokens = sum(len(o.token_ids) for o in outs)
+    steps = max(m["decode_steps"], 1)
+    round_ms = 1e3 * m["decode_time"] / steps
+    drafter_summary = getattr(eng.drafter, "summary", None)
+    ssd = drafter_summary() if callable(drafter_summary) else {}
+    sim = getattr(eng, "simulator", None)
     return {
         "completed": sum(o.finish_reason is not None for o in outs), "requests": len(prompt_ids),
         "failures": failures, "output_tokens": tokens, "wall_s": wall,
@@ -109,6 +136,10 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
         "tokens_per_round": m["tokens_per_round"] if m["rounds"] else 1.0,
         "acceptance": m["acceptance_rate"], "cache_hit_rate": m["cache_hit_rate"],
         "prefill_s": m["prefill_time"], "decode_s": m["decode_time"], "decode_steps": m["decode_steps"],
+        "round_ms": round_ms, "host_ms": max(round_ms - 1e3 * (m["draft_time"] + m["verify_time"]) / steps, 0.0),
+        "avg_build_ms": m["avg_draft_build_ms"], "avg_wait_ms": m["avg_channel_wait_ms"],
+        "tree_share": (ssd["tree_rounds"] / max(ssd["tree_rounds"] + ssd["sync_rounds"], 1)) if "tree_rounds" in ssd else None,
+        "simulated": None if sim is None else {"acceptance": sim.acceptance, "hit": sim.hit},
         "graph_replays": sum(r.graph.replays for r in eng.runners if getattr(r, "graph", None)),
         "eager_fallbacks": {r.name: dict(r.eager_fallbacks) for r in eng.runners if getattr(r, "eager_fallbacks", None)},
         "outputs": [o.token_ids for o in outs],
@@ -116,9 +147,34 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
 
 
 def bench(a, on_report=None) -> dict:
-    """Build the engine, run, and hand the report to ``on_report`` (print, JSON) BEFORE the engine is
-    closed: a close that hangs (worker processes) can then no longer swallow the results."""
-    llm, mode = build_llm(a)
+    """Every mode of --modes (or the one --spec/--async name), each over the sweep; one report.
+    ``on_report(report_of_one_mode)`` runs BEFORE that mode's engine is closed: a close that hangs
+    (worker processes) can then no longer swallow the results."""
+    runs, report = [], None
+    if a.profile:
+        open(a.profile, "w").close()
+    for mode in bench_modes(a):
+        rep = bench_mode(a, mode, on_report)
+        runs += rep["runs"]
+        report = report or rep
+        if "hf" in rep:
+            report["hf"] = rep["hf"]
+    report["runs"] = runs
+    report["mode"] = ",".join(bench_modes(a))
+    return report
+
+
+def _apply(eng, key: str, val) -> None:
+    """Sweep values that live in the engine's speculation settings (the SIMULATED verifier's A and H)."""
+    if key in ("acceptance", "hit") and eng.cfg.mode != "ar":
+        name = "simulate_acceptance" if key == "acceptance" else "simulate_hit"
+        if eng.cfg.mode == "sync" and name == "simulate_hit":
+            return
+        eng.update_spec(**{name: val})
+
+
+def bench_mode(a, mode: str, on_report=None) -> dict:
+    llm, mode = build_llm(a, mode)
     eng = llm.engine
     if getattr(a, "prompt_len", None):
         prompt_ids = random_prompts(a.numseqs, a.prompt_len, eng.runner.vocab_size, a.seed or 0)
@@ -126,6 +182,8 @@ def bench(a, on_report=None) -> dict:
         texts = load_prompts(a.prompts, a.numseqs)
         prompt_ids = [llm.encode(t, SamplingParams(chat=a.chat)) for t in texts]
     sweep_key, sweep_vals = parse_sweep(a.sweep)
+    if mode == "ar" and sweep_key in ("acceptance", "hit"):
+        sweep_vals = [None]                       # nothing to simulate without drafts
     device = eng.device
     bw = measure_bandwidth(device)
     wbytes = weight_bytes(eng.runner.model) if hasattr(eng.runner, "model") and hasattr(eng.runner.model, "lm_head") else None
@@ -140,8 +198,10 @@ def bench(a, on_report=None) -> dict:
         k = val if sweep_key == "k" else (a.k if mode != "ar" else None)
         b = val if sweep_key == "b" else a.max_batch_size
         temp = val if sweep_key == "temp" else a.temp
+        if val is not None:
+            _apply(eng, sweep_key, val)
         eng.scheduler.max_batch_size = b
-        log.info("warm-up: mode=%s k=%s b=%d temp=%s", mode, k, b, temp)
+        log.info("warm-up: mode=%s k=%s b=%d temp=%s %s=%s", mode, k, b, temp, sweep_key, val)
         run_once(llm, prompt_ids, a.output_len, temp, k, None)   # same shapes: graphs captured before timing
         if profile is not None:
             profile.append({"run": f"{mode} k={k} b={b} temp={temp}"})
@@ -163,12 +223,16 @@ def bench(a, on_report=None) -> dict:
         report["hf"] = run_hf(eng.target.folder, prompt_ids, a.output_len, device, getattr(torch, a.dtype),
                               a.temp, draft=a.draft if mode != "ar" else None, draft_folder=draft_folder, k=a.k)
     if profile is not None:
-        with open(a.profile, "w") as f:
+        with open(a.profile, "a") as f:
             for row in profile:
                 f.write(json.dumps(row) + "\n")
     if on_report is not None:
         on_report(report)
     llm.close()
+    del llm, eng
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()                  # the next mode's engine gets the memory back
     return report
 
 
@@ -183,7 +247,8 @@ def parse_sweep(spec: str | None):
     if not spec:
         return None, [None]
     key, _, vals = spec.partition("=")
-    if key not in ("k", "b", "temp") or not vals:
-        raise ValueError(f"--sweep {spec!r}: expected k=2,4,6 or b=1,4,16 or temp=0,0.7")
-    conv = float if key == "temp" else int
+    if key not in ("k", "b", "temp", "acceptance", "hit") or not vals:
+        raise ValueError(f"--sweep {spec!r}: expected k=2,4,6 or b=1,4,16 or temp=0,0.7 or (SIMULATED, with "
+                         "--simulate-acceptance) acceptance=0.5,0.7,0.9 or hit=0.5,0.8")
+    conv = float if key in ("temp", "acceptance", "hit") else int
     return key, [conv(v) for v in vals.split(",")]

@@ -1,13 +1,14 @@
 """The drafter interface: what the engine asks of anything that proposes draft tokens.
 
-Four drafters implement it: :class:`~.ngram.NgramDrafter` (prompt lookup), :class:`~.model.ModelDrafter`
-(a draft model in this process: a separate checkpoint or ``self:N``), and :class:`~.remote.RemoteDrafter`
-(a draft worker process over a channel; SSD's "async" mode and ``remote:tcp://...``).
+Drafters: :class:`~.ngram.NgramDrafter` (prompt lookup), :class:`~.model.ModelDrafter` (a draft model
+in this process: a separate checkpoint or ``self:N``), :class:`~.inprocess.InProcessDrafter` (SSD with the
+draft in this process, on a second CUDA stream or a thread) and :class:`~.remote.RemoteDrafter` (a draft
+worker process over a channel; SSD on its own GPU, and ``remote:tcp://...``).
 
 The engine's ``step()`` thread is a drafter's only user. Per round it calls :meth:`Drafter.propose`
-once with the running sequences and the number of draft tokens each row wants (``ks``), verifies,
-then calls :meth:`Drafter.commit` per row with the verification outcome. Sequences leave through
-:meth:`Drafter.free` (finished or preempted).
+once with the running sequences and the number of draft tokens each row wants (``ks``), launches the
+verify forward, calls :meth:`Drafter.overlap`, verifies, then calls :meth:`Drafter.commit` per row with
+the verification outcome. Sequences leave through :meth:`Drafter.free` (finished or preempted).
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class Drafter:
     def propose(self, seqs: list, ks: list[int], sampling: SamplingRows) -> Proposal:
         """Draft up to ks[b] tokens for row b (0 = none)."""
         raise NotImplementedError
+
+    def overlap(self) -> None:
+        """Called once per round right after the target's verify forward was launched: work the drafter
+        may queue while the target verifies (SSD in the target's process: the next speculation tree)."""
 
     def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
         """Row ``seq`` had ``old_len`` tokens before the round; ``accepted`` of its ``num_draft`` drafts were kept."""

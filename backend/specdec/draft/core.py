@@ -1,16 +1,23 @@
 """The draft side of speculation: the draft model's KV, the speculation cache and each round's work.
 
-Everything here lives in the draft process, on the draft device; the transport is elsewhere
-(worker.py), so this class can be driven directly in tests.
+Everything here runs on the draft device, driven by one caller at a time: the draft worker process
+(worker.py, over a channel) or the target's own process (inprocess.py, no channel). The transport is
+elsewhere, so this class can be driven directly in tests.
 
 * :class:`DraftSeq`: every committed token the target told us about (host list), how many of
   them have correct K/V in the runner (``kv_valid``), and the tokens right after those whose
-  K/V was written speculatively (the last glue: ``spec``); they become valid once committed.
-* :meth:`DraftCore.speculate` is the critical path: apply the new tokens, look each row's
-  outcome key up in the speculation cache, answer hits from it and misses with the backup
-  (JIT: K decode steps for the missed rows only; fast: uniform random tokens, q uniform).
-* :meth:`DraftCore.build` (tree_build.py) runs after the reply, while the target verifies:
-  the glue forward, the fork, the tree decode and the new cache. Sync mode never builds.
+  K/V was written speculatively (the last glue or JIT: ``spec``); they become valid once committed.
+* :meth:`DraftCore.speculate` is the critical path: wait for the last build (its one host sync),
+  apply the new tokens, look each row's outcome key up in the speculation cache, answer hits from
+  it and misses with the backup (JIT: K decode steps for the missed rows only; fast: uniform random
+  tokens, q uniform).
+* :meth:`DraftCore.build` runs after the reply, while the target verifies: the glue forward over
+  [t*, d1..dK], then the tree (tree_build.py). It only *launches* device work; the next
+  :meth:`speculate` (or :meth:`finish`) waits for it. Sync mode never builds.
+* The build rule (spec/adaptive.py ``BuildRule``): when the measured hit rate makes trees not worth
+  their round time, the core drafts like sync (no tree; every row drafted on the critical path by
+  the JIT), and keeps measuring the hit rate the tree would have had from the JIT's own logits
+  (the top candidates at each depth: the *shadow fork*).
 """
 from __future__ import annotations
 
@@ -23,14 +30,14 @@ import torch
 
 from ..layers.sampling import fit_vocab, probs_from_logits, sample_from_probs
 from ..runner.feed import Feed
-from ..spec.adaptive import RANK_WINDOW, Adaptive
+from ..spec.adaptive import RANK_WINDOW, Adaptive, BuildRule
 from ..spec.fanout import saguaro_top
 from ..spec.saguaro import saguaro_rescale
 from ..spec.spec_cache import SpeculationCache
 from ..spec.status import RowStatus
 from .loop import LoopSampler, draft_loop
 from .messages import Config, Prefill, Speculate, SpeculateReply
-from .tree_build import CacheBuilder
+from .tree_build import TreeBuilder, TreeRow
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,14 @@ class DraftSeq:
     status: RowStatus = RowStatus.NONE     # how the speculation being verified was produced
     num_draft: int = 0
     ranked: list[list[int]] | None = None  # previous fork candidates per depth (for the power law)
+    shadow: list[list[int]] | None = None  # the JIT's candidates per depth (hit rate without a tree)
+    skipped: bool = False                  # the build rule built no tree for this row's current round
 
 
-class DraftCore(CacheBuilder):
-    def __init__(self, runner, device: torch.device, cfg: Config):
+class DraftCore:
+    def __init__(self, runner, device: torch.device, cfg: Config, capture: bool | None = None):
         self.runner, self.device = runner, torch.device(device)
+        self.capture = capture if capture is not None else bool(getattr(getattr(runner, "graph", None), "capture", False))
         self.seqs: dict[int, DraftSeq] = {}
         self.cache = SpeculationCache()
         self._pending: list[tuple[int, list[int], RowStatus]] = []
@@ -62,6 +72,9 @@ class DraftCore(CacheBuilder):
         self.counts = {s: 0 for s in RowStatus}
         self.build_time = 0.0
         self.builds = 0
+        self.rule = BuildRule()
+        self._round: dict | None = None      # the round in progress (for the build rule's round times)
+        self.tree: TreeBuilder | None = None
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -69,8 +82,17 @@ class DraftCore(CacheBuilder):
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.adaptive = Adaptive(cfg.k, sum(cfg.fan_out_hit), cfg.vocab_size, cfg.geometric,
                                  cfg.fan_out_hit, cfg.fan_out_miss, cfg.fan_out_fast)
+        if self.tree is not None:
+            self.tree.complete()
         self.cache.clear()
         self._pending = []
+        self.rule = BuildRule()
+        self._round = None
+        self.tree = None
+        if cfg.async_mode and hasattr(self.runner, "blocks"):
+            self.tree = TreeBuilder(self.runner, self.device, cfg.vocab_size, self.cache,
+                                    cfg.max_batch_size * max(sum(cfg.fan_out_hit), 1), cfg.k, self.capture,
+                                    cfg.geometric)
 
     # --- helpers ------------------------------------------------------------------------------
     def _forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
@@ -95,11 +117,12 @@ class DraftCore(CacheBuilder):
         u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
         return sample_from_probs(probs, u), probs
 
-    def _loop_sampler(self, seqs: list[DraftSeq], K: int, top: list[int]) -> LoopSampler:
+    def _loop_sampler(self, seqs: list[DraftSeq], K: int, top: list[int], width: int = 0) -> LoopSampler:
         """The JIT loop's sampler: argmax for greedy rows only; else each row's parameters, uniforms drawn
-        now from the draft's generator, and Saguaro's rescale (async mode, sampler_x set)."""
+        now from the draft's generator, and Saguaro's rescale (async mode, sampler_x set). ``width`` > 1:
+        each step's top-``width`` candidates come back too (the shadow fork)."""
         if all(s.temperature == 0 for s in seqs):
-            return LoopSampler(greedy=True)
+            return LoopSampler(greedy=True, top_width=width)
         dev = self.device
         saguaro = self.cfg.sampler_x is not None and self.cfg.async_mode
         return LoopSampler(
@@ -108,7 +131,7 @@ class DraftCore(CacheBuilder):
             torch.tensor([s.top_p for s in seqs], dtype=torch.float32).to(dev, non_blocking=True),
             torch.rand((len(seqs), K), generator=self.gen).to(dev, non_blocking=True),
             filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs), any_greedy=any(s.temperature == 0 for s in seqs),
-            saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else ())
+            saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else (), top_width=width)
 
     def _fits(self, needs: dict[int, int]) -> set[int]:
         """The sequences (in order) whose K/V growth to needs[seq] tokens fits the free pool."""
@@ -121,6 +144,20 @@ class DraftCore(CacheBuilder):
                 ok.add(sid)
         return ok
 
+    def _build_now(self, batch: int) -> bool:
+        """The build rule's choice for this round's batch (async mode with a paged runner only)."""
+        if self.tree is None:
+            return False
+        if self.cfg.tree_policy == "always":
+            self.rule.decisions[True] += 1
+            return True
+        o, k = self.adaptive.outcomes, self.cfg.k
+        prior = 1.0 + k * 0.5
+        tok_jit = o.tokens_per_round(RowStatus.JIT, prior)
+        tok_hit = o.tokens_per_round(RowStatus.HIT, tok_jit)
+        tok_miss = o.tokens_per_round(RowStatus.FAST, 1.0) if self.cfg.backup == "fast" else tok_jit
+        return self.rule.build(batch, tok_hit, tok_miss, tok_jit)
+
     # --- commands -----------------------------------------------------------------------------
     def free(self, seq_ids: list[int]) -> None:
         for sid in seq_ids:
@@ -128,25 +165,73 @@ class DraftCore(CacheBuilder):
             self.cache.drop(sid)
             self.runner.free(sid)
 
+    def finish(self) -> float | None:
+        """Wait for the build in flight, if any, and cache its trees (the build's one host sync)."""
+        if self.tree is None:
+            return None
+        s = self.tree.complete(self.seqs)
+        if s is not None:
+            self.last_build_s = s
+            self.adaptive.build_s.add(s)
+            self.build_time += s
+            self.builds += 1
+        return s
+
     def prefill(self, msg: Prefill) -> None:
-        """Cache the sequences' tokens; in async mode also build their first tree (keys k = -2)."""
+        """Cache the sequences' tokens; in async mode also launch their first tree (keys k = -2)."""
+        self.finish()
         self.free(msg.seq_ids)
+        if self._round is not None:
+            self._round["prefill"] = True              # this round's time is not a decode round's
         for i, sid in enumerate(msg.seq_ids):
             self.seqs[sid] = DraftSeq(list(msg.tokens[i]), msg.temperature[i], msg.top_k[i], msg.top_p[i])
         fits = self._fits({sid: len(t) for sid, t in zip(msg.seq_ids, msg.tokens)})
-        tree = self.cfg.async_mode
         rows = [i for i, sid in enumerate(msg.seq_ids) if sid in fits and msg.tokens[i]]
         if not rows:
             return
+        tree = self.tree is not None and self._last_choice()          # the build rule's latest choice
         feeds = [Feed(msg.seq_ids[i], msg.tokens[i], 0, num_logits=1 if tree and msg.k[i] > 0 else 0) for i in rows]
         logits = self._forward(feeds)                                         # [rows with logits, V]
         for i in rows:
             self.seqs[msg.seq_ids[i]].kv_valid = len(msg.tokens[i])
-        self._prefill_trees(msg, [i for i in rows if tree and msg.k[i] > 0], logits)
+        tree_rows = [i for i in rows if tree and msg.k[i] > 0]
+        for i in rows:
+            self.seqs[msg.seq_ids[i]].skipped = not tree
+        if tree_rows:
+            self._prefill_trees(msg, tree_rows, logits)
+
+    def _last_choice(self) -> bool:
+        r = self._round
+        return True if r is None else r.get("choice", True)
+
+    def _prefill_trees(self, msg: Prefill, tree_rows: list[int], logits: torch.Tensor) -> None:
+        """First trees after PREFILL: roots = the top-budget tokens after the last prompt token."""
+        budget = sum(self.cfg.fan_out_hit)
+        rows = [TreeRow(msg.seq_ids[i], len(msg.tokens[i]), r, [budget], [-2], len(msg.tokens[i]), msg.k[i],
+                        msg.temperature[i] > 0) for r, i in enumerate(tree_rows)]
+        self._launch(rows, logits, [-1] * len(tree_rows))
+
+    def _launch(self, rows: list[TreeRow], logits: torch.Tensor, exclude: list[int]) -> None:
+        keep = self.tree.room(rows)
+        if len(keep) < len(rows):
+            log.info("draft KV pool full: %d of %d trees skipped this round", len(rows) - len(keep), len(rows))
+        if not keep:
+            return
+        sampled = any(r.sampled for r in keep)
+        sample = None
+        if sampled:
+            seqs = [self.seqs[r.seq_id] for r in keep]
+            top = saguaro_top(self.adaptive.fan_out(RowStatus.HIT))
+
+            def sample(lg, step, branch_rows):
+                return self._sample(lg, [seqs[i] for i in branch_rows], [top[min(step, len(top) - 1)]] * len(branch_rows))
+        self.tree.launch(keep, logits, exclude, sample)
 
     def speculate(self, msg: Speculate) -> SpeculateReply:
         """Answer a round at once: cache hits, then the backup for the rows that missed."""
+        self.finish()
         B = len(msg.seq_ids)
+        self._end_round(B)
         seqs = [self._advance(msg, b) for b in range(B)]
         want = msg.k
         if msg.verify_us > 0:
@@ -166,9 +251,11 @@ class DraftCore(CacheBuilder):
             if seqs[b].temperature > 0:
                 q[b] = f.entry.probs[f.index, :n]
         miss = [b for b in range(B) if want[b] > 0 and status[b] == RowStatus.NONE]
+        jit_rows = []
         if miss:
             backup = self._backup(sum(w > 0 for w in want), len(miss))
-            jit_rows = self._jit(msg, seqs, miss, tokens, q) if backup == "jit" else []
+            asked = [b for b in miss if backup == "jit" or seqs[b].skipped]    # no tree on purpose: draft like sync
+            jit_rows = self._jit(msg, seqs, asked, tokens, q) if asked else []
             for b in miss:
                 if b in jit_rows:
                     status[b] = RowStatus.JIT
@@ -184,10 +271,25 @@ class DraftCore(CacheBuilder):
         for b, s in enumerate(seqs):
             s.status, s.num_draft = RowStatus(int(status[b])), want[b]
             self.counts[s.status] += 1
+        self._round = {"t": time.perf_counter(), "batch": B, "built": False, "jit": bool(jit_rows),
+                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice()}
         if self.cfg.async_mode:
             self._pending = [(msg.seq_ids[b], tokens[b, : want[b]].tolist(), RowStatus(int(status[b])))
                              for b in range(B) if want[b] > 0]
         return SpeculateReply(status, tokens, probs, int(self.last_build_s * 1e6))
+
+    def _end_round(self, batch: int) -> None:
+        """The round that ends now: its time goes to the build rule under its kind."""
+        r, now = self._round, time.perf_counter()
+        if r is None or r["prefill"] or self.tree is None:
+            return
+        if r["built"]:
+            kind = "tree_miss" if r["jit"] else "tree_hit"
+        elif not r["hits"]:
+            kind = "sync"
+        else:
+            return                                      # a tree from before, none now: a transition
+        self.rule.observe_round(r["batch"], kind, now - r["t"])
 
     def _advance(self, msg: Speculate, b: int) -> DraftSeq:
         """Apply row b's new committed tokens and record the previous round's outcome."""
@@ -197,13 +299,21 @@ class DraftCore(CacheBuilder):
             raise ProtocolError(f"sequence {sid}: SPECULATE before PREFILL")
         if s.status is not RowStatus.NONE and k >= 0:
             self.adaptive.observe(s.status, k, s.num_draft)
+        rec = msg.recovery[b]
         if s.ranked is not None:
             depth = 0 if k == -2 else k
             if 0 <= depth < len(s.ranked):
                 cands = s.ranked[depth]
-                rec = msg.recovery[b]
                 self.adaptive.observe_rank(cands.index(rec) if rec in cands else RANK_WINDOW)
             s.ranked = None
+        if self.tree is not None:                       # the hit rate: from the tree, or the shadow fork
+            e = self.cache.entries.get(sid)
+            if e is not None and e.built_len + (k + 1 if k >= 0 else 1) == msg.num_tokens[b]:
+                self.rule.observe_hit(bool(((e.keys[:, 0] == k) & (e.keys[:, 1] == rec)).any()))
+            elif s.shadow is not None and 0 <= k < len(s.shadow):
+                fan = self.adaptive.fan_out(RowStatus.JIT)
+                self.rule.observe_hit(rec in s.shadow[k][: fan[k]])
+        s.shadow = None
         s.tokens.extend(msg.new_tokens[b])
         if len(s.tokens) != msg.num_tokens[b] or s.tokens[-1] != msg.recovery[b]:
             raise ProtocolError(f"sequence {sid}: the draft has {len(s.tokens)} tokens ending in {s.tokens[-1:]}, "
@@ -226,7 +336,8 @@ class DraftCore(CacheBuilder):
     def _jit(self, msg: Speculate, seqs: list[DraftSeq], rows: list[int], tokens: np.ndarray,
              q: dict[int, torch.Tensor]) -> list[int]:
         """Draft want[b] tokens for the given rows only (draft_loop: steps fed on the device, one host
-        sync at the end). Returns the rows served (those whose K/V fits)."""
+        sync at the end). Returns the rows served (those whose K/V fits). In async mode it also keeps
+        the shadow fork: the top candidates at each depth, for the hit rate a tree would have had."""
         t0 = time.perf_counter()
         want = msg.k
         fits = self._fits({msg.seq_ids[b]: len(seqs[b].tokens) + want[b] - 1 for b in rows})
@@ -237,17 +348,62 @@ class DraftCore(CacheBuilder):
         act = [seqs[b] for b in rows]
         K = max(want[b] for b in rows)
         catch_up = [Feed(msg.seq_ids[b], seqs[b].tokens[seqs[b].kv_valid:], seqs[b].kv_valid) for b in rows]
-        toks, probs = draft_loop(self.runner, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
-                                 self._loop_sampler(act, K, top), self.cfg.vocab_size)
-        toks = toks.cpu().numpy()                                   # host sync: the reply goes to the host
+        # the shadow fork: top candidates at each depth (the drafted token is removed on the host)
+        width = max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1 if self.tree is not None else 0
+        toks, probs, tops = draft_loop(self.runner, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
+                                       self._loop_sampler(act, K, top, width), self.cfg.vocab_size)
+        R, Kj = toks.shape
+        both = toks if tops is None else torch.cat([toks, tops.reshape(R, -1)], 1)
+        both = both.cpu().numpy()                   # host sync: the reply goes to the host
         for r, b in enumerate(rows):
             s = seqs[b]
-            tokens[b, : want[b]] = toks[r, : want[b]]
+            tokens[b, : want[b]] = both[r, : want[b]]
             s.kv_valid, s.spec = len(s.tokens), tokens[b, : want[b] - 1].tolist()
+            if tops is not None:
+                cand = both[r, Kj:].reshape(Kj, -1)
+                s.shadow = [[int(c) for c in cand[i] if c != tokens[b, i]][: width - 1] for i in range(want[b])]
             if s.temperature > 0:
                 q[b] = probs[r, : want[b]]
         self.adaptive.jit_s.add(time.perf_counter() - t0)
         return rows
+
+    def build(self) -> None:
+        """Launch the glue forward, fork and tree decode for the rows of the last request (async mode),
+        unless the build rule says to draft like sync this round. Nothing here waits for the device."""
+        jobs, self._pending = self._pending, []
+        if not jobs or self.tree is None:
+            return
+        jobs = [(sid, d, st) for sid, d, st in jobs if sid in self.seqs]
+        choice = self._build_now(len(jobs))
+        if self._round is not None:
+            self._round["choice"] = choice
+        for sid, _, _ in jobs:
+            self.seqs[sid].skipped = not choice
+        if not choice:
+            return
+        fits = self._fits({sid: len(self.seqs[sid].tokens) + len(d) for sid, d, _ in jobs})
+        jobs = [j for j in jobs if j[0] in fits]
+        feeds = []
+        for sid, d, _ in jobs:
+            s = self.seqs[sid]
+            start = min(s.kv_valid, len(s.tokens) - 1)
+            feeds.append(Feed(sid, s.tokens[start:] + d, start, num_logits=len(d) + 1))
+        if not feeds:
+            return
+        logits = self._forward(feeds)                                            # [sum(k_b + 1), V]
+        K = self.cfg.k
+        rows, exclude, g = [], [], 0
+        for sid, d, st in jobs:
+            s, L = self.seqs[sid], len(self.seqs[sid].tokens)
+            s.kv_valid, s.spec = L, list(d)
+            lst = self.adaptive.fan_out(st)
+            fan = lst[: len(d)] + [lst[K]]          # a shorter row: its all-accepted bucket is lst[K]
+            rows.append(TreeRow(sid, L, g, fan, list(range(len(d) + 1)), L, len(d), s.temperature > 0))
+            exclude += d + [-1]
+            g += len(d) + 1
+        self._launch(rows, logits, exclude)
+        if self._round is not None:
+            self._round["built"] = True
 
     def summary(self) -> dict:
         c = self.counts
@@ -255,4 +411,6 @@ class DraftCore(CacheBuilder):
         return {"rows": looked, "hits": c[RowStatus.HIT], "jit": c[RowStatus.JIT], "fast": c[RowStatus.FAST],
                 "hit_rate": c[RowStatus.HIT] / looked if looked else 0.0,
                 "avg_draft_step_ms": 1e3 * self.build_time / self.builds if self.builds else 0.0,
-                "fan_out_hit": self.adaptive.fan_out(RowStatus.HIT), "r": self.adaptive.r}
+                "fan_out_hit": self.adaptive.fan_out(RowStatus.HIT), "r": self.adaptive.r,
+                "p_hit": self.rule.p_hit.get(0.0), "tree_rounds": self.rule.decisions[True],
+                "sync_rounds": self.rule.decisions[False]}

@@ -40,10 +40,15 @@ class LoopSampler:
     any_greedy: bool = False
     saguaro_c: float | None = None
     saguaro_top: tuple[int, ...] = ()
+    top_width: int = 0              # > 1: also return each step's top-``top_width`` token ids (SSD's shadow fork)
 
     def key(self) -> tuple:
         """What a captured graph depends on besides shapes."""
-        return (self.greedy, self.filtered, self.any_greedy, self.saguaro_c, self.saguaro_top)
+        return (self.greedy, self.filtered, self.any_greedy, self.saguaro_c, self.saguaro_top, self.top_width)
+
+    def tops(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """[B, top_width] best token ids of this step's logits, or None."""
+        return logits.topk(min(self.top_width, logits.shape[-1]), dim=-1).indices if self.top_width > 1 else None
 
     def tensors(self) -> list[torch.Tensor]:
         return [] if self.greedy else [self.temperature, self.top_k, self.top_p, self.uniforms]
@@ -67,13 +72,14 @@ class LoopSampler:
 
 
 def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sampler: LoopSampler,
-               vocab_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+               vocab_size: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Draft ks[b] tokens for row b (max(ks) steps) with ``runner`` (the draft's).
 
     catch_up[b]: row b's step-0 feed (a dummy feed for a row with ks[b] == 0); ends[b]: the row's
     committed length (its newest token sits at ends[b] - 1). Logits are taken over the target's
     vocabulary (``vocab_size``, layers.sampling.fit_vocab). Returns tokens [B, K] int64 on the
-    draft's device (zeros past ks[b]) and q [B, K, V] (None for a greedy sampler)."""
+    draft's device (zeros past ks[b]), q [B, K, V] (None for a greedy sampler) and each step's top
+    token ids [B, K, W] (None unless ``sampler.top_width`` > 1)."""
     K = max(ks, default=0)
     graph = getattr(runner, "graph", None)
     if K > 0 and graph is not None and graph.fits_loop(catch_up, K):
@@ -81,6 +87,7 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
     B = len(catch_up)
     tokens = torch.zeros((B, K), dtype=torch.long, device=runner.device)
     probs = None if sampler.greedy else torch.zeros((B, K, vocab_size), dtype=torch.float32, device=runner.device)
+    tops = []
     prev = None
     for i in range(K):
         if i == 0:
@@ -88,9 +95,12 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
         else:
             feeds = [Feed(f.seq_id, [0], ends[b] - 1 + i, dummy=ks[b] <= i) for b, f in enumerate(catch_up)]
             logits = runner.forward(feeds, (prev[:, None], 0))
-        tok, q = sampler.sample(fit_vocab(logits, vocab_size), i)
+        logits = fit_vocab(logits, vocab_size)
+        tok, q = sampler.sample(logits, i)
         tokens[:, i] = tok
         if probs is not None:
             probs[:, i] = q
+        if sampler.top_width > 1:
+            tops.append(sampler.tops(logits))
         prev = tok
-    return tokens, probs
+    return tokens, probs, (torch.stack(tops, dim=1) if tops else None)

@@ -28,6 +28,7 @@ import torch
 from ..spec.status import RowStatus
 
 BACKUPS = ("jit", "fast", "auto")
+TREE_POLICIES = ("auto", "always")
 
 
 class Command(enum.Enum):
@@ -87,20 +88,21 @@ class Config:
     max_batch_size: int
     max_model_len: int               # the target's; the draft's positions must reach it (plus the tree)
     seed: int
+    tree_policy: str = "auto"        # "always": a tree every round; "auto": the build rule decides
 
     def encode(self):
         x = -1 if self.sampler_x is None else int(np.float64(self.sampler_x).view(np.int64))
         return _ints(self.k, int(self.async_mode), int(self.geometric), x, BACKUPS.index(self.backup),
-                     self.vocab_size, self.max_batch_size, self.max_model_len, self.seed, self.fan_out_hit, self.fan_out_miss,
-                     self.fan_out_fast), None
+                     self.vocab_size, self.max_batch_size, self.max_model_len, self.seed,
+                     TREE_POLICIES.index(self.tree_policy), self.fan_out_hit, self.fan_out_miss, self.fan_out_fast), None
 
     @classmethod
     def decode(cls, ints, floats=None) -> "Config":
         r = _Reader(ints)
-        k, am, geo, x, bk, vocab, mbs, mml, seed = (r.one() for _ in range(9))
+        k, am, geo, x, bk, vocab, mbs, mml, seed, tp = (r.one() for _ in range(10))
         hit, miss, fast = (r.take(k + 1).tolist() for _ in range(3))
         sx = None if x == -1 else float(np.int64(x).view(np.float64))
-        return cls(k, bool(am), hit, miss, fast, bool(geo), sx, BACKUPS[bk], vocab, mbs, mml, seed)
+        return cls(k, bool(am), hit, miss, fast, bool(geo), sx, BACKUPS[bk], vocab, mbs, mml, seed, TREE_POLICIES[tp])
 
 
 @dataclass(slots=True)

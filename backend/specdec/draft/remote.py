@@ -56,7 +56,7 @@ class RemoteDrafter(Drafter):
         self.spec = spec
         hit, miss, fast, geometric = resolve_fan_out(spec)
         cfg = Config(spec.k, self.async_mode, hit, miss, fast, geometric, spec.sampler_x, spec.backup,
-                     self.vocab_size, self.max_batch_size, self.max_model_len, self.seed)
+                     self.vocab_size, self.max_batch_size, self.max_model_len, self.seed, spec.tree_policy)
         self._frees.clear()
         self.known.clear()
         self.fresh.clear()
@@ -116,26 +116,7 @@ class RemoteDrafter(Drafter):
                         status=status if self.async_mode else None, wait_s=t_recv - t_send, build_s=build)
 
     def _q(self, reply: SpeculateReply, status, tokens: torch.Tensor, seqs, sampling: SamplingRows):
-        """[B, K, V] q for verify(), or None when every row is greedy (verify is then not used)."""
-        if sampling.all_greedy:
-            return None
-        B, K = tokens.shape
-        V = self.vocab_size
-        q = torch.zeros((B, K, V), dtype=torch.float32, device=self.device)
-        q.scatter_(2, tokens[..., None], 1.0)                                       # greedy rows: one-hot
-        sent = None if reply.probs is None else reply.probs.to(self.device).view(-1, K, V)
-        i = 0
-        for b, (s, st) in enumerate(zip(seqs, status)):
-            if s.params.temperature <= 0:
-                continue
-            if st is RowStatus.FAST:
-                q[b] = 1.0 / V
-            elif st in (RowStatus.HIT, RowStatus.JIT):
-                if sent is None or i >= len(sent):
-                    raise ChannelError("the reply lacks q for a sampled row")
-                q[b] = sent[i]
-                i += 1
-        return q
+        return proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
 
     def _warn_if_exposed(self, window: float, build: float) -> None:
         """Warn (every WARN_EVERY_S) when the worker's cache build outlasts the target's round."""
@@ -165,3 +146,28 @@ class RemoteDrafter(Drafter):
                 log.info("draft worker gone before EXIT: %s", e)
         self.ch.close(finish=send_exit)
 
+
+
+def proposal_q(reply: SpeculateReply, status, tokens: torch.Tensor, seqs, sampling: SamplingRows, vocab_size: int,
+               device: torch.device) -> torch.Tensor | None:
+    """[B, K, V] q for verify() from a speculation reply, or None when every row is greedy (verify is
+    then not used): the draft's q for sampled HIT/JIT rows, uniform for FAST rows, one-hot otherwise."""
+    if sampling.all_greedy:
+        return None
+    B, K = tokens.shape
+    V = vocab_size
+    q = torch.zeros((B, K, V), dtype=torch.float32, device=device)
+    q.scatter_(2, tokens[..., None], 1.0)                                       # greedy rows: one-hot
+    sent = None if reply.probs is None else reply.probs.to(device).view(-1, K, V)
+    i = 0
+    for b, (s, st) in enumerate(zip(seqs, status)):
+        if s.params.temperature <= 0:
+            continue
+        if st is RowStatus.FAST:
+            q[b] = 1.0 / V
+        elif st in (RowStatus.HIT, RowStatus.JIT):
+            if sent is None or i >= len(sent):
+                raise ChannelError("the reply lacks q for a sampled row")
+            q[b] = sent[i]
+            i += 1
+    return q

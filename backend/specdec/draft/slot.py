@@ -7,7 +7,10 @@ target), never the engine. It builds the drafter the config names:
 * ``ngram``: :class:`~.ngram.NgramDrafter`;
 * a model or ``self:N`` in sync mode: :class:`~.model.ModelDrafter` over a runner from the one runner
   setup (runner/setup.py), on ``draft_device``;
-* a draft worker (mode "async", or ``remote:tcp://...``): a :class:`~.link.DraftLink` connects in the
+* SSD (mode "async") with the draft in this process (``draft_placement`` in_process, or auto with the
+  draft on the target's device): :class:`~.inprocess.InProcessDrafter` over a :class:`~.core.DraftCore`
+  whose runner comes from the same setup, on a second CUDA stream (a thread on CPU);
+* a draft worker (mode "async" placed in a worker, or ``remote:tcp://...``): a :class:`~.link.DraftLink` connects in the
   background (a spawned worker is waited for, so a bad draft fails at construction). Once a channel
   is up, :meth:`poll` (called by the engine at the top of each step) does the CONFIG/HELLO handshake
   and attaches a :class:`~.remote.RemoteDrafter`. A channel failure detaches it (:meth:`failed`): the
@@ -25,10 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig, self_draft_layers
+from ..layers.rotary import RotaryEmbedding, inverse_frequencies
 from ..models.loader import LoadedModel
 from ..runner.setup import build_runner
+from ..spec.fanout import resolve_fan_out
 from .base import Drafter
 from .channel import Channel, ChannelError
+from .core import DraftCore
+from .inprocess import DraftExecutor, InProcessDrafter
 from .link import DraftLink, SpawnArgs
 from .load import check_async_draft, check_vocab, draft_folder, load_draft
 from .model import ModelDrafter
@@ -60,7 +67,9 @@ class DraftSlot:
         spec = cfg.spec
         if cfg.mode == "ar" or spec.draft is None:
             return
-        if cfg.uses_draft_worker:
+        if cfg.draft_in_process:
+            self.drafter = self._in_process()
+        elif cfg.uses_draft_worker:
             self._open_link()
         elif spec.draft == "ngram":
             self.drafter = NgramDrafter(spec.ngram_max, spec.ngram_min)
@@ -88,6 +97,39 @@ class DraftSlot:
                                    share=0.5 if same_device else 1.0)
         return ModelDrafter(self.runner, cfg.spec.draft_kv_append, target_vocab=ctx.vocab_size,
                             target_device=ctx.device)
+
+    # --- SSD in this process ------------------------------------------------------------------
+    def _in_process(self) -> InProcessDrafter:
+        """The draft model, its runner (the one setup; a pool for every sequence plus one round's glue and
+        tree) and a core driven from this process."""
+        ctx, cfg = self.ctx, self.ctx.config
+        spec = cfg.spec
+        check_async_draft(spec.draft, cfg.target, cfg.impl)
+        shared = self_draft_layers(spec.draft) is not None
+        if shared and ctx.draft_device != ctx.device:
+            raise ValueError(f"draft {spec.draft!r} shares the target's weights and must run on the target's device")
+        mml, K = cfg.max_model_len, spec.k
+        storage = mml + 2 * K + 2                   # a sequence, its glue, and a branch's tokens past the glue
+        m = load_draft(spec.draft, ctx.draft_device, cfg.dtype, target_model=ctx.target if shared else None,
+                       impl=cfg.impl, max_positions=storage)
+        if m.kind != "native":
+            raise ValueError("async SSD needs a native Llama-family draft (tree decode uses the paged runner)")
+        if m.module.rotary.cos.shape[0] < storage:  # self:N shares the target's table, sized for mml only
+            m.module.set_rotary(RotaryEmbedding(*inverse_frequencies(m.hf_config), storage).to(ctx.draft_device))
+        if not shared:
+            check_vocab(ctx.tokenizer, draft_folder=m.folder, draft_vocab_size=m.vocab_size)
+        budget = sum(resolve_fan_out(spec)[0])
+        tree = budget * (K + cfg.cache.block_size)                  # per sequence: each branch's own blocks
+        run_cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, num_kv_blocks=None))
+        self.runner = build_runner(m, ctx.draft_device, run_cfg, name="draft(ssd)", max_model_len=storage,
+                                   want_tokens=cfg.max_batch_size * (storage + tree),
+                                   share=0.5 if ctx.draft_device == ctx.device else 1.0)
+        executor = DraftExecutor(ctx.draft_device)
+        msg = InProcessDrafter.config_message(spec, ctx.vocab_size, cfg.max_batch_size, mml, cfg.seed)
+        core = DraftCore(self.runner, ctx.draft_device, msg)
+        log.info("SSD draft %s in this process on %s (%s)", spec.draft, ctx.draft_device,
+                 "second CUDA stream" if executor.stream is not None else "draft thread")
+        return InProcessDrafter(core, spec, ctx.vocab_size, cfg.max_batch_size, mml, cfg.seed, ctx.device, executor)
 
     # --- a draft worker ---------------------------------------------------------------------
     def _open_link(self) -> None:

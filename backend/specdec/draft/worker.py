@@ -60,8 +60,9 @@ class _Worker:
             raise ValueError("async SSD needs a native Llama-family draft (tree decode uses the paged runner)")
         mml = max(msg.max_model_len, self.cfg.max_model_len or 0)
         budget = sum(msg.fan_out_hit) if msg.async_mode else 0
-        storage = mml + msg.k + 1 + msg.k * budget + 1                   # prefix + glue + tree, per sequence
-        self._ensure_positions(mml + 2 * msg.k + 2)
+        storage = mml + 2 * msg.k + 2              # a sequence, its glue, and a branch's tokens past the glue
+        tree = budget * (msg.k + self.cfg.cache.block_size)      # per sequence: each branch's own blocks
+        self._ensure_positions(storage)
         if self.core is not None:                     # free the old pool before allocating the new one
             self.core = self.runner = None
         # num_kv_blocks sizes the engine's pools; the worker's sequences also hold the speculation tree,
@@ -70,7 +71,7 @@ class _Worker:
                                   cache=dataclasses.replace(self.cfg.cache, num_kv_blocks=None),
                                   spec=dataclasses.replace(self.cfg.spec, k=msg.k))
         self.runner = build_runner(self.model, self.device, cfg, name="draft", max_model_len=storage,
-                                   want_tokens=msg.max_batch_size * storage)
+                                   want_tokens=msg.max_batch_size * (storage + tree))
         self.core = DraftCore(self.runner, self.device, msg)
         log.info("draft configured: K=%d async=%s fan_out_hit=%s miss=%s fast=%s geometric=%s C=%s backup=%s",
                  msg.k, msg.async_mode, msg.fan_out_hit, msg.fan_out_miss, msg.fan_out_fast, msg.geometric,
@@ -102,8 +103,8 @@ class _Worker:
             elif self.core is None:
                 raise ChannelError(f"{cmd.name} before CONFIG")
             elif cmd is Command.SPECULATE:
-                ch.send(self.core.speculate(msg))
-                self.core.build()                     # overlaps the target's verification
+                ch.send(self.core.speculate(msg))     # waits for the last build first (its one host sync)
+                self.core.build()                     # only launched: the next message is read while it runs
                 self._check_hidden()
             elif cmd is Command.PREFILL:
                 self.core.prefill(msg)

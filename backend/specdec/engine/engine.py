@@ -32,8 +32,9 @@ from ..draft.slot import DraftContext, DraftSlot
 from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
 from ..spec.round_k import round_k
+from ..spec.simulate import make_simulator
 from ..spec.status import RowStatus
-from ..spec.verify import GreedyRound, verify
+from ..spec.verify import GreedyRound, greedy_accept_length, verify
 from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
@@ -77,6 +78,8 @@ class LLMEngine:
         ctx = DraftContext(dataclasses.replace(cfg, max_model_len=self.max_model_len), self.device, self.draft_device,
                            self.runner.vocab_size, self.tokenizer, self.target)
         self.draft = DraftSlot(ctx)
+        # SIMULATED verification (bench --simulate-acceptance only): None in every real run
+        self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len)
 
@@ -241,23 +244,34 @@ class LLMEngine:
                  for b, s in enumerate(seqs)]
         draft_tokens = draft_tokens[:, :Kv]
         dev_tokens = (draft_tokens, 1) if Kv else None
-        if rows.all_greedy:     # the outcome is computed with the forward (one graph on CUDA), then read once
+        if rows.all_greedy and self.simulator is None:   # the outcome comes with the forward (one graph on CUDA)
             packed = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound(num))   # [B, 2 + Kv]
+            if prop is not None:
+                self.drafter.overlap()    # SSD in this process: the next tree is launched beside the verify
             t2 = timer.mark()
             out = packed.tolist()                                 # host sync: the round's one
             return self._finish_round(seqs, prop, num, [r[2: 2 + num[b]] for b, r in enumerate(out)],
                                       [r[0] for r in out], [r[1] for r in out], (t0, t1, t2, w0))
         logits = self.runner.forward(feeds, dev_tokens)           # [sum(num + 1), V]
+        if prop is not None:
+            self.drafter.overlap()        # SSD in this process: the next tree is launched beside the verify
         u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
         if Kv == 0:         # plain AR round: sample straight from p_0 (the uniform verify would use)
-            tok = sample_from_probs(rows.probs(logits), u[:, self.k])
+            tok = logits.argmax(-1) if rows.all_greedy else sample_from_probs(rows.probs(logits), u[:, self.k])
             t2 = timer.mark()
             rec = tok.tolist()                                    # host sync: the step's tokens
             return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
         num_t = torch.tensor(num).to(self.device, non_blocking=True)
-        q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
-        accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
+        if rows.all_greedy:
+            argmax = padded.argmax(-1)                            # [B, Kv + 1]
+            accepted = greedy_accept_length(draft_tokens, argmax, num_t)
+            recovery = argmax.gather(1, accepted[:, None]).squeeze(1)
+        else:
+            q = None if prop.probs is None else prop.probs[:, :Kv].to(self.device)
+            accepted, recovery = verify(rows.probs(padded), draft_tokens, q, num_t, u[:, :Kv], u[:, self.k])
+        if self.simulator is not None:    # SIMULATED: the outcome is drawn (spec/simulate.py), not verified
+            accepted, recovery = self.simulator.outcome(num, seqs, self.drafter, self.device)
         t2 = timer.mark()
         flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
         acc, rec = flat[:B], flat[B:2 * B]
@@ -348,6 +362,7 @@ class LLMEngine:
         dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = self.draft.ctx.config.spec = spec
         self.draft.configure(spec)
+        self.simulator = make_simulator(spec, self.runner.vocab_size, self.cfg.seed)
 
     def close(self) -> None:
         """Send EXIT to a draft worker and to the target's other ranks, and wait for them to end (idempotent)."""

@@ -20,6 +20,14 @@ SHAPES = {
                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, head_dim=64),
     "llama-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    # Llama-3.1-70B's layers, 32 of its 80: ~57 GB in bfloat16, one GPU (a step costs ~0.4 of the 70B's)
+    "llama-70b-32l": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=32, num_attention_heads=64,
+                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    # CPU dry runs of GPU scripts (bench/gpu/*.sh with DRY=1)
+    "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False, head_dim=16),
+    "llama-tiny-draft": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=1, vocab_size=512, tie_word_embeddings=False, head_dim=16),
 }
 ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}

@@ -187,7 +187,7 @@ class GraphRunner:
     # --- the draft loop ---------------------------------------------------------------------
     @torch.inference_mode()
     def loop(self, catch_up, ends: list[int], ks: list[int], sampler, vocab_size: int):
-        """draft/loop.draft_loop as one graph: tokens [B, K] and q [B, K, V] (None when greedy)."""
+        """draft/loop.draft_loop as one graph: tokens [B, K], q [B, K, V] (None when greedy), tops [B, K, W]."""
         r, blocks = self.r, self.r.blocks
         bs = blocks.block_size
         B, K = len(catch_up), max(ks)
@@ -215,9 +215,9 @@ class GraphRunner:
                                     later_slots.ravel(), tables.ravel()]))
         key = ("loop", Bb, Q0, K, KV, vocab_size, sampler.key())
         inputs = [_pad_rows(t, Bb) for t in sampler.tensors()]            # per-row sampling tensors [Bb, ...]
-        tokens, probs = self._replay(key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s), inputs, sampler)
+        tokens, probs, tops = self._replay(key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s), inputs, sampler)
         self.loops += 1
-        return tokens[:B], (None if probs is None else probs[:B])
+        return tokens[:B], (None if probs is None else probs[:B]), (None if tops is None else tops[:B])
 
     def _run_loop(self, Bb: int, Q0: int, K: int, KV: int, vocab_size: int, sampler):
         from ..layers.sampling import fit_vocab
@@ -232,17 +232,19 @@ class GraphRunner:
         tables = b[o:o + Bb * NB].view(Bb, NB)
         model, kv, backend = self.r.model, self.r.kv_caches, self.r.attn_backend
         logits = model.forward_padded(ids0, pos0, pos0.view(Bb, Q0), tables, slots0, kv, KV, backend)[last]
-        toks, qs = [], []
+        toks, qs, tops = [], [], []
         for i in range(K):
             if i > 0:
                 p = later_pos[i - 1]
                 logits = model.forward_padded(toks[-1], p, p.view(Bb, 1), tables, later_slots[i - 1], kv, KV, backend)
-            tok, q = sampler.sample(fit_vocab(logits, vocab_size), i)
+            logits = fit_vocab(logits, vocab_size)
+            tok, q = sampler.sample(logits, i)
             toks.append(tok)
             qs.append(q)
+            tops.append(sampler.tops(logits))
         tokens = torch.stack(toks, dim=1)                                   # [Bb, K]
         probs = None if qs[0] is None else torch.stack(qs, dim=1)           # [Bb, K, V]
-        return tokens, probs
+        return tokens, probs, (None if tops[0] is None else torch.stack(tops, dim=1))   # [Bb, K, W]
 
     # --- capture and replay -----------------------------------------------------------------
     def _replay(self, key, program, inputs: list[torch.Tensor] | None = None, sampler=None):

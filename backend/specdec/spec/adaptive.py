@@ -136,3 +136,98 @@ class Adaptive:
         if verify <= 0 or self.jit_s.value is None:
             return "jit"                                     # nothing measured yet: the neural backup
         return choose_backup(num_rows, num_miss, hit, jit, fast, verify, self.jit_s.get(0.0))
+
+
+# --- when the tree pays: async (build a tree every round) or draft like sync ------------------------
+PRIOR_P_HIT = 0.5
+EXPLORE_ROUNDS = 4           # measured rounds of each kind (per batch bucket) before the rule decides
+PROBE_EVERY = 64             # rounds between re-measurements of the kind not chosen (when it is close)
+PROBE_MARGIN = 0.8           # ... close: its expected rate is at least this share of the chosen one's
+
+
+def tree_pays(p_hit: float, batch: int, t_sync: float, t_tree_hit: float, t_tree_miss: float,
+              tokens_hit: float, tokens_miss: float, tokens_sync: float) -> bool:
+    """Whether building a speculation tree every round commits more tokens per second than drafting
+    like sync decoding (the K draft steps on the critical path, no tree), for a batch of ``batch`` rows.
+
+    p_hit: per-row probability that the verification outcome is in the tree; t_sync: the round time
+    drafting like sync; t_tree_hit / t_tree_miss: the round time while building, when every row hit /
+    when some row missed (a JIT backup on the critical path; with the fast backup the two are equal);
+    tokens_*: committed tokens per row and round after a hit, after a tree miss, and drafting like
+    sync. All rows hit with probability p_hit^b (paper Corollary 16), so large batches need a higher
+    hit rate for the tree to pay.
+    """
+    if not 0.0 <= p_hit <= 1.0 or batch < 1:
+        raise ValueError(f"p_hit={p_hit} must lie in [0, 1] and batch={batch} >= 1")
+    if min(t_sync, t_tree_hit, t_tree_miss) <= 0 or min(tokens_hit, tokens_miss, tokens_sync) <= 0:
+        raise ValueError("round times and tokens per round must be > 0")
+    p_all = p_hit ** batch
+    t_tree = p_all * t_tree_hit + (1.0 - p_all) * t_tree_miss
+    tok_tree = p_hit * tokens_hit + (1.0 - p_hit) * tokens_miss
+    return tok_tree / t_tree > tokens_sync / t_sync
+
+
+def batch_bucket(batch: int) -> int:
+    b = 1
+    while b < batch:
+        b *= 2
+    return b
+
+
+class BuildRule:
+    """Decides per round (per batch) whether the draft builds a tree, from measured round times and hit
+    rate. Round kinds: "sync" (no tree built, every row drafted on the critical path), "tree_hit" (a
+    tree built, no row drafted on the critical path), "tree_miss" (a tree built, some row drafted on
+    the critical path). Unmeasured kinds are explored first (the tree, then sync); afterwards the kind
+    not chosen is re-measured every PROBE_EVERY rounds while its expected rate stays close."""
+
+    def __init__(self):
+        self.p_hit = Ema(PRIOR_P_HIT, weight=0.05)
+        self.times: dict[tuple[int, str], Ema] = {}
+        self.counts: dict[tuple[int, str], int] = {}
+        self.since_probe = 0
+        self.probe_left, self.probe_choice = 0, True
+        self.decisions = {True: 0, False: 0}
+
+    def observe_hit(self, hit: bool) -> None:
+        """One row's outcome: in the tree (or, without a tree, among the candidates it would have forked)."""
+        self.p_hit.add(1.0 if hit else 0.0)
+
+    def observe_round(self, batch: int, kind: str, seconds: float) -> None:
+        if kind not in ("sync", "tree_hit", "tree_miss"):
+            raise ValueError(f"round kind {kind!r}")
+        key = (batch_bucket(batch), kind)
+        self.times.setdefault(key, Ema(weight=0.2)).add(seconds)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _time(self, b: int, kind: str) -> float | None:
+        e = self.times.get((b, kind))
+        return None if e is None or self.counts.get((b, kind), 0) < EXPLORE_ROUNDS else e.value
+
+    def build(self, batch: int, tokens_hit: float, tokens_miss: float, tokens_sync: float) -> bool:
+        if self.probe_left:                                 # a probe lasts 2 rounds: the first is a transition
+            self.probe_left -= 1
+            self.decisions[self.probe_choice] += 1
+            return self.probe_choice
+        b = batch_bucket(batch)
+        th, tm, ts = self._time(b, "tree_hit"), self._time(b, "tree_miss"), self._time(b, "sync")
+        if th is None and tm is None:
+            choice = True                                   # explore: the tree first
+        elif ts is None:
+            choice = False                                  # then drafting like sync
+        else:
+            th, tm = th or tm, tm or th
+            p = self.p_hit.get(PRIOR_P_HIT)
+            args = (max(tokens_hit, 1e-6), max(tokens_miss, 1e-6), max(tokens_sync, 1e-6))
+            choice = tree_pays(p, batch, ts, th, tm, *args)
+            self.since_probe += 1
+            if self.since_probe >= PROBE_EVERY:
+                self.since_probe = 0
+                p_all = p ** batch
+                rate_tree = (p * args[0] + (1 - p) * args[1]) / (p_all * th + (1 - p_all) * tm)
+                rate_sync = args[2] / ts
+                if min(rate_tree, rate_sync) >= PROBE_MARGIN * max(rate_tree, rate_sync):
+                    choice = self.probe_choice = not choice     # refresh the other kind's round time
+                    self.probe_left = 1
+        self.decisions[choice] += 1
+        return choice

@@ -1,0 +1,242 @@
+"""SSD with the draft in the target's own process: no channel, no second process time-slicing the GPU.
+
+:class:`InProcessDrafter` drives a :class:`~.core.DraftCore` directly. The round, on one GPU:
+
+    target thread:  propose ─ wait for the last build (its one host sync) ─ cache lookup ─ JIT the
+                    missed rows (draft stream) ─ verify forward launched (target stream) ─ overlap():
+                    the next build launched (draft stream) ─ verify's host sync ─ commit
+    GPU:            [JIT]  [verify ........................]
+                                 [glue][fork][tree steps .....]   (second CUDA stream, same GPU)
+
+The build only launches device work (tree_steps.py: one CUDA graph for greedy trees), so one Python
+thread drives both models and there is no GIL contention; the GPU runs the two streams side by side.
+The lookup happens in this process, right where the tree is: a hit costs no round trip.
+
+On CPU there are no streams: the build runs on a worker thread (:class:`DraftExecutor`), overlapping
+the target's forward (torch releases the GIL inside its kernels). Every other use of the core waits
+for that thread first, so the core only ever has one user at a time.
+
+The SIMULATED verifier (spec/simulate.py) reads its recovery tokens from here: the forked roots of the
+build in flight (on the device), or the JIT's shadow fork when no tree was built.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from ..config import SpecConfig
+from ..layers.sampling import SamplingRows
+from ..spec.fanout import resolve_fan_out
+from ..spec.round_k import request_k
+from ..spec.status import RowStatus
+from .base import Drafter, Proposal
+from .core import DraftCore
+from .messages import Config, Prefill, Speculate
+from .remote import proposal_q
+
+log = logging.getLogger(__name__)
+
+
+class DraftExecutor:
+    """Where the draft's off-critical-path work runs. CUDA: in the caller's thread on a second stream
+    (the work only queues kernels). CPU: one background thread. :meth:`run` is for the critical path:
+    it waits for background work, then runs in the caller's thread (on the draft stream)."""
+
+    def __init__(self, device: torch.device, threaded: bool | None = None):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.threaded = self.stream is None if threaded is None else threaded
+        self._jobs: queue.Queue | None = None
+        self._busy = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self.threaded:
+            self._jobs = queue.Queue()
+            self._thread = threading.Thread(target=self._loop, name="specdec-draft", daemon=True)
+            self._thread.start()
+
+    def _context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+
+    def _loop(self) -> None:
+        if self.stream is not None:
+            torch.cuda.set_device(self.device)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                with self._context():
+                    job()
+            except BaseException as e:              # re-raised in the engine's thread by wait()
+                self._error = e
+            finally:
+                self._jobs.task_done()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self.threaded:
+            self._jobs.put(job)
+        else:
+            with self._context():
+                job()
+
+    def wait(self) -> None:
+        if self.threaded:
+            q = self._jobs
+            with q.all_tasks_done:
+                while q.unfinished_tasks:
+                    t = self._thread
+                    if t is None or not t.is_alive() or sys.is_finalizing():
+                        break                       # the thread is gone (interpreter exit): nothing to wait for
+                    q.all_tasks_done.wait(0.05)
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+
+    def run(self, job: Callable):
+        self.wait()
+        with self._context():
+            return job()
+
+    def target_waits(self) -> None:
+        """The target's stream waits for the draft stream's work so far (the proposal's tokens and q)."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def close(self) -> None:
+        t, self._thread = self._thread, None
+        if t is not None:
+            self._jobs.put(None)
+            if t is not threading.current_thread():
+                t.join(timeout=30)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class InProcessDrafter(Drafter):
+    def __init__(self, core: DraftCore, spec: SpecConfig, vocab_size: int, max_batch_size: int, max_model_len: int,
+                 seed: int, device: torch.device, executor: DraftExecutor):
+        self.core, self.vocab_size, self.device = core, vocab_size, torch.device(device)
+        self.max_batch_size, self.max_model_len, self.seed = max_batch_size, max_model_len, seed
+        self.exec = executor
+        self.runner = core.runner
+        self.known: set[int] = set()
+        self.fresh: set[int] = set()
+        self._built = False
+        weakref.finalize(self, executor.close)          # a dropped engine's draft thread ends too
+        self.configure(spec)
+
+    @staticmethod
+    def config_message(spec: SpecConfig, vocab_size: int, max_batch_size: int, max_model_len: int, seed: int) -> Config:
+        hit, miss, fast, geometric = resolve_fan_out(spec)
+        return Config(spec.k, True, hit, miss, fast, geometric, spec.sampler_x, spec.backup, vocab_size,
+                      max_batch_size, max_model_len, seed, spec.tree_policy)
+
+    def configure(self, spec: SpecConfig) -> None:
+        """New settings: the core starts over (every sequence is re-prefilled lazily)."""
+        self.spec = spec
+        cfg = self.config_message(spec, self.vocab_size, self.max_batch_size, self.max_model_len, self.seed)
+        self.exec.run(lambda: (self.core.free(list(self.core.seqs)), self.core.configure(cfg)))
+        self.known.clear()
+        self.fresh.clear()
+
+    # --- the round ----------------------------------------------------------------------------
+    def prefill(self, seqs) -> None:
+        """New (or resumed) sequences: queued on the draft side before the target's own prefill, so the
+        two overlap (CUDA: two streams; CPU: the draft thread)."""
+        toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
+        ps = [s.params for s in seqs]
+        msg = Prefill([s.seq_id for s in seqs], [list(t) for t in toks],
+                      [request_k(self.spec.k, s.params.num_draft_tokens) for s in seqs],
+                      [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps])
+        self.exec.submit(lambda: self.core.prefill(msg))
+        for s, t in zip(seqs, toks):
+            s.draft_cached = len(t)
+            self.known.add(s.seq_id)
+            self.fresh.add(s.seq_id)
+
+    def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
+        lazy = [s for s in seqs if s.seq_id not in self.known]
+        if lazy:                                  # e.g. after configure(): catch the core up first
+            self.prefill(lazy)
+        t0 = time.perf_counter()
+        self.exec.wait()
+        build_s = self.exec.run(self.core.finish)                   # the last build's one host sync
+        wait_s = time.perf_counter() - t0
+        ps = [s.params for s in seqs]
+        msg = Speculate([s.seq_id for s in seqs], [-2 if s.seq_id in self.fresh else s.last_accepted for s in seqs],
+                        [s.last_token for s in seqs], [len(s) for s in seqs], list(ks),
+                        [s.token_ids[s.draft_cached:] for s in seqs], [p.temperature for p in ps],
+                        [p.top_k for p in ps], [p.top_p for p in ps], 0)
+        reply = self.exec.run(lambda: self.core.speculate(msg))     # lookup here; JIT on the draft stream
+        self.exec.target_waits()
+        if reply.probs is not None and self.exec.stream is not None:   # allocated on the draft stream, read here
+            reply.probs.record_stream(torch.cuda.current_stream(self.device))
+        for s in seqs:
+            s.draft_cached = len(s)
+            self.fresh.discard(s.seq_id)
+        self._built = False
+        status = [RowStatus(int(x)) for x in reply.status]
+        tokens = torch.from_numpy(reply.tokens).to(self.device, non_blocking=True)        # [B, K]
+        q = proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
+        return Proposal(tokens, q, list(ks), status=status, wait_s=wait_s, build_s=build_s or 0.0)
+
+    def overlap(self) -> None:
+        """The target's verify forward is queued: launch the next speculation tree beside it."""
+        if not self._built:
+            self._built = True
+            self.exec.submit(self.core.build)
+
+    def free(self, seq) -> None:
+        """Queued behind the draft's work in flight (CUDA: at once; its blocks are reused in stream order)."""
+        if seq.seq_id in self.known:
+            sid = seq.seq_id
+            self.exec.submit(lambda: self.core.free([sid]))
+        self.known.discard(seq.seq_id)
+        self.fresh.discard(seq.seq_id)
+        seq.draft_cached = 0
+
+    def needs(self, seq, k: int) -> int:
+        return 0          # the core sizes its own pool and degrades to the fast backup when it is full
+
+    # --- SIMULATED verification ---------------------------------------------------------------
+    def sim_candidates(self, seq, depth: int):
+        """The recovery tokens that would be cache hits at ``depth`` for ``seq`` next round: a host list
+        (the JIT's shadow fork when no tree is being built), or (roots on the device, first index,
+        count, event) from the build in flight; None when there are none."""
+        core = self.core
+        if core.tree is not None and core.tree.pending is None and self.exec.threaded:
+            self.exec.wait()                     # CPU: the build thread must have forked first
+        if core.tree is not None:
+            c = core.tree.candidates(seq.seq_id, depth)
+            if c is not None:
+                return c
+        s = core.seqs.get(seq.seq_id)
+        if s is None or s.shadow is None or not 0 <= depth < len(s.shadow):
+            return None
+        fan = core.adaptive.fan_out(RowStatus.JIT)
+        cands = s.shadow[depth][: fan[depth]]
+        return cands or None
+
+    def summary(self) -> dict:
+        self.exec.wait()
+        return self.core.summary()
+
+    def close(self, send_exit: bool = True) -> None:
+        try:
+            self.exec.run(self.core.finish)
+        finally:
+            self.exec.close()
