@@ -237,9 +237,10 @@ def is_eagle_folder(folder) -> bool:
 
 
 def save_eagle(out: Path, head: EagleHead, base: str, shared: dict[str, torch.Tensor], save_dtype: torch.dtype,
-               info: dict | None = None, head_ids: torch.Tensor | None = None, tokenizer=None) -> Path:
-    """Write ``eagle_config.json``, the head's own tensors, the manifest naming the target that lends the
-    embedding and LM head (``shared``: HF name -> tensor, for the checksums) and optional head tokens."""
+               info: dict | None = None, head_ids: torch.Tensor | None = None) -> Path:
+    """Write config.json (the EagleHead architecture and shapes), the head's own tensors, the manifest naming
+    the target that lends the embedding and LM head (``shared``: HF name -> tensor, for the checksums: they
+    also pin the vocabulary, so the folder holds no tokenizer) and optional head tokens."""
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", save_dtype).contiguous() for k, v in head.own_state().items()}
@@ -254,8 +255,6 @@ def save_eagle(out: Path, head: EagleHead, base: str, shared: dict[str, torch.Te
     elif (out / HEAD_FILE).exists():
         (out / HEAD_FILE).unlink()
     write_manifest(out, base, shared, {"trained": info or {}})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
     return out
 
 
