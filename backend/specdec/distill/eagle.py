@@ -10,6 +10,8 @@ next target position predicts a completion token:
 with p_{j+1} = softmax(LM head(f_{j+1})) the target's distribution of x_{j+2} and q the head's
 (the target's LM head applied to g). Levels are averaged with weights 1, 1/2, 1/4, ... (the first
 draft token gates all later ones); top-1 agreement is reported for level 1 (the first draft token).
+With ``head_vocab`` (the exported head's token list), both distributions are taken over those tokens
+only, renormalised: the distribution the head drafts from, at a sixth of the logit work.
 """
 from __future__ import annotations
 
@@ -23,9 +25,17 @@ from .train_loss import chunked_kl
 LEVEL_DECAY = 0.5          # level s weighs LEVEL_DECAY^(s-1): the first draft token gates every later one
 
 
+def head_rows(teacher, head_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """The teacher's LM-head rows of ``head_ids`` (a frozen copy), or None for the whole vocabulary."""
+    if head_ids is None:
+        return None
+    w = teacher.lm_head.weight
+    return w.detach()[head_ids.to(w.device)].clone()
+
+
 def init_eagle(teacher, layers: int, max_positions: int) -> EagleHead:
-    """A float32 head of ``layers`` layers for the HF ``teacher``: layers start as copies of the teacher's
-    last decoder layer, the norm as its final norm, fc as a pass-through of the feature."""
+    """A float32 head of ``layers`` layers for the HF ``teacher``, starting as a pass-through of the feature
+    (:meth:`EagleHead.init_from_target`: layers copied from the teacher's last one, outputs zeroed)."""
     cfg = teacher.config
     device = next(teacher.parameters()).device
     rotary = RotaryEmbedding(*inverse_frequencies(cfg), max_positions).to(device)
@@ -38,15 +48,18 @@ def init_eagle(teacher, layers: int, max_positions: int) -> EagleHead:
              "post_norm.weight": last.post_attention_layernorm.weight,
              "gate_up.weight": torch.cat([last.mlp.gate_proj.weight, last.mlp.up_proj.weight]),
              "down.weight": last.mlp.down_proj.weight}
-    head.init_from_target({k: v.detach().float() for k, v in state.items()}, teacher.model.norm.weight.detach().float())
+    head.init_from_target({k: v.detach().float() for k, v in state.items()})
     head.attach(teacher.model.embed_tokens, teacher.lm_head)
     return head.train()
 
 
 def eagle_batch_loss(teacher, head: EagleHead, ids, mask, autocast, loss_chunk: int, steps: int,
-                     feature_weight: float):
+                     feature_weight: float, lm_rows: torch.Tensor | None = None):
     """(loss averaged over levels, top-1 agreement of level 1 = the first draft token, its loss
-    positions N). ids [B, L], mask [B, L] host tensors (mask: position t predicts a completion token)."""
+    positions N). ids [B, L], mask [B, L] host tensors (mask: position t predicts a completion token).
+
+    lm_rows [V', H]: compare the two distributions over these LM-head rows only (the exported head's
+    tokens, renormalised on both sides): what drafting uses, and 6x less logit work than 49152 rows."""
     device = next(head.parameters()).device
     ids_d = ids.to(device, non_blocking=True)
     L = ids.shape[1]
@@ -54,7 +67,7 @@ def eagle_batch_loss(teacher, head: EagleHead, ids, mask, autocast, loss_chunk: 
     # level s: positions j >= s - 1 whose next position j + 1 predicts a completion token (host: no sync)
     sels = [(mask[:, 1:] & (jj >= s - 1)).reshape(-1).nonzero().squeeze(1) for s in range(1, steps + 1)]
     sels_d = [x.to(device, non_blocking=True) for x in sels]
-    w = teacher.lm_head.weight
+    w = teacher.lm_head.weight if lm_rows is None else lm_rows
     total, agree_first = 0.0, torch.zeros((), device=device)
     with autocast:
         with torch.no_grad():

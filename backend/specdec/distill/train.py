@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_config, state_dir
 from .config import DistillConfig
 from .batches import Batcher, eval_batches, split_by_prompt
 from .data import load_or_generate
-from .eagle import eagle_batch_loss, export_eagle, init_eagle
+from .eagle import eagle_batch_loss, export_eagle, head_rows, init_eagle
 from .export import export_draft, exported_bytes
 from .model import init_draft, load_teacher, num_params, trainable
 from .train_loss import chunked_kl, kl_sum, llama_batch_loss  # noqa: F401  (kl_sum: re-exported)
@@ -51,15 +51,17 @@ class Student:
     layers_params: int                     # parameters of its decoder layers (for the time estimate)
 
 
-def build_student(cfg: DistillConfig, teacher, tokenizer, autocast) -> Student:
+def build_student(cfg: DistillConfig, teacher, tokenizer, autocast, head_ids=None) -> Student:
+    """head_ids: the exported LM head's tokens (an EAGLE head also trains over those only)."""
     base = cfg.base or cfg.target
     save_dtype = DTYPES[cfg.save_dtype]
     if cfg.arch == "eagle":
         head = init_eagle(teacher, cfg.layers, cfg.seq_len + 1)
+        rows = head_rows(teacher, head_ids)
 
         def loss(ids, mask):
             return eagle_batch_loss(teacher, head, ids, mask, autocast, cfg.loss_chunk, cfg.eagle_steps,
-                                    cfg.feature_weight)
+                                    cfg.feature_weight, rows)
 
         def export(out, info, head_ids):
             export_eagle(head, teacher, tokenizer, base, out, save_dtype, info, head_ids)
@@ -165,7 +167,8 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     tokenizer = load_tokenizer(folder)
     autocast = (torch.autocast(device.type, dtype=DTYPES[cfg.compute_dtype])
                 if cfg.compute_dtype != "float32" else contextlib.nullcontext())
-    student = build_student(cfg, teacher, tokenizer, autocast)
+    head_ids = lm_head_tokens(cfg, corpus, teacher, tokenizer, report)
+    student = build_student(cfg, teacher, tokenizer, autocast, head_ids)
     params = [p for _, p in trainable(student.module)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
@@ -175,7 +178,6 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
         log.info("resuming at step %d of %d", start, cfg.steps)
     for line in describe(cfg, corpus, batcher, teacher, student, start):
         report(line)
-    head_ids = lm_head_tokens(cfg, corpus, teacher, tokenizer, report)
 
     def export(step: int) -> None:
         info = {"target": cfg.target, "arch": cfg.arch, "layers": cfg.layers, "steps": step, "batch": cfg.batch,

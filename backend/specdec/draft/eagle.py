@@ -100,6 +100,7 @@ class EagleDrafter(Drafter):
         row.pending.append(hidden)
 
     # --- Drafter ----------------------------------------------------------------------------------
+    @torch.inference_mode()
     def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
         dev = self.device
         B, K = len(seqs), max(ks)
