@@ -36,10 +36,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import fused
-from ..layers.norm import RMSNorm
 from .draft_head import HEAD_FILE, full_vocab_logits, load_head_tokens, restrict_head, save_head_tokens
 from .shared_weights import checksum, read_manifest, write_manifest
+
+# The head's small ops are its own eager ones, not layers/fused.py's: those become torch.compile'd
+# functions once an engine on CUDA enables compilation, which would recompile them for training (grad
+# mode, other ranks) in the middle of a distillation run. Inside the drafter's CUDA graph eager is cheap.
+
+
+class RMSNorm(nn.Module):
+    """HF numerics: normalise in float32, cast back, scale by the weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(q, k, cos, sin):
+    """Rotate-half RoPE (the target's layout); cos/sin broadcast against q/k [..., heads, d]."""
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
 
 CONFIG_FILE = "config.json"          # {"architectures": ["EagleHead"], "model_type": "specdec_eagle", shapes...}
 ARCHITECTURE = "EagleHead"
@@ -105,13 +130,14 @@ class EagleLayer(nn.Module):
         q, k, v = self.qkv(self.input_norm(x)).split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], -1)
         q = q.unflatten(-1, (self.h, self.d))
         k = k.unflatten(-1, (self.kvh, self.d))
-        q, k = fused.rotary(q, k, cos, sin)
+        q, k = rotary(q, k, cos, sin)
         return q, k, v.unflatten(-1, (self.kvh, self.d))
 
     def finish(self, x, attn):
         """x [..., H] + o_proj(attn [..., h * d]), then the MLP block."""
         x = x + self.o_proj(attn)
-        return x + self.down(fused.silu_mul(self.gate_up(self.post_norm(x))))
+        gate, up = self.gate_up(self.post_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
 
 
 def _attend(q, k, v, mask):
