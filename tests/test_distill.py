@@ -219,3 +219,19 @@ def test_synthetic_prompts_are_varied_and_never_held_out():
     for kind, words in kinds.items():
         assert sum(any(w in p for w in words) for p in ps) > 80, kind
     assert any(not p.isascii() for p in ps)                           # some prompts in other scripts
+
+
+def test_time_schedule_decays_over_the_time_budget():
+    from specdec.distill.config import DistillConfig
+    from specdec.distill.train import lr_lambda
+    cfg = DistillConfig(out="x", steps=10_000, warmup=10, time_limit=100.0, schedule="time")
+    now = {"frac": 0.0}
+    f = lr_lambda(cfg, lambda: now["frac"])
+    assert f(0) == pytest.approx(0.1) and f(20) == pytest.approx(1.0, abs=1e-3)
+    now["frac"] = 0.5
+    assert f(20) == pytest.approx(0.55, abs=1e-3)            # half the time: half-way down the cosine
+    now["frac"] = 1.0
+    assert f(20) == pytest.approx(0.1)
+    assert lr_lambda(cfg)(5_005) == pytest.approx(0.55, abs=1e-3)   # by steps alone
+    with pytest.raises(ValueError, match="time_limit"):
+        DistillConfig(out="x", schedule="time")

@@ -19,6 +19,9 @@
 #      (every phase's full output, rewritten after each phase), results.json (acceptance + bench rows),
 #      summary.txt.
 # LLAMA_S=60 also trains a 4-layer Llama draft on the same corpus for that long (measured next to it).
+# RESUME=1 (a later call, machine still warm, nothing carried): trains the head on from its
+# checkpoint for TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures again.
+# Other knobs: GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES BUDGET.
 # Each phase gets a timeout from what is left of BUDGET; a phase that fails does not stop the next.
 #
 # DRY=1: the same steps on this machine's CPU with tiny sizes (checks the script; numbers mean nothing);
@@ -31,11 +34,11 @@ if [ "$DRY" = 1 ]; then
   SITE=${SITE:-/tmp/specdec-dry/site}; DEV=cpu; DT=float32; BUDGET=${BUDGET:-900}
   GEN_S=${GEN_S:-20}; TRAIN_S=${TRAIN_S:-25}; STEPS=${STEPS:-12}; BATCH=4; SEQ=96; GEN_B=32; SAMPLES=0
   INVENT=4; SYNTH=40; NUMP=24; ACC_N=2; ACC_T=12; ACC_TEMPS=0; ACC_K=4; BN=2; BLEN=12; SWEEP=k=2,4
-  rm -rf "$OUT" "$P/eagle" "$P/llama" "$P"/*.json
+  rm -rf "$OUT" "$P"/*.json; [ "${RESUME:-0}" = 1 ] || rm -rf "$P/eagle" "$P/llama"
 else
   PY=${PY:-python3}; P=/tmp/persist; OUT=${OUT:?OUT is set on the GPU machine}; SITE=/tmp/site
   DEV=cuda:0; DT=bfloat16; BUDGET=${BUDGET:-535}
-  GEN_S=${GEN_S:-100}; TRAIN_S=${TRAIN_S:-130}; STEPS=${STEPS:-3000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
+  GEN_S=${GEN_S:-100}; TRAIN_S=${TRAIN_S:-130}; STEPS=${STEPS:-20000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
   GEN_B=${GEN_B:-256}; SAMPLES=${SAMPLES:-2}; INVENT=${INVENT:-3000}; SYNTH=${SYNTH:-4000}; NUMP=
   ACC_N=16; ACC_T=96; ACC_TEMPS=0,0.7; ACC_K=2,3,4; BN=8; BLEN=128; SWEEP=k=2,3,4,6
 fi
@@ -85,11 +88,16 @@ $PY -c "import torch, transformers; print('torch', torch.__version__, 'transform
 
 # --- 2. corpus + EAGLE head (3. packed into $OUT right away) ---------------------------------------------
 RESERVE=160   # kept for acceptance + bench
-phase distill_eagle $((GEN_S + TRAIN_S + 120)) $S distill --target smollm2-135m --base smollm2-135m \
-  --out "$P/eagle" --arch eagle --layers 1 --eagle-steps "$EAGLE_STEPS" --device "$DEV" --dtype "$DT" \
-  ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" \
-  --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" --steps "$STEPS" --time-limit "$TRAIN_S" \
-  --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV"
+if [ "${RESUME:-0}" = 1 ] && [ -f "$P/eagle/train/checkpoint.pt" ]; then   # a later call: train on, same corpus
+  phase distill_eagle $((TRAIN_S + 90)) $S distill --out "$P/eagle" --resume --device "$DEV" --dtype "$DT" \
+    --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --schedule time
+else
+  phase distill_eagle $((GEN_S + TRAIN_S + 120)) $S distill --target smollm2-135m --base smollm2-135m \
+    --out "$P/eagle" --arch eagle --layers "${LAYERS:-1}" --eagle-steps "$EAGLE_STEPS" --device "$DEV" --dtype "$DT" \
+    ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" \
+    --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" --steps "$STEPS" --time-limit "$TRAIN_S" \
+    --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV" --schedule time
+fi
 grep -h -E "^corpus:|^distill:|^estimate:|validation|^trained|written|LM head|stopped" "$L/distill_eagle.log" \
   > "$P/distill_summary.txt"
 if [ -f "$P/eagle/model.safetensors" ]; then

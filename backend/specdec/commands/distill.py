@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (then --resume)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="checkpoint and stop after this many seconds of training (then --resume)")
+    p.add_argument("--schedule", default=None, choices=["steps", "time"],
+                   help="time: the learning rate decays over whichever ends first, --steps or --time-limit "
+                        "(a fixed time budget gets a full cosine decay; default steps)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/train/")
     p.set_defaults(func=run)
 
@@ -67,7 +70,7 @@ def run(args) -> int:
     names = ("target", "out", "arch", "layers", "eagle_steps", "feature_weight", "steps", "batch", "seq_len", "lr",
              "warmup", "device", "dtype", "save_every", "num_prompts", "samples", "invent", "synth_prompts", "gen_batch",
              "gen_time_limit", "loss_chunk", "train_embeddings", "save_dtype", "standalone", "base", "head_vocab",
-             "seed", "stop_at", "time_limit")
+             "seed", "stop_at", "time_limit", "schedule")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = resolve_config(given, args.resume)
     train(cfg, report=tqdm.write)          # prints above the progress bar

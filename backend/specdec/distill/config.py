@@ -11,7 +11,7 @@ ARCHS = ("llama", "eagle")
 RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone",
                        "base", "head_vocab", "gen_time_limit")
 # fields that control one invocation only (never inherited by a resumed run)
-RUN_CONTROL = ("stop_at", "time_limit")
+RUN_CONTROL = ("stop_at", "time_limit", "schedule")
 
 
 @dataclass(slots=True)
@@ -54,6 +54,7 @@ class DistillConfig:
     seed: int = 0
     stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
     time_limit: float | None = None     # checkpoint and stop after this many seconds of training
+    schedule: str = "steps"             # "time": the LR decays over min(steps, time_limit) (needs time_limit)
 
     def __post_init__(self):
         check_choice("arch", self.arch, ARCHS)
@@ -84,6 +85,9 @@ class DistillConfig:
             check_int("stop_at", self.stop_at, 1, self.steps)
         if self.time_limit is not None:
             check_float("time_limit", self.time_limit, 0.0, 1e9, lo_open=True)
+        check_choice("schedule", self.schedule, ("steps", "time"))
+        if self.schedule == "time" and self.time_limit is None:
+            raise ValueError("schedule='time' needs time_limit (the LR decays over the time budget)")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of ('float32', 'bfloat16') "
                              f"(float16 training would need loss scaling)")

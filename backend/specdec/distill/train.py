@@ -85,13 +85,17 @@ def flops_per_token(teacher_layers: int, draft_layers: int, head: int, head_trai
     return teacher + draft + 2 * head
 
 
-def lr_lambda(cfg: DistillConfig):
+def lr_lambda(cfg: DistillConfig, time_fraction=None):
+    """Linear warmup, then cosine decay to 10 % over the steps; with ``time_fraction`` (schedule "time":
+    the share of --time-limit spent so far in this invocation) over whichever runs out first."""
     warm = cfg.warmup_steps
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         t = (step - warm) / max(1, cfg.steps - warm)
+        if time_fraction is not None:
+            t = max(t, time_fraction())
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     return f
 
@@ -172,7 +176,11 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     params = [p for _, p in trainable(student.module)]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    clock = {"t0": time.perf_counter()}                    # reset when training starts (below)
+    time_fraction = None
+    if cfg.schedule == "time":
+        time_fraction = lambda: (time.perf_counter() - clock["t0"]) / cfg.time_limit   # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, time_fraction))
     start = load_checkpoint(sdir, student.module, opt, sched)
     if start:
         log.info("resuming at step %d of %d", start, cfg.steps)
@@ -194,6 +202,7 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", dynamic_ncols=True)
     ema_loss = ema_agree = None
     tokens_done, t_start = 0, time.perf_counter()
+    clock["t0"] = t_start
     for step in range(start, cfg.steps):
         ids, mask = batcher.get(step)
         loss, agree, n = train_step(student, ids, mask, opt, sched, params)
