@@ -31,14 +31,14 @@ T0=$(date +%s)
 DRY=${DRY:-0}
 if [ "$DRY" = 1 ]; then
   PY=${PY:-.venv/bin/python}; P=${PERSIST:-/tmp/specdec-dry/persist}; OUT=${OUT:-/tmp/specdec-dry/out}
-  SITE=${SITE:-/tmp/specdec-dry/site}; DEV=cpu; DT=float32; BUDGET=${BUDGET:-900}
-  GEN_S=${GEN_S:-20}; TRAIN_S=${TRAIN_S:-25}; STEPS=${STEPS:-12}; BATCH=4; SEQ=96; GEN_B=32; SAMPLES=0
+  SITE=${SITE:-/tmp/specdec-dry/site}; DEV=cpu; DT=float32; BUDGET=${BUDGET:-1200}
+  GEN_S=${GEN_S:-45}; TRAIN_S=${TRAIN_S:-25}; STEPS=${STEPS:-12}; BATCH=4; SEQ=96; GEN_B=32; SAMPLES=0
   INVENT=4; SYNTH=40; NUMP=24; ACC_N=2; ACC_T=12; ACC_TEMPS=0; ACC_K=4; BN=2; BLEN=12; SWEEP=k=2,4
   rm -rf "$OUT" "$P"/*.json; [ "${RESUME:-0}" = 1 ] || rm -rf "$P/eagle" "$P/llama"
 else
   PY=${PY:-python3}; P=/tmp/persist; OUT=${OUT:?OUT is set on the GPU machine}; SITE=/tmp/site
   DEV=cuda:0; DT=bfloat16; BUDGET=${BUDGET:-535}
-  GEN_S=${GEN_S:-100}; TRAIN_S=${TRAIN_S:-130}; STEPS=${STEPS:-20000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
+  GEN_S=${GEN_S:-90}; TRAIN_S=${TRAIN_S:-120}; STEPS=${STEPS:-20000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
   GEN_B=${GEN_B:-256}; SAMPLES=${SAMPLES:-2}; INVENT=${INVENT:-3000}; SYNTH=${SYNTH:-4000}; NUMP=
   ACC_N=16; ACC_T=96; ACC_TEMPS=0,0.7; ACC_K=2,3,4; BN=8; BLEN=128; SWEEP=k=2,3,4,6
 fi
@@ -87,7 +87,7 @@ phase convert 200 $PY -c "from specdec.models.registry import resolve; print(res
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 # --- 2. corpus + EAGLE head (3. packed into $OUT right away) ---------------------------------------------
-RESERVE=160   # kept for acceptance + bench
+RESERVE=150   # kept for acceptance + bench
 if [ "${RESUME:-0}" = 1 ] && [ -f "$P/eagle/train/checkpoint.pt" ]; then   # a later call: train on, same corpus
   phase distill_eagle $((TRAIN_S + 90)) $S distill --out "$P/eagle" --resume --device "$DEV" --dtype "$DT" \
     --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --schedule time
@@ -104,7 +104,8 @@ if [ -f "$P/eagle/model.safetensors" ]; then
   tar -C "$P" --exclude=train -cf "$OUT/draft.tar" eagle && (cd "$OUT" && split -b 15M draft.tar draft.tar.part- && rm draft.tar)
   ls -la "$OUT" | grep draft
 fi
-DRAFTS=$P/eagle
+DRAFTS=
+[ -f "$P/eagle/model.safetensors" ] && DRAFTS=$P/eagle,
 if [ "$LLAMA_S" -gt 0 ] && [ -f "$P/eagle/train/corpus.pt" ]; then
   mkdir -p "$P/llama/train" && cp "$P/eagle/train/corpus.pt" "$P/llama/train/"
   phase distill_llama $((LLAMA_S + 60)) $S distill --target smollm2-135m --base smollm2-135m --out "$P/llama" \
@@ -112,19 +113,20 @@ if [ "$LLAMA_S" -gt 0 ] && [ -f "$P/eagle/train/corpus.pt" ]; then
     --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" --batch "$BATCH" --steps "$STEPS" \
     --time-limit "$LLAMA_S" --save-every 100000 --head-vocab "$HEADV"
   if [ -f "$P/llama/model.safetensors" ]; then
-    DRAFTS=$DRAFTS,$P/llama
+    DRAFTS=$DRAFTS$P/llama,
     tar -C "$P" --exclude=train -cf "$OUT/llama.tar" llama && (cd "$OUT" && split -b 15M llama.tar llama.tar.part- && rm llama.tar)
   fi
 fi
 RESERVE=0
 
 # --- 4. held-out acceptance; 5. AR vs sync ----------------------------------------------------------------
-phase acceptance 150 $S acceptance --target smollm2-135m --draft "$DRAFTS,smollm2-135m-draft,ngram" --k "$ACC_K" \
+phase acceptance 150 $S acceptance --target smollm2-135m --draft "${DRAFTS}smollm2-135m-draft,ngram" --k "$ACC_K" \
   --temp "$ACC_TEMPS" --num-prompts "$ACC_N" --max-tokens "$ACC_T" --device "$DEV" --dtype "$DT" \
   --json "$P/acceptance.json"
 B="$S bench --target smollm2-135m --chat --numseqs $BN --output_len $BLEN --b 1 --device $DEV --dtype $DT"
 phase bench_ar 90 $B --json "$P/bench_ar.json"
-phase bench_sync 120 $B --spec --draft "$P/eagle" --k 6 --sweep "$SWEEP" --json "$P/bench_sync.json"
+[ -f "$P/eagle/model.safetensors" ] && \
+  phase bench_sync 120 $B --spec --draft "$P/eagle" --k 6 --sweep "$SWEEP" --json "$P/bench_sync.json"
 
 # --- 6. the summary ----------------------------------------------------------------------------------------
 $PY - "$P" "$OUT" <<'EOF' | tee "$OUT/summary.txt"
