@@ -52,11 +52,13 @@ def perf_env() -> dict:
 
 
 def write_input_data(src: Path, dest: Path, max_tokens: int | None, num_draft_tokens: int | None,
-                     chat: bool | None) -> Path:
+                     chat: bool | None, ignore_eos: bool = False) -> Path:
     data = json.loads(src.read_text())
     for entry in data["data"]:
         if max_tokens is not None:
             entry["max_tokens"] = [max_tokens]
+        if ignore_eos:                        # min_length >= max_tokens: every request runs to max_tokens
+            entry["min_length"] = entry["max_tokens"]
         if num_draft_tokens is not None:
             entry["num_draft_tokens"] = [num_draft_tokens]
         if chat is not None:
@@ -84,14 +86,17 @@ def summarize(export: dict) -> list[dict]:
             continue
         start = min(r["timestamp"] for r in reqs)
         end = max(r["response_timestamps"][-1] for r in reqs)
-        tokens, unknown = 0, 0
+        tokens, unknown, itl = 0, 0, []
         for r in reqs:
-            for out in r.get("response_outputs", []):
+            times = r["response_timestamps"]
+            for i, out in enumerate(r.get("response_outputs", [])):
                 n = _uint(out.get("num_output_tokens", ""))
                 if n is None:
                     unknown += 1
-                else:
-                    tokens += n
+                    continue
+                tokens += n
+                if i > 0 and n > 0:           # inter-token latency: a response's gap spread over its tokens
+                    itl += [(times[i] - times[i - 1]) / 1e6 / n] * n
         seconds = (end - start) / 1e9
         ttft = sorted((r["response_timestamps"][0] - r["timestamp"]) / 1e6 for r in reqs)
         lat = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e6 for r in reqs)
@@ -101,27 +106,39 @@ def summarize(export: dict) -> list[dict]:
             "responses": sum(len(r["response_timestamps"]) for r in reqs),
             "ttft_ms_p50": ttft[len(ttft) // 2], "latency_ms_p50": lat[len(lat) // 2],
             "tokens_per_request": tokens / len(reqs), "uncounted_responses": unknown,
+            "itl_ms_p50": _pct(itl, 50), "itl_ms_p99": _pct(itl, 99),
         })
     return rows
 
 
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'conc':>4} {'reqs':>5} {'req/s':>7} {'out tok/s':>10} {'tok/req':>8} {'resp/req':>8} "
-          f"{'TTFT p50 ms':>12} {'lat p50 ms':>11}")
+          f"{'TTFT p50 ms':>12} {'lat p50 ms':>11} {'ITL p50/p99 ms':>15}")
     for r in rows:
         if not r["requests"]:
             print(f"{r['concurrency']:>4} {'0':>5}  (no completed requests)")
             continue
         print(f"{r['concurrency']:>4} {r['requests']:>5} {r['requests_per_s']:>7.2f} {r['output_tokens_per_s']:>10.1f} "
               f"{r['tokens_per_request']:>8.1f} {r['responses'] / r['requests']:>8.1f} {r['ttft_ms_p50']:>12.0f} "
-              f"{r['latency_ms_p50']:>11.0f}")
+              f"{r['latency_ms_p50']:>11.0f} {_fmt(r['itl_ms_p50'])}/{_fmt(r['itl_ms_p99']):<7}")
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def run(args) -> int:
     pa = find_perf_analyzer(args.perf_analyzer)
     workdir = Path(tempfile.mkdtemp(prefix="specdec-perf-"))
     data = write_input_data(Path(args.input_data), workdir / "inputs.json", args.max_tokens, args.num_draft_tokens,
-                            None if args.chat is None else args.chat == "on")
+                            None if args.chat is None else args.chat == "on", args.ignore_eos)
     export = Path(args.profile_export_file or workdir / "profile.json")
     cmd = [pa, "-m", args.model, "-i", "grpc", "-u", args.url, "--async", "--streaming",
            "--input-data", str(data), "--concurrency-range", args.concurrency,
@@ -157,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None, help="override max_tokens of every prompt")
     ap.add_argument("--num-draft-tokens", type=int, default=None, help="override K (0 = autoregressive)")
     ap.add_argument("--chat", choices=["on", "off"], default=None, help="override apply_chat_template")
+    ap.add_argument("--ignore-eos", action="store_true", help="min_length = max_tokens: exactly max_tokens per request")
     ap.add_argument("--requests-per-window", type=int, default=8)
     ap.add_argument("--stability-percentage", type=float, default=999, help="999 = accept the first windows")
     ap.add_argument("--max-trials", type=int, default=3)

@@ -51,6 +51,13 @@ class Result:
         return sum(self.chunk_tokens)
 
     @property
+    def tau(self) -> float | None:
+        """Mean accepted length: tokens committed per target forward. Each response after the first (the
+        prefill's token) carries one engine round's tokens, i.e. one target forward's."""
+        rounds = [n for n in self.chunk_tokens[1:] if n > 0]
+        return sum(rounds) / len(rounds) if rounds else None
+
+    @property
     def ttft_s(self) -> float | None:
         return None if self.t_first is None else self.t_first - self.t_send
 
@@ -199,7 +206,10 @@ def _print_summary(results: list[Result], wall_s: float) -> None:
             f"TTFT {1e3 * ttfts[len(ttfts) // 2]:.0f} ms (median)" if ttfts else "")
     drafted = sum(r.drafted or 0 for r in ok)
     if drafted:
-        line += f"; acceptance {sum(r.accepted or 0 for r in ok) / drafted:.2f} ({drafted} draft tokens)"
+        line += f"; acceptance rate {sum(r.accepted or 0 for r in ok) / drafted:.2f} ({drafted} draft tokens)"
+    rounds = [n for r in ok for n in r.chunk_tokens[1:] if n > 0]
+    if rounds:
+        line += f", tau {sum(rounds) / len(rounds):.2f} tokens per target forward"
     reasons = sorted({str(r.finish_reason) for r in ok})
     print(f"\n{line}; finish: {', '.join(reasons)}", file=sys.stderr)
 

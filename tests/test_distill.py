@@ -171,3 +171,67 @@ def test_validation_split_holds_out_whole_prompts():
     assert ids.shape == mask.shape == (4, 4) and mask[:, 1:3].all() and not mask[:, [0, 3]].any()
     assert torch.equal(Batcher(corpus, train, batch=4, seed=0).get(5)[0], ids)          # resumable: same batch
     assert split_by_prompt(Corpus(seqs[:30], [2] * 30)) == (list(range(30)), [])        # 10 prompts: no validation
+
+
+@pytest.fixture(scope="module")
+def distilled_eagle(tiny_llama, tmp_path_factory):
+    """An EAGLE head trained 4 steps (2 draft depths), checkpoints at 2 and 4."""
+    return distill(tiny_llama, tmp_path_factory.mktemp("eagle") / "head", "--arch", "eagle", "--eagle-steps", "2",
+                   "--steps", "4", "--head-vocab", "100")
+
+
+def test_eagle_distill_exports_a_head_that_decodes_exactly(tiny_llama, distilled_eagle):
+    from specdec.models.eagle import is_eagle_folder
+    assert is_eagle_folder(distilled_eagle)
+    manifest = json.loads((distilled_eagle / MANIFEST).read_text())
+    assert manifest["shared"] == ["model.embed_tokens.weight"] and manifest["trained"]["arch"] == "eagle"
+    with safe_open(str(distilled_eagle / "model.safetensors"), framework="pt") as sf:
+        assert not any("embed" in k or "lm_head" in k for k in sf.keys())       # only the head's own tensors
+        assert any(k.startswith("fc.") for k in sf.keys())
+    params = SamplingParams(max_tokens=16, ignore_eos=True)
+    ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar").generate(PROMPTS[:4], params)]
+    llm = LLM(str(tiny_llama), draft=str(distilled_eagle), mode="sync", k=3)
+    assert [o.token_ids for o in llm.generate(PROMPTS[:4], params)] == ref
+    assert llm.metrics.drafted > 0
+
+
+def test_eagle_resume_equals_uninterrupted_run(tiny_llama, distilled_eagle, tmp_path):
+    out = tmp_path / "head"
+    (out / "train").mkdir(parents=True)
+    shutil.copy(distilled_eagle / "train" / "corpus.pt", out / "train" / "corpus.pt")
+    distill(tiny_llama, out, "--arch", "eagle", "--eagle-steps", "2", "--steps", "4", "--head-vocab", "100",
+            "--stop-at", "2")
+    assert main(["distill", "--out", str(out), "--resume"]) == 0
+    resumed, straight = trained_state(out), trained_state(distilled_eagle)
+    assert resumed["step"] == straight["step"] == 4
+    for name, value in straight["draft"].items():
+        torch.testing.assert_close(resumed["draft"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_synthetic_prompts_are_varied_and_never_held_out():
+    from specdec.distill.prompts import synthetic_prompts
+    ps = synthetic_prompts(2000, seed=1)
+    assert len(ps) == len(set(ps)) == 2000
+    assert not set(ps) & set(HELDOUT_PROMPTS)
+    assert synthetic_prompts(50, seed=1) == ps[:50]                  # seeded, a prefix of the larger draw
+    kinds = {"code": ("function", "code", "program"), "maths": ("What is", "Solve", "Calculate", "costs"),
+             "translation": ("Translate",)}
+    for kind, words in kinds.items():
+        assert sum(any(w in p for w in words) for p in ps) > 80, kind
+    assert any(not p.isascii() for p in ps)                           # some prompts in other scripts
+
+
+def test_time_schedule_decays_over_the_time_budget():
+    from specdec.distill.config import DistillConfig
+    from specdec.distill.train import lr_lambda
+    cfg = DistillConfig(out="x", steps=10_000, warmup=10, time_limit=100.0, schedule="time")
+    now = {"frac": 0.0}
+    f = lr_lambda(cfg, lambda: now["frac"])
+    assert f(0) == pytest.approx(0.1) and f(20) == pytest.approx(1.0, abs=1e-3)
+    now["frac"] = 0.5
+    assert f(20) == pytest.approx(0.55, abs=1e-3)            # half the time: half-way down the cosine
+    now["frac"] = 1.0
+    assert f(20) == pytest.approx(0.1)
+    assert lr_lambda(cfg)(5_005) == pytest.approx(0.55, abs=1e-3)   # by steps alone
+    with pytest.raises(ValueError, match="time_limit"):
+        DistillConfig(out="x", schedule="time")

@@ -1,6 +1,12 @@
 """`specdec acceptance`: how well drafts predict a target, on held-out prompts.
 
-For every draft x temperature x K, over the rounds with >= 1 draft token:
+For every draft x temperature x K, over the rounds with >= 1 draft token, the two headline metrics
+(the same definitions as ``specdec bench``, the Triton outputs and the Prometheus metrics):
+
+* acceptance rate (``acc.rate``): accepted / drafted tokens (falls as K grows);
+* tau, the mean accepted length: tokens committed per target forward (1 + accepted per round);
+
+and as extras:
 
 * alpha: per-token acceptance, the probability that a draft token is accepted given that the
   ones before it were: accepted / (accepted + rejections), where a rejection is a round that
@@ -8,9 +14,8 @@ For every draft x temperature x K, over the rounds with >= 1 draft token:
   then E[tokens/round] = (1 - alpha^(K+1)) / (1 - alpha)). A round proposing fewer than K
   tokens (ngram without a long enough match, the end of a request) that is fully accepted
   also counts as a rejection, so alpha is a lower bound there.
-* acc/drafted: accepted / drafted tokens (the engine's acceptance_rate; falls as K grows).
-* tokens/round: 1 + accepted tokens per round; the speculation-cache hit rate (mode "async");
-  decode speed, next to the target's plain autoregressive speed on the same prompts, same run.
+* the speculation-cache hit rate (mode "async"); decode speed, next to the target's plain
+  autoregressive speed on the same prompts, same run.
 
 Prompts: the built-in HELDOUT set (disjoint from the prompts ``specdec distill`` trains on) or
 a JSONL file.
@@ -36,8 +41,8 @@ class Row:
     temp: float
     k: int
     alpha: float
-    accept_rate: float
-    tokens_per_round: float
+    accept_rate: float                # acceptance rate: accepted / drafted
+    tokens_per_round: float           # tau: committed tokens per target forward
     hit_rate: float | None
     tok_s: float
     ar_tok_s: float | None
@@ -155,18 +160,19 @@ def run(args) -> int:
                     log.info("%s", rows[-1])
     print(format_table(rows, args, len(prompts)))
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        Path(args.json).write_text(json.dumps([{**asdict(r), "acceptance_rate": r.accept_rate, "tau": r.tokens_per_round}
+                                               for r in rows], indent=2) + "\n")
     return 0
 
 
 def format_table(rows: list[Row], args, num_prompts: int) -> str:
     show_hit = any(r.hit_rate is not None for r in rows)
-    head = ["draft", "mode", "temp", "K", "alpha", "acc/drafted", "tok/round"] + (["hit rate"] if show_hit else []) + \
+    head = ["draft", "mode", "temp", "K", "acc.rate", "tau", "alpha"] + (["hit rate"] if show_hit else []) + \
            ["tok/s", "AR tok/s", "speedup"]
     body = []
     for r in rows:
-        cells = [r.draft, r.mode, f"{r.temp:g}", str(r.k), f"{r.alpha:.3f}", f"{r.accept_rate:.3f}",
-                 f"{r.tokens_per_round:.2f}"]
+        cells = [r.draft, r.mode, f"{r.temp:g}", str(r.k), f"{r.accept_rate:.3f}", f"{r.tokens_per_round:.2f}",
+                 f"{r.alpha:.3f}"]
         if show_hit:
             cells.append("-" if r.hit_rate is None else f"{r.hit_rate:.2f}")
         cells += [f"{r.tok_s:.1f}", "-" if r.ar_tok_s is None else f"{r.ar_tok_s:.1f}",
@@ -176,4 +182,6 @@ def format_table(rows: list[Row], args, num_prompts: int) -> str:
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     title = (f"target {args.target} | {num_prompts} held-out prompts x {args.max_tokens} tokens | batch {args.batch} | "
              f"{args.device} {args.dtype}")
-    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+    legend = ("acc.rate = accepted / drafted tokens; tau = mean accepted length = tokens committed per target "
+              "forward; alpha = per-token acceptance")
+    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(b) for b in body] + [legend])

@@ -39,7 +39,10 @@ def resolve_config(given: dict, resume: bool) -> DistillConfig:
             raise ValueError(f"--resume: {key}={value!r} differs from the saved run's {saved[key]!r}; "
                              f"only {', '.join(RESUMABLE_OVERRIDES)} may change")
     saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
-    saved.update({k: given.get(k) for k in RUN_CONTROL})
+    for k in RUN_CONTROL:                       # this invocation's, else the config's default
+        saved.pop(k, None)
+        if k in given:
+            saved[k] = given[k]
     saved["out"] = str(out)
     return DistillConfig.from_dict(saved)
 

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ..config import DTYPES, check_float, check_int
+from ..config import DTYPES, check_choice, check_float, check_int
+
+ARCHS = ("llama", "eagle")
 
 # fields a resumed run may change; the others shape the model or the corpus it was trained on
 RESUMABLE_OVERRIDES = ("steps", "save_every", "device", "dtype", "gen_batch", "loss_chunk", "save_dtype", "standalone",
-                       "base", "head_vocab")
+                       "base", "head_vocab", "gen_time_limit")
 # fields that control one invocation only (never inherited by a resumed run)
-RUN_CONTROL = ("stop_at", "time_limit")
+RUN_CONTROL = ("stop_at", "time_limit", "schedule")
 
 
 @dataclass(slots=True)
@@ -24,7 +26,10 @@ class DistillConfig:
 
     out: str
     target: str = "smollm2-135m"
-    layers: int = 4
+    arch: str = "llama"                 # "llama": the target's first layers; "eagle": a head on its features
+    layers: int | None = None           # decoder layers of the draft (None: 4 for llama, 1 for eagle)
+    eagle_steps: int = 3                # eagle: draft depths trained (training-time test)
+    feature_weight: float = 1.0         # eagle: weight of the feature regression next to the KL
     steps: int = 1000
     batch: int = 32
     seq_len: int = 512
@@ -37,7 +42,9 @@ class DistillConfig:
     num_prompts: int | None = None      # None = all built-in training prompts
     samples: int = 2
     invent: int = 0                     # extra prompts the target writes itself (needs a chat template)
+    synth_prompts: int = 0              # extra templated prompts (code, maths, multilingual, chat; prompts.py)
     gen_batch: int = 64
+    gen_time_limit: float | None = None # stop generating after this many seconds (keep what was written)
     train_embeddings: bool = False      # False: embeddings/LM head frozen, shared with the target
     save_dtype: str = "bfloat16"
     base: str | None = None             # the manifest's name for the target (None = target; alias or path)
@@ -47,9 +54,18 @@ class DistillConfig:
     seed: int = 0
     stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
     time_limit: float | None = None     # checkpoint and stop after this many seconds of training
+    schedule: str = "steps"             # "time": the LR decays over min(steps, time_limit) (needs time_limit)
 
     def __post_init__(self):
-        check_int("layers", self.layers, 1, 256)
+        check_choice("arch", self.arch, ARCHS)
+        if self.layers is None:
+            self.layers = 1 if self.arch == "eagle" else 4
+        check_int("layers", self.layers, 1, 8 if self.arch == "eagle" else 256)
+        check_int("eagle_steps", self.eagle_steps, 1, 8)
+        check_float("feature_weight", self.feature_weight, 0.0, 100.0)
+        check_int("synth_prompts", self.synth_prompts, 0, 1_000_000)
+        if self.gen_time_limit is not None:
+            check_float("gen_time_limit", self.gen_time_limit, 0.0, 1e9, lo_open=True)
         check_int("steps", self.steps, 1)
         check_int("batch", self.batch, 1)
         check_int("seq_len", self.seq_len, 8)
@@ -69,6 +85,9 @@ class DistillConfig:
             check_int("stop_at", self.stop_at, 1, self.steps)
         if self.time_limit is not None:
             check_float("time_limit", self.time_limit, 0.0, 1e9, lo_open=True)
+        check_choice("schedule", self.schedule, ("steps", "time"))
+        if self.schedule == "time" and self.time_limit is None:
+            raise ValueError("schedule='time' needs time_limit (the LR decays over the time budget)")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of ('float32', 'bfloat16') "
                              f"(float16 training would need loss scaling)")

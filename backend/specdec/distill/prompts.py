@@ -285,3 +285,119 @@ HELDOUT_PROMPTS: list[str] = [
     "Why are wetlands important for wildlife?",
     "Explain how to calculate the area of a circle.",
 ]
+
+
+# --- templated prompts in bulk (``synth_prompts``): code, maths, multilingual, everyday chat ---------
+_LANGS = ["Python", "JavaScript", "TypeScript", "C", "C++", "Java", "Go", "Rust", "Ruby", "Bash", "Kotlin", "C#"]
+_CODE_TASKS = [
+    "reverses a string", "counts the vowels in a string", "checks whether a number is even", "removes duplicates "
+    "from a list", "checks whether two strings are anagrams", "converts Celsius to Fahrenheit", "sums the digits of "
+    "a number", "finds the second largest number in a list", "flattens a nested list", "counts word frequencies in "
+    "a text", "returns the n-th prime number", "checks whether a year is a leap year", "capitalizes every word of a "
+    "sentence", "computes the greatest common divisor of two numbers", "checks whether parentheses are balanced",
+    "rotates a list by k positions", "merges two dictionaries", "converts a decimal number to binary", "transposes "
+    "a matrix", "computes the mean and standard deviation of a list", "finds the longest word in a sentence",
+    "implements binary search", "implements insertion sort", "generates a random password", "reads a file and "
+    "counts its lines", "checks whether a string is a valid IPv4 address", "computes the power set of a set",
+    "returns the intersection of two lists", "converts a Roman numeral to an integer", "computes compound interest",
+    "finds all pairs in a list that sum to a target", "counts the set bits of an integer", "chunks a list into "
+    "pieces of size n", "checks whether a linked list has a cycle", "computes the Levenshtein distance",
+    "validates an email address without regular expressions", "returns the most common element of a list",
+    "computes the running total of a list", "parses a query string into a dictionary", "implements a queue with "
+    "two stacks"]
+_CODE_ASKS = ["Write a {lang} function that {task}.", "Show me how to write a {lang} program that {task}, with comments.",
+              "In {lang}, how would you write code that {task}? Explain the time complexity.",
+              "Write {lang} code that {task}, and add two test cases."]
+_CODE_QUESTIONS = [
+    "What is the difference between {a} and {b} in programming?", "When should I use {a} instead of {b}?"]
+_CODE_PAIRS = [("a stack", "a queue"), ("an array", "a linked list"), ("recursion", "iteration"), ("a class", "an object"),
+               ("an interface", "an abstract class"), ("compiling", "interpreting"), ("a map", "a set"),
+               ("TCP", "UDP"), ("SQL", "NoSQL"), ("threads", "async/await"), ("unit tests", "integration tests"),
+               ("git fetch", "git pull"), ("a shallow copy", "a deep copy"), ("pass by value", "pass by reference")]
+_ITEMS = ["notebook", "apple", "ticket", "book", "coffee", "shirt", "pencil", "sandwich", "plant", "lamp"]
+_LANGUAGES = ["French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Chinese", "Japanese"]
+_SENTENCES = ["Where is the nearest train station?", "I would like a cup of tea, please.", "The weather is lovely today.",
+              "Can you help me find my keys?", "We are going to the museum tomorrow.", "How much does this cost?",
+              "My brother is a doctor.", "Please close the window.", "I have been learning to cook.",
+              "What time does the shop open?", "The children are playing in the garden.", "Thank you for your help.",
+              "I lost my umbrella on the bus.", "Our meeting has been moved to Thursday.", "Is there a pharmacy nearby?",
+              "She reads a book every week.", "The soup is too salty.", "Could you speak more slowly, please?",
+              "I am allergic to peanuts.", "The museum is closed on Mondays.", "We need more chairs for the party.",
+              "He forgot his password again.", "The train was twenty minutes late.", "I prefer the blue one.",
+              "Let's meet in front of the library.", "My phone battery is almost empty.", "The view from the hill "
+              "is beautiful.", "Do you accept credit cards?", "It might rain this afternoon.", "I will call you back later.",
+              "The baby is sleeping, please be quiet.", "Turn left at the second traffic light."]
+_NATIVE = [
+    "Bonjour ! Peux-tu m'expliquer comment fonctionne la photosynthèse ?", "Quels sont les avantages du vélo en ville ?",
+    "Écris un court poème sur la mer.", "Comment préparer une bonne soupe à l'oignon ?",
+    "¿Cuáles son los planetas del sistema solar?", "Escribe una historia corta sobre un gato curioso.",
+    "¿Cómo puedo mejorar mi concentración al estudiar?", "Explica qué es la inflación en pocas palabras.",
+    "Was ist der Unterschied zwischen Wetter und Klima?", "Schreibe eine kurze E-Mail an einen Kollegen.",
+    "Wie funktioniert ein Kühlschrank?", "Gib mir drei Tipps zum Sparen.",
+    "Qual è la capitale dell'Australia?", "Scrivi una breve ricetta per la pasta al pomodoro.",
+    "Como faço para aprender a programar?", "Quais são os benefícios de beber água?",
+    "Wat zijn de voordelen van fietsen?", "请用简单的语言解释什么是人工智能。", "写一首关于春天的短诗。",
+    "日本の有名な観光地を教えてください。", "健康的な朝ごはんのアイデアを教えて。",
+    "Привет! Расскажи, как работает интернет.", "Hur lagar man pannkakor?"]
+_CHAT = ["Can you give me advice about {t}?", "I'm writing an essay on {t}. Where should I start?",
+         "Tell me something surprising about {t}.", "Explain {t} like I'm a beginner, in five sentences.",
+         "What questions should I ask an expert on {t}?", "Write a short dialogue between two friends about {t}.",
+         "Summarize the history of {t} in a paragraph.", "Give me a step-by-step plan to learn about {t}."]
+_CHAT_TOPICS = ["bread baking", "birdwatching", "personal finance", "marathon training", "electric guitars",
+                "bee keeping", "urban planning", "3D printing", "board games", "sailing", "composting", "astronomy",
+                "origami", "first aid", "wine tasting", "rock climbing", "podcasting", "knitting", "stamps",
+                "the Roman roads", "tea ceremonies", "desert ecosystems", "sign language", "weather forecasting"]
+
+
+def _math_prompt(r) -> str:
+    a, b, c = r.randint(2, 99), r.randint(2, 99), r.randint(100, 999)
+    kind = r.randrange(10)
+    if kind == 0:
+        return f"What is {a} + {c}? Show your work."
+    if kind == 1:
+        return f"Calculate {a} times {b}, step by step."
+    if kind == 2:
+        return f"What is {r.choice([5, 10, 12, 15, 20, 25, 30, 40])}% of {c}?"
+    if kind == 3:
+        return f"Solve for x: {a}x + {b} = {a * r.randint(2, 20) + b}."
+    if kind == 4:
+        return f"A {r.choice(_ITEMS)} costs ${a}. How much do {r.randint(3, 12)} of them cost?"
+    if kind == 5:
+        return f"Convert {a} degrees Celsius to Fahrenheit and explain the formula."
+    if kind == 6:
+        return f"What is the area and the perimeter of a rectangle {a} cm long and {b} cm wide?"
+    if kind == 7:
+        return f"Is {r.choice([c, c + 1, 2 * c + 1])} a prime number? Explain how you checked."
+    if kind == 8:
+        return f"A car travels at {a + 20} km/h for {r.randint(2, 6)} hours. How far does it go?"
+    xs = [r.randint(1, 50) for _ in range(r.randint(4, 7))]
+    return f"What are the mean and the median of {', '.join(map(str, xs))}?"
+
+
+def synthetic_prompts(n: int, seed: int = 0) -> list[str]:
+    """Up to ``n`` distinct templated prompts, a seeded mix of code (40 %), maths (25 %), multilingual
+    (15 %) and everyday chat (20 %); never one of the held-out prompts."""
+    import random
+    r = random.Random(seed * 977 + 13)
+    out: dict[str, None] = {}
+    held = set(HELDOUT_PROMPTS)
+    tries = 0
+    while len(out) < n and tries < 20 * n + 100:
+        tries += 1
+        u = r.random()
+        if u < 0.34:
+            p = r.choice(_CODE_ASKS).format(lang=r.choice(_LANGS), task=r.choice(_CODE_TASKS))
+        elif u < 0.40:
+            a, b = r.choice(_CODE_PAIRS)
+            p = r.choice(_CODE_QUESTIONS).format(a=a, b=b)
+        elif u < 0.65:
+            p = _math_prompt(r)
+        elif u < 0.74:
+            p = f"Translate '{r.choice(_SENTENCES)}' into {r.choice(_LANGUAGES)}."
+        elif u < 0.80:
+            p = r.choice(_NATIVE)
+        else:
+            p = r.choice(_CHAT).format(t=r.choice(_CHAT_TOPICS + _TOPICS))
+        if p not in held:
+            out[p] = None
+    return list(out)

@@ -33,7 +33,17 @@ class Proposal:
 
 
 class Drafter:
-    """Base of every drafter; the defaults suit a drafter with no state outside this process."""
+    """Base of every drafter; the defaults suit a drafter with no state outside this process.
+
+    ``wants_hidden``: the drafter reads the target's final hidden states (EAGLE, draft/eagle.py); the
+    engine then asks the target for them and calls :meth:`observe` after every forward that commits."""
+
+    wants_hidden = False
+
+    def observe(self, seq, start: int, hidden: torch.Tensor) -> None:
+        """(``wants_hidden`` only) the target's final hidden states [n, H] of ``seq``'s positions
+        start .. start + n - 1, all of them committed tokens' (prefill: every fed position; a decode
+        round: the last committed position before the round and the accepted drafts)."""
 
     def prefill(self, seqs: list) -> None:
         """New (or resumed) sequences, before the target's prefill (a remote worker overlaps the two)."""

@@ -60,6 +60,10 @@ def check_async_draft(draft: str, target: str, impl: str = "auto") -> None:
     construction, naming the families that work, instead of failing in the worker's handshake."""
     if draft.startswith("remote:"):
         return
+    from ..models.eagle import is_eagle_folder
+    if self_draft_layers(draft) is None and is_eagle_folder(draft_folder(draft)):
+        raise ValueError(f"draft {draft!r} is an EAGLE head: it reads the target's hidden states in the target's "
+                         "process, so it serves mode='sync' only (not SSD's draft worker)")
     name = target if self_draft_layers(draft) is not None else draft
     arch = architecture_of(load_hf_config(resolve(name)))
     if impl == "hf" or arch not in NATIVE_ARCHITECTURES:

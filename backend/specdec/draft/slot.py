@@ -29,6 +29,7 @@ import torch
 
 from ..config import EngineConfig, self_draft_layers
 from ..layers.rotary import RotaryEmbedding, inverse_frequencies
+from ..models.eagle import is_eagle_folder
 from ..models.loader import LoadedModel
 from ..runner.setup import build_runner
 from ..spec.fanout import resolve_fan_out
@@ -81,10 +82,13 @@ class DraftSlot:
         return self.drafter is not None
 
     # --- a draft model in this process ------------------------------------------------------
-    def _local_model(self) -> ModelDrafter:
+    def _local_model(self) -> Drafter:
         ctx, cfg = self.ctx, self.ctx.config
         draft = cfg.spec.draft
         shared = self_draft_layers(draft) is not None
+        if not shared and is_eagle_folder(draft_folder(draft)):     # hook: an EAGLE head (draft/eagle.py)
+            from .eagle import build_eagle_drafter
+            return build_eagle_drafter(draft_folder(draft), ctx)
         if shared and ctx.draft_device != ctx.device:
             raise ValueError(f"draft {draft!r} shares the target's weights and must run on the target's device")
         m = load_draft(draft, ctx.draft_device, cfg.dtype, target_model=ctx.target if shared else None,

@@ -197,7 +197,12 @@ class LLMEngine:
                 self.drafter.prefill(seqs)
             except ChannelError as e:
                 self._draft_failed(e)
-        logits = self.runner.forward(feeds)
+        if self._wants_hidden():      # EAGLE hook: the drafter sees every committed position's features
+            logits, hidden = self.runner.forward(feeds, hidden=True)
+            for s, f, h in zip(seqs, feeds, hidden):
+                self.drafter.observe(s, f.start, h)
+        else:
+            logits = self.runner.forward(feeds)
         outs = []
         if fresh:
             rows = SamplingRows(fresh, self.device, self.generator)
@@ -211,6 +216,10 @@ class LLMEngine:
         m.prefill_tokens += sum(len(f.tokens) for f in feeds)
         m.prefill_time += self.timer.now() - t0
         return outs
+
+    def _wants_hidden(self) -> bool:
+        """The drafter reads the target's hidden states (EAGLE, draft/eagle.py)."""
+        return self.drafter is not None and getattr(self.drafter, "wants_hidden", False)
 
     def _sample(self, rows: SamplingRows, logits: torch.Tensor) -> torch.Tensor:
         if rows.all_greedy:
@@ -244,15 +253,22 @@ class LLMEngine:
                  for b, s in enumerate(seqs)]
         draft_tokens = draft_tokens[:, :Kv]
         dev_tokens = (draft_tokens, 1) if Kv else None
+        want_h = self._wants_hidden()
+        hkw = {"hidden": True} if want_h else {}
+        hidden = None            # EAGLE hook: per-row features of the fed positions
         if rows.all_greedy and self.simulator is None:   # the outcome comes with the forward (one graph on CUDA)
-            packed = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound(num))   # [B, 2 + Kv]
+            packed = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound(num), **hkw)   # [B, 2 + Kv]
+            if want_h:
+                packed, hidden = packed
             if prop is not None:
                 self.drafter.overlap()    # SSD in this process: the next tree is launched beside the verify
             t2 = timer.mark()
             out = packed.tolist()                                 # host sync: the round's one
             return self._finish_round(seqs, prop, num, [r[2: 2 + num[b]] for b, r in enumerate(out)],
-                                      [r[0] for r in out], [r[1] for r in out], (t0, t1, t2, w0))
-        logits = self.runner.forward(feeds, dev_tokens)           # [sum(num + 1), V]
+                                      [r[0] for r in out], [r[1] for r in out], (t0, t1, t2, w0), hidden)
+        logits = self.runner.forward(feeds, dev_tokens, **hkw)           # [sum(num + 1), V]
+        if want_h:
+            logits, hidden = logits
         if prop is not None:
             self.drafter.overlap()        # SSD in this process: the next tree is launched beside the verify
         u = rows.uniforms(self.k + 1)        # a fixed count per row: seeded streams ignore batch make-up
@@ -260,7 +276,7 @@ class LLMEngine:
             tok = logits.argmax(-1) if rows.all_greedy else sample_from_probs(rows.probs(logits), u[:, self.k])
             t2 = timer.mark()
             rec = tok.tolist()                                    # host sync: the step's tokens
-            return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0))
+            return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0), hidden)
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
         num_t = torch.tensor(num).to(self.device, non_blocking=True)
         if rows.all_greedy:
@@ -276,10 +292,11 @@ class LLMEngine:
         flat = torch.cat([accepted, recovery, draft_tokens.reshape(-1)]).tolist()   # host sync: the round's one
         acc, rec = flat[:B], flat[B:2 * B]
         drafts = [flat[2 * B + b * Kv: 2 * B + b * Kv + num[b]] for b in range(B)]
-        return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0))
+        return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0), hidden)
 
-    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks) -> list[StepOutput]:
-        """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats."""
+    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None) -> list[StepOutput]:
+        """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats.
+        hidden: per-row features of the verify feed (EAGLE): the committed ones go to the drafter."""
         m, timer = self.metrics, self.timer
         t0, t1, t2, w0 = marks
         if any(num):
@@ -296,6 +313,8 @@ class LLMEngine:
         for b, s in enumerate(seqs):
             old_len = len(s)
             new = drafts[b][: acc[b]] + [rec[b]]
+            if hidden is not None:            # features of positions old_len - 1 .. old_len - 1 + acc
+                self.drafter.observe(s, old_len - 1, hidden[b][: acc[b] + 1])
             if num[b]:
                 self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
                 self.drafter.commit(s, old_len, acc[b], num[b])

@@ -190,19 +190,28 @@ class LlamaForCausalLM(nn.Module):
         return len(self.layers)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttnContext,
-                kv_caches: list[torch.Tensor], logits_index: torch.Tensor | None = None) -> torch.Tensor:
+                kv_caches: list[torch.Tensor], logits_index: torch.Tensor | None = None, return_hidden: bool = False):
         """input_ids, positions [T]; kv_caches: one [2, NB, BS, KVH, D] per layer.
 
         Returns float32 logits [N, V] for the rows in logits_index (all rows if None); with tensor
-        parallelism on rank 0 only (the other ranks return None).
+        parallelism on rank 0 only (the other ranks return None). ``return_hidden`` (hook for the EAGLE
+        drafter, draft/eagle.py): (logits, hidden [T, H]), the final normed hidden state of every row.
         """
         x, residual = self.embed(input_ids), None
         rope = self.rotary.lookup(positions, x.dtype)
         for layer, cache in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, rope, ctx, cache)
+        if return_hidden:
+            if self.tp is not None:
+                raise NotImplementedError("return_hidden (EAGLE drafts) with a tensor-parallel target")
+            hidden = self.norm.add_forward(x, residual)[0]                 # [T, H]
+            return self._logits(hidden if logits_index is None else hidden[logits_index]), hidden
         if logits_index is not None:
             x, residual = x[logits_index], residual[logits_index]
-        logits = self.lm_head(self.norm.add_forward(x, residual)[0])
+        return self._logits(self.norm.add_forward(x, residual)[0])
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor | None:
+        logits = self.lm_head(h)
         if self.head_ids is not None:
             return full_vocab_logits(logits, self.head_ids, self.arch.vocab_size)
         if self.tp is not None:           # [N, V / tp] shards -> [N, V] on rank 0
@@ -211,11 +220,11 @@ class LlamaForCausalLM(nn.Module):
         return logits.float()
 
     def forward_padded(self, input_ids, positions, q_pos, block_tables, slot_mapping, kv_caches, max_kv: int,
-                       backend: str = "torch"):
+                       backend: str = "torch", return_hidden: bool = False):
         """The same forward for a uniform padded batch (B rows x Q queries), from device tensors only:
         what a CUDA graph captures. input_ids/positions/slot_mapping [B * Q]; q_pos [B, Q]."""
         ctx = padded_context(q_pos, block_tables, slot_mapping, max_kv, backend)
-        return self.forward(input_ids, positions, ctx, kv_caches)
+        return self.forward(input_ids, positions, ctx, kv_caches, return_hidden=return_hidden)
 
     def first_layers(self, n: int) -> "LlamaForCausalLM":
         """A draft made of this model's first n layers, final norm and LM head (weights shared)."""

@@ -130,9 +130,12 @@ class GraphRunner:
             ev.record()
 
     # --- one forward ------------------------------------------------------------------------
-    def forward(self, feeds, device_tokens=None, epilogue=None):
+    def forward(self, feeds, device_tokens=None, epilogue=None, hidden: bool = False):
         """Logits [rows the feeds ask for, V]; with ``epilogue`` (engine/verify_step.py), its output
-        over the padded logits [Bb, Q, V] instead, computed inside the same graph."""
+        over the padded logits [Bb, Q, V] instead, computed inside the same graph. ``hidden``: also
+        the final hidden states, one [len(f.tokens), H] per feed (copied out of the graph's output)."""
+        if hidden:
+            return self._forward_hidden(feeds, device_tokens, epilogue)
         r = self.r
         bs = r.blocks.block_size
         B, Q = len(feeds), max(len(f.tokens) for f in feeds)
@@ -163,6 +166,44 @@ class GraphRunner:
             return out[: len(rows)]
         idx = torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)
         return out[idx]
+
+    def _forward_hidden(self, feeds, device_tokens, epilogue):
+        """forward() that also returns the hidden states (the EAGLE drafter's hook): the graph of key
+        (Bb, Q, KV, epilogue name or None, "hidden") outputs (logits or epilogue output, hidden [Bb * Q, H])."""
+        r = self.r
+        B, Q = len(feeds), max(len(f.tokens) for f in feeds)
+        Bb = next(b for b in self.buckets if b >= B)
+        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
+        ids, pos, qpos, slots, tables, rows = self._layout(feeds, Bb, Q, KV // r.blocks.block_size)
+        parts = [ids.ravel(), pos.ravel(), qpos.ravel(), slots.ravel(), tables.ravel()]
+        if epilogue is not None:
+            ints = np.zeros(Bb, dtype=np.int64)
+            ints[:B] = epilogue.row_ints
+            parts.append(ints)
+        self._stage(np.concatenate(parts))
+        if device_tokens is not None:
+            dt, col0 = device_tokens
+            self.buf[:Bb * Q].view(Bb, Q)[:B, col0:col0 + dt.shape[1]].copy_(dt[:, : Q - col0])
+        name = None if epilogue is None else epilogue.name
+        out, h = self._replay((Bb, Q, KV, name, "hidden"), lambda: self._run_hidden(Bb, Q, KV, epilogue))
+        h = h.view(Bb, Q, -1)[:B].clone()              # the graph's buffer is rewritten by the next replay
+        hs = [h[b, : len(f.tokens)] for b, f in enumerate(feeds)]
+        if epilogue is not None:
+            return out[:B], hs
+        if rows == list(range(len(rows))):
+            return out[: len(rows)], hs
+        return out[torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)], hs
+
+    def _run_hidden(self, Bb: int, Q: int, KV: int, epilogue):
+        ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)
+        r = self.r
+        logits, h = r.model.forward_padded(ids, pos, qpos, tables, slots, r.kv_caches, KV, r.attn_backend,
+                                           return_hidden=True)
+        if epilogue is None:
+            return logits, h
+        m, NB = Bb * Q, KV // r.blocks.block_size
+        ints = self.buf[4 * m + Bb * NB: 4 * m + Bb * NB + Bb]
+        return epilogue(logits.view(Bb, Q, -1), self.buf[:m].view(Bb, Q), ints), h
 
     def execute(self, key: tuple[int, int, int]) -> torch.Tensor:
         """The padded forward of shape key = (batch bucket, queries, KV bucket) over the buffer as it

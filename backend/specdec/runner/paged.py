@@ -68,17 +68,23 @@ class PagedRunner:
 
     # --- forward --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, feeds: list[Feed], device_tokens: DeviceTokens | None = None, epilogue=None) -> torch.Tensor:
+    def forward(self, feeds: list[Feed], device_tokens: DeviceTokens | None = None, epilogue=None,
+                hidden: bool = False):
         """Run all feeds in one forward; returns float32 logits [sum(num_logits), V] in feed order, or
         with ``epilogue`` its output over the logits padded to [B, Q, V] (inside the CUDA graph when the
         step has one; see runner/cuda_graphs.py).
 
         device_tokens = (tensor [B, Qd], col0): feed b's tokens from column col0 on are read from
         row b of that device tensor (its host list holds placeholders), so a caller can feed
-        tokens sampled on the device without a host sync."""
+        tokens sampled on the device without a host sync.
+
+        hidden (hook for the EAGLE drafter): returns (the above, [hidden [len(feeds[b].tokens), H] per
+        feed]), the final normed hidden state of every fed token, in tensors no later forward overwrites."""
+        if hidden and self.tp is not None:
+            raise NotImplementedError("hidden states (EAGLE drafts) from a tensor-parallel target")
         if self.graph is not None:
             if self.graph.fits(feeds):
-                return self.graph.forward(feeds, device_tokens, epilogue)
+                return self.graph.forward(feeds, device_tokens, epilogue, hidden)
             if max(len(f.tokens) for f in feeds) <= self.graph.max_q:   # decode-shaped, yet eager
                 reason = "custom attention mask" if any(f.mask is not None for f in feeds) else "batch above the largest bucket"
                 if reason not in self.eager_fallbacks:
@@ -123,8 +129,10 @@ class PagedRunner:
         logits_index = None if len(index) == row else torch.from_numpy(index).to(self.device, non_blocking=True)
         if len(index) == 0:
             logits_index = torch.zeros(0, dtype=torch.int64, device=self.device)
-        logits = self.model(input_ids, positions, ctx, self.kv_caches, logits_index)
-        return logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
+        out = self.model(input_ids, positions, ctx, self.kv_caches, logits_index, return_hidden=hidden)
+        logits, h = out if hidden else (out, None)
+        result = logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
+        return (result, list(h.split(q_lens))) if hidden else result
 
     def _forward_tp(self, feeds, device_tokens, ids, pos, slots, logit_rows, q_lens, kv_lens, q_starts, tables, masks):
         """Rank 0 of a tensor-parallel target: broadcast the forward's arrays, then run it like the workers."""

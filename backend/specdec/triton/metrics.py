@@ -32,6 +32,7 @@ GAUGES = {
     "specdec_active_requests": "Requests the target holds (queued, waiting or running); capped at specdec_max_active_requests",
     "specdec_max_active_requests": "Requests the target accepts at once (engine batch + max_queued_requests); 0 = no cap",
     "specdec_acceptance_rate": "Accepted / proposed draft tokens since start",
+    "specdec_mean_accepted_length": "tau: tokens committed per target forward (1 + accepted drafts) over speculative rounds since start",
     "specdec_cache_hit_rate": "SSD speculation-cache hits / lookups since start",
     "specdec_draft_connected": "1 while a draft (local or draft worker) speculates, 0 while the target decodes AR",
 }
@@ -89,6 +90,7 @@ def snapshot(engine, service=None) -> dict[str, float]:
         "specdec_running_requests": len(engine.scheduler.running),
         "specdec_waiting_requests": len(engine.scheduler.waiting),
         "specdec_acceptance_rate": m.accepted / m.drafted if m.drafted else 0.0,
+        "specdec_mean_accepted_length": m.spec_tokens / m.rounds if m.rounds else 0.0,
         "specdec_cache_hit_rate": m.cache_hits / m.cache_lookups if m.cache_lookups else 0.0,
         "specdec_draft_connected": 1 if engine.drafter is not None else 0,
     })

