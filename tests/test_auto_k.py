@@ -123,30 +123,24 @@ def test_autok_reads_engine_metrics():
         AutoK(k_max=0)
 
 
-def test_autok_wired_like_the_proposed_engine_hook(tiny_llama):
-    """The wiring proposed to the engine (engine.py, lead's): K = AutoK.next_k(batch, metrics) before each
-    decode round, after_step(metrics) after it. Greedy output stays the AR output, and with a useless draft
-    (an unrelated model) AutoK ends up decoding plainly, probing now and then."""
+def test_engine_with_k_policy_auto(tiny_llama):
+    """k_policy="auto": the engine asks AutoK for K before each decode round and feeds it the round's
+    measurements after. Greedy output stays the AR output, and with a useless draft (self:1 of a random
+    model) it ends up decoding plainly, probing now and then."""
     from tiny import PROMPTS
 
     from specdec import LLM, SamplingParams
     params = SamplingParams(max_tokens=40, ignore_eos=True)
     ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar").generate(PROMPTS[:2], params)]
-    llm = LLM(str(tiny_llama), draft="self:1", mode="sync", k=4)
-    eng = llm.engine
-    est = AutoK(k_max=4, probe_every=8)
+    llm = LLM(str(tiny_llama), draft="self:1", mode="sync", k=4, k_policy="auto")
+    est = llm.engine.auto_k
+    est.probe_every = 8                                # probe often: the test decodes ~30 rounds
     chosen = []
-    decode, k_for = eng._decode, eng._k_for
-
-    def auto_decode():
-        chosen.append(est.next_k(len(eng.scheduler.running), eng.metrics))
-        out = decode()
-        est.after_step(eng.metrics)
-        return out
-    eng._decode = auto_decode
-    eng._k_for = lambda s: min(k_for(s), chosen[-1])
+    next_k = est.next_k
+    est.next_k = lambda batch, metrics=None: chosen.append(next_k(batch, metrics)) or chosen[-1]
     outs = llm.generate(PROMPTS[:2], params)
     assert [o.token_ids for o in outs] == ref
     assert est.costs(2)[0] is not None and est.alpha < 0.5
     tail = chosen[len(chosen) // 2:]
     assert tail.count(0) > len(tail) // 2 and any(tail)
+    assert sum(o.stats["ar_steps"] for o in outs) > 0 and sum(o.stats["rounds"] for o in outs) > 0

@@ -180,7 +180,10 @@ class SpecConfig:
 
     draft: str | None = field(default=None, metadata=_help(
         "draft: folder/alias, 'self:N', 'ngram' or 'remote:tcp://HOST:PORT' (default: the target's default draft)"))
-    k: int = field(default=4, metadata=_help("draft tokens per round (K); requests may ask for fewer"))
+    k: int = field(default=4, metadata=_help("draft tokens per round (K, the most with k_policy auto); requests may ask for fewer"))
+    k_policy: str = field(default="fixed", metadata=_help(
+        "fixed: K every round | auto: K per round from the measured acceptance and draft/verify costs, 0 (plain "
+        "decoding) where speculation would not gain (spec/auto_k.py)"))
     draft_kv_append: bool = field(default=True, metadata=_help("keep the draft's K/V of accepted tokens"))
     ngram_max: int = field(default=4, metadata=_help("ngram draft: longest n-gram matched"))
     ngram_min: int = field(default=1, metadata=_help("ngram draft: shortest n-gram matched"))
@@ -207,6 +210,7 @@ class SpecConfig:
 
     def __post_init__(self):
         check_int("k", self.k, 1, MAX_K)
+        check_choice("k_policy", self.k_policy, ("fixed", "auto"))
         check_choice("draft_placement", self.draft_placement, DRAFT_PLACEMENTS)
         check_choice("tree_policy", self.tree_policy, TREE_POLICIES)
         if self.simulate_acceptance is not None:

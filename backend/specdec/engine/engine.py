@@ -31,6 +31,7 @@ from ..draft.channel import ChannelError
 from ..draft.slot import DraftContext, DraftSlot
 from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
+from ..spec.auto_k import AutoK
 from ..spec.round_k import round_k
 from ..spec.simulate import make_simulator
 from ..spec.status import RowStatus
@@ -82,6 +83,7 @@ class LLMEngine:
         self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len)
+        self.auto_k = self._auto_k(cfg.spec)
 
     @property
     def drafter(self):
@@ -177,10 +179,14 @@ class LLMEngine:
         self.metrics.ar_fallbacks += 1
         self.draft.failed(err)
 
-    def _k_for(self, s: Sequence) -> int:
+    @staticmethod
+    def _auto_k(spec) -> AutoK | None:
+        return AutoK(k_max=spec.k) if spec.k_policy == "auto" else None
+
+    def _k_for(self, s: Sequence, k_now: int) -> int:
         if self.drafter is None:
             return 0
-        return round_k(self.cfg.spec.k, s.params.num_draft_tokens, s.remaining, self.max_model_len - len(s) - 1)
+        return round_k(k_now, s.params.num_draft_tokens, s.remaining, self.max_model_len - len(s) - 1)
 
     def _prefill(self, seqs: list[Sequence]) -> list[StepOutput]:
         t0 = self.timer.now()
@@ -228,7 +234,9 @@ class LLMEngine:
 
     def _decode(self) -> list[StepOutput]:
         sched, m = self.scheduler, self.metrics
-        ks = {s.seq_id: self._k_for(s) for s in sched.running}
+        # K this round: the configured one, or (k_policy auto) the one the measured costs favour, 0 = plain steps
+        k_now = self.auto_k.next_k(len(sched.running), m) if self.auto_k and self.drafter else self.cfg.spec.k
+        ks = {s.seq_id: self._k_for(s, k_now) for s in sched.running}
         for s in sched.make_room(ks):
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
             m.preemptions += 1
@@ -337,6 +345,8 @@ class LLMEngine:
             outs.append(out)
         m.decode_steps += 1
         m.decode_time += timer.now() - w0
+        if self.auto_k is not None:
+            self.auto_k.after_step(m)       # this round's draft/verify times and acceptance (host numbers)
         return outs
 
     def _count_lookup(self, s: Sequence, hit: bool, tokens: int) -> None:
@@ -380,6 +390,7 @@ class LLMEngine:
         spec = dataclasses.replace(self.cfg.spec, **changes)
         dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = self.draft.ctx.config.spec = spec
+        self.auto_k = self._auto_k(spec)
         self.draft.configure(spec)
         self.simulator = make_simulator(spec, self.runner.vocab_size, self.cfg.seed)
 
