@@ -33,13 +33,12 @@ import torch
 
 from ..layers.sampling import SamplingRows, fit_vocab
 from ..models.eagle import EagleCache, EagleHead
+from ..runner.graph_tools import batch_buckets, capture, kv_bucket, pad_rows
 from .base import Drafter, Proposal
 from .loop import LoopSampler
 
 log = logging.getLogger(__name__)
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-MIN_KV_BUCKET = 64
 
 
 @dataclass
@@ -68,7 +67,7 @@ class EagleDrafter(Drafter):
         self._free = list(range(max_batch - 1, -1, -1))
         self.capture = graphs == "capture" and self.device.type == "cuda"
         self.max_q = k_max + 1                   # catch-ups up to this long are captured
-        self.buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        self.buckets = batch_buckets(max_batch)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.replays = 0
@@ -145,7 +144,7 @@ class EagleDrafter(Drafter):
             tokens, probs = self._replay(key, ints, feat_pad, sampler)
         else:
             tokens, probs = self._program(Bb, Q0, K, kv, torch.from_numpy(ints).to(dev, non_blocking=True),
-                                          feat_pad, sampler.bind([_pad_rows(t, Bb) for t in sampler.tensors()]))
+                                          feat_pad, sampler.bind([pad_rows(t, Bb) for t in sampler.tensors()]))
         for s, row in zip(seqs, rows):
             if row is not None:
                 row.done, row.pending = len(s) - 1, []
@@ -164,10 +163,7 @@ class EagleDrafter(Drafter):
 
     # --- the padded program -------------------------------------------------------------------------
     def _kv_bucket(self, n: int) -> int:
-        p = MIN_KV_BUCKET
-        while p < n:
-            p *= 2
-        return min(p, self.cache.max_len)
+        return kv_bucket(n, 1, self.cache.max_len)
 
     def _layout(self, seqs, rows, Bb: int, Q0: int, K: int) -> np.ndarray:
         """One int64 array: ids, pos, wslot, qpos [Bb, Q0]; rslot, last [Bb]; later pos [K - 1, Bb]."""
@@ -218,13 +214,13 @@ class EagleDrafter(Drafter):
                 self.capture = False
                 Bb, Q0, K, kv, _ = key
                 return self._program(Bb, Q0, K, kv, torch.from_numpy(ints).to(self.device), feats,
-                                     sampler.bind([_pad_rows(t, Bb) for t in sampler.tensors()]))
+                                     sampler.bind([pad_rows(t, Bb) for t in sampler.tensors()]))
         graph, out, s_ints, s_feats, s_samp, staging = entry
         staging.numpy()[:] = ints
         s_ints.copy_(staging, non_blocking=True)
         s_feats.copy_(feats)
         for dst, src in zip(s_samp, sampler.tensors()):
-            dst.copy_(_pad_rows(src, key[0]), non_blocking=True)
+            dst.copy_(pad_rows(src, key[0]), non_blocking=True)
         graph.replay()
         self.replays += 1
         return out
@@ -235,7 +231,7 @@ class EagleDrafter(Drafter):
         staging = torch.zeros(n_ints, dtype=torch.long, pin_memory=True)
         s_ints = torch.zeros(n_ints, dtype=torch.long, device=dev)
         s_feats = torch.zeros_like(feats)
-        s_samp = [_pad_rows(t, Bb).clone() for t in sampler.tensors()]
+        s_samp = [pad_rows(t, Bb).clone() for t in sampler.tensors()]
         bound = sampler.bind(s_samp)
         program = lambda: self._program(Bb, Q0, K, kv, s_ints, s_feats, bound)   # noqa: E731
         # the warm-up and capture write K/V at the sentinel slot only (all-zero ints: every row is padding)
@@ -243,15 +239,7 @@ class EagleDrafter(Drafter):
         s_ints[2 * Bb * Q0: 3 * Bb * Q0].fill_(self.cache.sentinel)
         s_ints[4 * Bb * Q0: 4 * Bb * Q0 + Bb].fill_(self.cache.sentinel)
         try:
-            stream = torch.cuda.Stream(dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    program()
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = program()
+            graph, out = capture(program, dev, self.pool)
         except Exception as e:                 # noqa: BLE001 - logged, then eager: never silent
             log.warning("EAGLE drafter: CUDA graph capture of %s failed (%s); drafting eagerly", key[:4], e)
             return None
@@ -260,12 +248,6 @@ class EagleDrafter(Drafter):
         log.info("EAGLE drafter: captured CUDA graph %s (%d graphs)", key[:4], len(self.graphs))
         return entry
 
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """t [n, ...] -> [rows, ...]: padding rows repeat row 0 (their results are dropped)."""
-    if t.shape[0] == rows:
-        return t
-    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
 
 
 def build_eagle_drafter(folder, ctx) -> EagleDrafter:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..layers.sampling import fit_vocab
-from ..runner.cuda_graphs import BATCH_BUCKETS, MIN_KV_BUCKET
+from ..runner.graph_tools import StagingRing, batch_buckets, capture, kv_bucket
 from ..spec.tree import branch_slots
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class TreeSteps:
         self.r, self.vocab = runner, vocab_size
         self.capture = capture and runner.device.type == "cuda"
         self.max_rows, self.max_steps = max_rows, max_steps
-        self.buckets = [b for b in BATCH_BUCKETS if b < max_rows] + [max_rows]
+        self.buckets = batch_buckets(max_rows)
         bs = runner.blocks.block_size
         self.max_kv = -(-runner.max_model_len // bs) * bs
         self.max_blocks = self.max_kv // bs
@@ -51,21 +51,14 @@ class TreeSteps:
         self.cur_pos = torch.zeros(n, dtype=torch.long, device=dev)
         self.cur_slots = torch.full((n,), runner.blocks.sentinel_slot, dtype=torch.long, device=dev)
         self.tokens = torch.zeros((n, S), dtype=torch.long, device=dev)   # [rows, steps] the output
-        pin = dev.type == "cuda"
-        self._ring = [torch.zeros(self.buf.numel(), dtype=torch.long, pin_memory=pin) for _ in range(2 if pin else 1)]
-        self._ring_events: list = [None] * len(self._ring)
-        self._ring_pos = 0
+        self._ring = StagingRing(self.buf, depth=2)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.replays = 0
         self.eager_runs = 0
 
     def kv_bucket(self, n: int) -> int:
-        p = MIN_KV_BUCKET
-        while p < n:
-            p *= 2
-        bs = self.r.blocks.block_size
-        return min(-(-p // bs) * bs, self.max_kv)
+        return kv_bucket(n, self.r.blocks.block_size, self.max_kv)
 
     def bucket(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)
@@ -121,15 +114,7 @@ class TreeSteps:
         return self.tokens[:N, :S], probs
 
     def _upload(self, host: np.ndarray) -> None:
-        slot = self._ring_pos = (self._ring_pos + 1) % len(self._ring)
-        if self._ring_events[slot] is not None:
-            self._ring_events[slot].synchronize()        # that staging buffer's last copy must have run
-        st = self._ring[slot][: len(host)]
-        st.numpy()[:] = host
-        self.buf[: len(host)].copy_(st, non_blocking=True)
-        if self.r.device.type == "cuda":
-            ev = self._ring_events[slot] = torch.cuda.Event()
-            ev.record()
+        self._ring.copy_to(self.buf, host)
 
     def _views(self, Nb: int, S: int, NB: int):
         b = self.buf
@@ -183,18 +168,7 @@ class TreeSteps:
         return out
 
     def _capture(self, key) -> None:
-        dev = self.r.device
-        cur = torch.cuda.current_stream(dev)
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(cur)
-        with torch.cuda.stream(stream):           # warm-up outside the graph (compiles, workspaces)
-            for _ in range(2):
-                self._body(key)
-        cur.wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-            out = self._body(key)
-        cur.wait_stream(stream)
+        graph, out = capture(lambda: self._body(key), self.r.device, self.pool)
         self.pool = graph.pool()
         self.graphs[key] = (graph, out)
         log.info("%s: captured tree %s graph: %d rows x %d steps, KV span %d (%d graphs)", self.r.name, key[0],

@@ -35,11 +35,9 @@ import numpy as np
 import torch
 
 from . import tp_step
+from .graph_tools import StagingRing, batch_buckets, capture, kv_bucket, pad_rows
 
 log = logging.getLogger(__name__)
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-MIN_KV_BUCKET = 64
 
 
 class GraphRunner:
@@ -47,7 +45,7 @@ class GraphRunner:
         self.r = runner
         self.capture = capture and runner.device.type == "cuda"
         self.max_batch, self.max_q = max_batch, max_q
-        self.buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        self.buckets = batch_buckets(max_batch)
         bs = runner.blocks.block_size
         self.max_kv = -(-runner.max_model_len // bs) * bs
         self.max_blocks = self.max_kv // bs
@@ -61,12 +59,7 @@ class GraphRunner:
         self.head = 0 if tp is None else tp_step.HEADER
         self.msg = torch.zeros(size, dtype=torch.long, device=dev) if tp is None else tp.reserve(size)
         self.buf = self.msg[self.head:]
-        # pinned staging buffers in a ring: steps may be queued without a host sync in between
-        # (the draft loop), so a buffer is reused only once the copy that read it has run
-        pin = dev.type == "cuda"
-        self._ring = [torch.zeros_like(self.msg, device="cpu", pin_memory=pin) for _ in range(4 if pin else 1)]
-        self._ring_events = [None] * len(self._ring)
-        self._ring_pos = 0
+        self._ring = StagingRing(self.msg)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object, list[torch.Tensor]]] = {}
         self.pool = None
         self.replays = 0
@@ -82,11 +75,7 @@ class GraphRunner:
         return self.head == 0 and steps <= self.max_q and self.fits(catch_up)
 
     def kv_bucket(self, n: int) -> int:
-        p = MIN_KV_BUCKET
-        while p < n:
-            p *= 2
-        bs = self.r.blocks.block_size
-        return min(-(-p // bs) * bs, self.max_kv)
+        return kv_bucket(n, self.r.blocks.block_size, self.max_kv)
 
     # --- host side --------------------------------------------------------------------------
     def _layout(self, feeds, Bb: int, Q: int, NB: int):
@@ -119,15 +108,7 @@ class GraphRunner:
 
     def _stage(self, host: np.ndarray) -> None:
         """Copy ``host`` into the start of the static message with one asynchronous H2D copy."""
-        slot = self._ring_pos = (self._ring_pos + 1) % len(self._ring)
-        if self._ring_events[slot] is not None:
-            self._ring_events[slot].synchronize()       # host waits only if that old copy is still queued
-        st = self._ring[slot][: len(host)]
-        st.numpy()[:] = host
-        self.msg[: len(host)].copy_(st, non_blocking=True)
-        if self.r.device.type == "cuda":
-            ev = self._ring_events[slot] = torch.cuda.Event()
-            ev.record()
+        self._ring.copy_to(self.msg, host)
 
     # --- one forward ------------------------------------------------------------------------
     def forward(self, feeds, device_tokens=None, epilogue=None, hidden: bool = False):
@@ -255,7 +236,7 @@ class GraphRunner:
         self._stage(np.concatenate([ids.ravel(), pos.ravel(), slots.ravel(), last, later_pos.ravel(),
                                     later_slots.ravel(), tables.ravel()]))
         key = ("loop", Bb, Q0, K, KV, vocab_size, sampler.key())
-        inputs = [_pad_rows(t, Bb) for t in sampler.tensors()]            # per-row sampling tensors [Bb, ...]
+        inputs = [pad_rows(t, Bb) for t in sampler.tensors()]            # per-row sampling tensors [Bb, ...]
         tokens, probs, tops = self._replay(key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s), inputs, sampler)
         self.loops += 1
         return tokens[:B], (None if probs is None else probs[:B]), (None if tops is None else tops[:B])
@@ -304,25 +285,7 @@ class GraphRunner:
         return out
 
     def _capture(self, key, program, static) -> None:
-        dev = self.r.device
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):   # warm-up outside the graph (compiles, allocates workspaces)
-            for _ in range(2):
-                program()
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # tensor parallel: NCCL's watchdog thread queries events while we capture; "thread_local"
-        # keeps its calls from invalidating this thread's capture
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local" if self.head else "global"):
-            out = program()
+        graph, out = capture(program, self.r.device, self.pool, thread_local=bool(self.head))
         self.pool = graph.pool()
         self.graphs[key] = (graph, out, static)
         log.info("%s: captured CUDA graph %s (%d graphs)", self.r.name, key, len(self.graphs))
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """t [n, ...] -> [rows, ...]: padding rows repeat row 0 (their results are dropped)."""
-    if t.shape[0] == rows:
-        return t
-    return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
