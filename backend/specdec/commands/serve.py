@@ -136,6 +136,8 @@ def run(args) -> int:
         time.sleep(0.5)
     code = server.proc.poll()
     if code is not None:                      # it stopped serving on its own (e.g. it aborted after a stub died)
+        while watcher.check():                # names every stub that is gone (the cause is among them)
+            pass
         print(f"tritonserver exited with code {code}; last log lines:\n{server.log_tail()}", file=sys.stderr)
         return 3
     print("stopping tritonserver ...", file=sys.stderr)
