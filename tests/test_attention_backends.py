@@ -13,7 +13,8 @@ from specdec.layers.attention_choice import resolve_backend  # noqa: E402
 
 
 def test_backend_names():
-    assert attention.ATTENTION_BACKENDS == ("auto", "flash_attn", "triton", "sdpa")
+    from specdec.config import ATTENTION_BACKENDS
+    assert ATTENTION_BACKENDS == ("auto", "flash_attn", "triton", "sdpa")
     assert attention_choice.canonical("torch") == "sdpa"
     with pytest.raises(ValueError, match="'flash'.*'auto', 'flash_attn', 'triton', 'sdpa'"):
         resolve_backend("flash", "cpu", 1, 1, 64)

@@ -9,7 +9,8 @@ from scipy import stats
 
 from specdec.config import EngineConfig, SpecConfig
 from specdec.spec.adaptive import Adaptive, choose_backup
-from specdec.spec.fanout import (acceptance_mle, check_fan_out, fit_power_law, geometric_fan_out, outcome_probs,
+from specdec.config import check_fan_out
+from specdec.spec.fanout import (acceptance_mle, fit_power_law, geometric_fan_out, outcome_probs,
                                  resolve_fan_out, round_to_budget, saguaro_top)
 from specdec.draft.messages import (Command, Config, Exit, Free, Hello, Prefill, RowStatus, Speculate,
                                    SpeculateReply, decode)

@@ -45,7 +45,7 @@ from triton_helpers import metrics, speculates, start_server, stop_server, wait_
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
-from specdec.triton.launcher import free_port  # noqa: E402
+from specdec.processes import free_port  # noqa: E402
 from specdec.triton.settings import Settings  # noqa: E402
 from specdec.triton.watch import StubWatcher, find_stubs  # noqa: E402
 

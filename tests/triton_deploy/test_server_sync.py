@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from triton_helpers import metrics, speculates, start_server, stop_server, wait_for  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
-from specdec.triton.launcher import free_port  # noqa: E402
+from specdec.processes import free_port  # noqa: E402
 from specdec.triton.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow

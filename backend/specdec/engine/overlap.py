@@ -56,7 +56,9 @@ class ARPipeline:
             done = s.remaining <= 1 or len(s) + 1 >= self.max_model_len     # surely stops at prev's token
             feeds.append(Feed(s.seq_id, [0], len(s), dummy=done))
         dev_tokens = None
-        if prev is not None:
+        if prev is not None and [id(s) for s in seqs] == [id(s) for s in prev.seqs]:
+            dev_tokens = (prev.out[:, 1:2], 0)              # same rows in the same order: no gather
+        elif prev is not None:
             row = {id(s): i for i, s in enumerate(prev.seqs)}
             idx = torch.tensor([row[id(s)] for s in seqs]).to(prev.out.device, non_blocking=True)
             dev_tokens = (prev.out.index_select(0, idx)[:, 1:2], 0)

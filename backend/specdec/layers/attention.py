@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ATTENTION_BACKENDS  # noqa: F401  (the setting's values; "torch": old name of sdpa)
 
 from . import flash_attention
 from .attention_choice import resolve_backend

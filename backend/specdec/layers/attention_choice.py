@@ -61,7 +61,7 @@ KERNELS = ("flash_attn", "triton", "sdpa")     # what resolve_backend returns
 
 def canonical(requested: str) -> str:
     """The setting's canonical name; ValueError names the allowed values."""
-    from .attention import ATTENTION_BACKENDS
+    from ..config import ATTENTION_BACKENDS
     name = ALIASES.get(requested, requested)
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend {requested!r} is not one of {ATTENTION_BACKENDS} (or 'torch' = 'sdpa')")

@@ -42,6 +42,10 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+# the plain versions stay reachable after enable_compile() swaps the names above: code that must not run
+# the compiled ones (training the EAGLE head in grad mode, models/eagle.py) calls these
+eager_rms_norm, eager_rotary, eager_silu_mul = rms_norm, rotary, silu_mul
+
 _compiled = False
 fused_rope_write = False     # q/k norm + rotary + K/V write in one Triton kernel (layers/rope_write.py), CUDA only
 

@@ -36,16 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.fused import eager_rms_norm, eager_rotary, eager_silu_mul
 from .draft_head import HEAD_FILE, full_vocab_logits, load_head_tokens, restrict_head, save_head_tokens
+from .llama import LlamaArch
 from .shared_weights import checksum, read_manifest, write_manifest
 
-# The head's small ops are its own eager ones, not layers/fused.py's: those become torch.compile'd
+# The head's small ops are layers/fused.py's eager ones: the names there become torch.compile'd
 # functions once an engine on CUDA enables compilation, which would recompile them for training (grad
-# mode, other ranks) in the middle of a distillation run. Inside the drafter's CUDA graph eager is cheap.
+# mode) in the middle of a distillation run. Inside the drafter's CUDA graph eager is cheap.
 
 
 class RMSNorm(nn.Module):
-    """HF numerics: normalise in float32, cast back, scale by the weight."""
+    """HF numerics (fused.eager_rms_norm): normalise in float32, cast back, scale by the weight."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -53,17 +55,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rotary(q, k, cos, sin):
-    """Rotate-half RoPE (the target's layout); cos/sin broadcast against q/k [..., heads, d]."""
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return eager_rms_norm(x, self.weight, self.eps)
 
 
 CONFIG_FILE = "config.json"          # {"architectures": ["EagleHead"], "model_type": "specdec_eagle", shapes...}
@@ -94,11 +86,8 @@ class EagleArch:
 
     @classmethod
     def from_hf(cls, cfg, num_layers: int = 1) -> "EagleArch":
-        """From the target's HF config (training uses the HF teacher)."""
-        heads = cfg.num_attention_heads
-        return cls(cfg.hidden_size, cfg.intermediate_size, num_layers, heads,
-                   getattr(cfg, "num_key_value_heads", None) or heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, cfg.rms_norm_eps, cfg.vocab_size)
+        """From the target's HF config (training uses the HF teacher), read as the native model reads it."""
+        return cls.from_target(LlamaArch.from_hf(cfg), num_layers)
 
 
 def level_mask(L: int, s: int, device=None) -> torch.Tensor:
@@ -130,14 +119,13 @@ class EagleLayer(nn.Module):
         q, k, v = self.qkv(self.input_norm(x)).split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], -1)
         q = q.unflatten(-1, (self.h, self.d))
         k = k.unflatten(-1, (self.kvh, self.d))
-        q, k = rotary(q, k, cos, sin)
+        q, k = eager_rotary(q, k, cos, sin)
         return q, k, v.unflatten(-1, (self.kvh, self.d))
 
     def finish(self, x, attn):
         """x [..., H] + o_proj(attn [..., h * d]), then the MLP block."""
         x = x + self.o_proj(attn)
-        gate, up = self.gate_up(self.post_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        return x + self.down(eager_silu_mul(self.gate_up(self.post_norm(x))))
 
 
 def _attend(q, k, v, mask):

@@ -22,6 +22,7 @@ import logging
 import torch
 
 from ..config import CacheConfig, EngineConfig
+from ..layers.attention_choice import check_backend
 from ..models.loader import DTYPES, LoadedModel
 from .hf import HFRunner
 from .paged import PagedRunner
@@ -48,13 +49,6 @@ def kv_pool_blocks(per_token_bytes: int, cache: CacheConfig, device: torch.devic
     tokens = int(min(want_tokens, budget // per_token_bytes))
     bs = cache.block_size
     return max(tokens // bs, -(-min_tokens // bs))
-
-
-def attention_for(choice: str, head_dim: int, dtype: torch.dtype) -> str:
-    """The runner's attention setting, checked against the model once (layers/attention_choice.py
-    resolves "auto" per step shape: batch bucket, queries per sequence, context bucket)."""
-    from ..layers.attention_choice import check_backend
-    return check_backend(choice, head_dim, dtype)
 
 
 def graph_mode(cfg: EngineConfig, device: torch.device) -> str | None:
@@ -87,7 +81,7 @@ def build_runner(m: LoadedModel, device: torch.device, cfg: EngineConfig, *, nam
         tp.connect(blocks, cache.block_size, max_model_len)          # the workers allocate the same pool
         channel = tp.channel
     runner = PagedRunner(module, device, dtype, cache.block_size, blocks, max_model_len, name, tp=channel)
-    runner.attn_backend = attention_for(cfg.attention_backend, m.arch.head_dim, dtype)
+    runner.attn_backend = check_backend(cfg.attention_backend, m.arch.head_dim, dtype)   # checked once; "auto" per step
     log.info("%s attention: %s", name, runner.attn_backend)
     mode = graph_mode(cfg, device)
     if mode == "capture":

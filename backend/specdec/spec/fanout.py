@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..config import DEFAULT_FAN_OUT, check_fan_out  # noqa: F401  (check_fan_out: re-exported)
+from ..config import DEFAULT_FAN_OUT
 
 
 def uniform_fan_out(f: int, k: int) -> list[int]:

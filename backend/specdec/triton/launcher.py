@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..processes import free_port  # noqa: F401  (re-exported: tests pick ports here)
+from ..processes import free_port
 
 log = logging.getLogger(__name__)
 
