@@ -78,6 +78,9 @@ def build_llm(a, mode: str | None = None):
     mode = mode or bench_modes(a)[0]
     where = placement(a, mode, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     kw = {**engine_options(a), **where, "mode": mode}
+    key, vals = parse_sweep(a.sweep)
+    if key == "b":                               # the engine (its KV pool, its graphs) must hold the largest batch
+        kw["max_batch_size"] = max(vals + [kw.get("max_batch_size", 1)])
     if mode == "ar":
         for name in ("draft", "simulate_acceptance", "simulate_hit"):
             kw.pop(name, None)
