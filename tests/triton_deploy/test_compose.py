@@ -63,3 +63,31 @@ def test_dockerfile_base_image_and_python():
     assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in text
     for needle in ("torch==", "flash-attn", 'pip install -e ".[serve]"', "specdec"):
         assert needle in text
+
+
+def test_generated_repository_pins_the_gpus_that_compose_reserves(compose, tmp_path):
+    """The service's command, parsed by `specdec serve`'s own parser, generates config.pbtxt files whose
+    instance groups name the GPUs that the compose file reserves (target on the first, draft on the second)."""
+    import argparse
+    import shlex
+
+    from specdec.commands import serve
+    from specdec.triton.repository import read_config, write_repository
+
+    t = compose["services"]["triton"]
+    cmd = t["command"] if isinstance(t["command"], list) else shlex.split(t["command"])
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", *cmd])
+    reserved = [int(d) for d in t["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]]
+    assert [args.target_gpu, args.draft_gpu] == reserved
+
+    settings = serve.settings_from_args(args, cuda=True)
+    repo = write_repository(tmp_path / "repo", settings, target_gpu=args.target_gpu, draft_gpu=args.draft_gpu)
+    placed = {}
+    for name in ("target", "draft"):
+        (group,) = read_config(repo / name / "config.pbtxt").instance_group
+        assert group.kind == group.KIND_GPU and group.count == 1
+        placed[name] = list(group.gpus)
+    assert placed == {"target": [reserved[0]], "draft": [reserved[1]]}
+    assert read_config(repo / "target" / "config.pbtxt").parameters["draft_location"].string_value == "separate"
