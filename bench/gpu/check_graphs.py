@@ -29,6 +29,8 @@ def main():
         ("llama sync other-draft k3", target, dict(mode="sync", draft=str(draft), k=3), greedy),
         ("llama sync ngram k4", target, dict(mode="sync", draft="ngram", k=4), greedy),
         ("llama sync sampled k3", target, dict(mode="sync", draft=str(draft), k=3), sampled),
+        ("llama async same-draft k3 tree", target, dict(mode="async", draft=str(target), k=3, tree_policy="always"), greedy),
+        ("llama async other-draft k3", target, dict(mode="async", draft=str(draft), k=3), greedy),
     ]:
         cpu = [o.token_ids for o in LLM(str(folder), device="cpu", max_batch_size=8, **kw).generate(PROMPTS, params)]
         eager = [o.token_ids for o in LLM(str(folder), device="cuda:0", graphs="off", max_batch_size=8, **kw).generate(PROMPTS, params)]
@@ -42,6 +44,11 @@ def main():
     b2 = LLM(str(target), device="cuda:0", dtype="bfloat16", mode="sync", draft=str(target), k=4).generate(PROMPTS, greedy)
     rows.append(("bf16 sync same-draft repeat", [o.token_ids for o in b1] == [o.token_ids for o in b2],
                  None, None, None, sum(o.stats["accepted"] for o in b1) / max(1, sum(o.stats["drafted"] for o in b1))))
+    ar = [o.token_ids for o in LLM(str(target), device="cpu", max_batch_size=8).generate(PROMPTS, greedy)]
+    for mode in ("sync", "async"):     # greedy speculation == the target alone (CPU AR), on the GPU, graphed
+        got = [o.token_ids for o in LLM(str(target), device="cuda:0", max_batch_size=8, mode=mode, draft=str(draft),
+                                        k=3).generate(PROMPTS, greedy)]
+        rows.append((f"{mode} greedy == cpu AR", got == ar, None, None, None, None))
     print(f"{'case':30} {'graph==eager':>12} {'graph==cpu':>10} {'replays':>7} {'graphs':>6} fallbacks/accept")
     for r in rows:
         print(f"{r[0]:30} {str(r[1]):>12} {str(r[2]):>10} {str(r[3]):>7} {str(r[4]):>6} {r[5]}")

@@ -1,6 +1,7 @@
 """Where a decode step's time goes: kernels per step, GPU time per step, host time per step.
 
 python bench/gpu/profile_step.py --target synthetic:smollm2-135m [--mode sync --draft ... --k 4] [--b 1]
+--device cpu: the same on the CPU (float32; host time per op instead of kernels).
 """
 import argparse
 import time
@@ -23,8 +24,11 @@ def main():
     ap.add_argument("--no-overlap", action="store_true", help="AR steps without overlapped scheduling")
     ap.add_argument("--no-fused-rope", action="store_true", help="rotary + K/V write as separate kernels")
     ap.add_argument("--prompt-len", type=int, default=8)
+    ap.add_argument("--device", default="cuda:0")
     a = ap.parse_args()
-    llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device="cuda:0", dtype="bfloat16",
+    cuda = a.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device=a.device, dtype="bfloat16" if cuda else "float32",
               max_batch_size=a.b, max_model_len=4096, graphs="off" if a.eager else "auto", overlap=not a.no_overlap)
     if a.no_fused_rope:
         from specdec.layers import fused
@@ -36,18 +40,26 @@ def main():
         eng.add_request(p, params)
     for _ in range(20):                       # prefill + warm-up steps (captures graphs)
         eng.step()
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     n0 = eng.metrics.decode_tokens
     for _ in range(a.steps):
         eng.step()
-    torch.cuda.synchronize()
+    sync()
     wall = (time.perf_counter() - t) / a.steps
     toks = (eng.metrics.decode_tokens - n0) / a.steps
+    if not cuda:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(10):
+                eng.step()
+        print(f"PROFILE {a.target} {a.mode} b={a.b} ctx={a.prompt_len} cpu: {1e3 * wall:.3f} ms/step wall, "
+              f"{toks:.2f} tokens/step, {toks / wall:.1f} tok/s")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+        return
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             eng.step()
-        torch.cuda.synchronize()
+        sync()
     ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     kernels = sum(e.count for e in ev) / 10
     gpu_ms = sum(e.self_device_time_total for e in ev) / 10 / 1e3
