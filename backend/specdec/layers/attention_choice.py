@@ -23,11 +23,13 @@ import torch
 TRITON_MAX_QUERIES = 32      # queries per sequence up to which the Triton kernel serves a step (auto, triton)
 
 # Made by bench/gpu/attention_table.py (it prints a replacement for the lines below).
-# PROVISIONAL: seeded by hand from one H100 run of the OLD per-query Triton kernel (FIELD-NOTES.md) and what
-# the rewritten kernel should do (split-KV wins at batch 1; flash-attn-4 sits near the HBM floor once
-# batch x KV heads fills the GPU). Replace with the bench's suggestion once it has run on the GPU.
+# triton vs sdpa: MEASURED on one H200 (attention_table.py --quick, 2026-12-07, BENCHMARKS.md): the rewritten
+# Triton kernel beat SDPA in all 8 rows measured (8B shape; batch 1/16, context 512/8192, 1/5 queries), by
+# 2.6-7.7x. flash_attn's place in each entry is still PROVISIONAL (flash-attn-4 was not installed on that
+# machine; hand-seeded from one H100 run of the old kernel, FIELD-NOTES.md). auto only picks flash_attn
+# when it imports, so without it these entries resolve to the measured order.
 # key: (batch bucket, queries per sequence, context bucket) -> backends, fastest first
-TABLE_SOURCE = "provisional (hand-seeded, no GPU run of the new kernel yet)"
+TABLE_SOURCE = "triton vs sdpa measured on H200 (2026-12-07, --quick rows); flash_attn positions provisional"
 TABLE: dict[tuple[int, int, int], tuple[str, ...]] = {
     (1, 1, 512): ("flash_attn", "triton", "sdpa"),
     (1, 1, 2048): ("triton", "flash_attn", "sdpa"),
