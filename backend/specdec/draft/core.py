@@ -35,6 +35,7 @@ from ..spec.fanout import saguaro_top
 from ..spec.saguaro import saguaro_rescale
 from ..spec.spec_cache import SpeculationCache
 from ..spec.status import RowStatus
+from ..transfer import upload
 from .loop import LoopSampler, draft_loop
 from .messages import Config, Prefill, Speculate, SpeculateReply
 from .tree_build import TreeBuilder, TreeRow
@@ -106,15 +107,15 @@ class DraftCore:
         if all(s.temperature == 0 for s in seqs):
             return logits.argmax(-1), None
         dev = logits.device
-        temp = torch.tensor([s.temperature for s in seqs], dtype=torch.float32).to(dev, non_blocking=True)
-        top_k = torch.tensor([s.top_k for s in seqs]).to(dev, non_blocking=True)
-        top_p = torch.tensor([s.top_p for s in seqs], dtype=torch.float32).to(dev, non_blocking=True)
+        temp = upload([s.temperature for s in seqs], dev, torch.float32)
+        top_k = upload([s.top_k for s in seqs], dev, torch.long)
+        top_p = upload([s.top_p for s in seqs], dev, torch.float32)
         probs = probs_from_logits(logits, temp, top_k, top_p, filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs),
                                   any_greedy=any(s.temperature == 0 for s in seqs))
         if self.cfg.sampler_x is not None and self.cfg.async_mode:
-            probs = saguaro_rescale(probs, torch.tensor(top, dtype=torch.int64).to(dev, non_blocking=True),
+            probs = saguaro_rescale(probs, upload(top, dev, torch.int64),
                                     self.cfg.sampler_x, max(top, default=0))
-        u = torch.rand(len(seqs), generator=self.gen).to(dev, non_blocking=True)
+        u = upload(torch.rand(len(seqs), generator=self.gen), dev)
         return sample_from_probs(probs, u), probs
 
     def _loop_sampler(self, seqs: list[DraftSeq], K: int, top: list[int], width: int = 0) -> LoopSampler:
@@ -126,10 +127,10 @@ class DraftCore:
         dev = self.device
         saguaro = self.cfg.sampler_x is not None and self.cfg.async_mode
         return LoopSampler(
-            False, torch.tensor([s.temperature for s in seqs], dtype=torch.float32).to(dev, non_blocking=True),
-            torch.tensor([s.top_k for s in seqs]).to(dev, non_blocking=True),
-            torch.tensor([s.top_p for s in seqs], dtype=torch.float32).to(dev, non_blocking=True),
-            torch.rand((len(seqs), K), generator=self.gen).to(dev, non_blocking=True),
+            False, upload([s.temperature for s in seqs], dev, torch.float32),
+            upload([s.top_k for s in seqs], dev, torch.long),
+            upload([s.top_p for s in seqs], dev, torch.float32),
+            upload(torch.rand((len(seqs), K), generator=self.gen), dev),
             filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs), any_greedy=any(s.temperature == 0 for s in seqs),
             saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else (), top_width=width)
 

@@ -34,6 +34,7 @@ import torch
 from ..layers.sampling import SamplingRows, fit_vocab
 from ..models.eagle import EagleCache, EagleHead
 from ..runner.graph_tools import batch_buckets, capture, kv_bucket, pad_rows
+from ..transfer import upload
 from .base import Drafter, Proposal
 from .loop import LoopSampler
 
@@ -143,7 +144,7 @@ class EagleDrafter(Drafter):
         if use_graph:
             tokens, probs = self._replay(key, ints, feat_pad, sampler)
         else:
-            tokens, probs = self._program(Bb, Q0, K, kv, torch.from_numpy(ints).to(dev, non_blocking=True),
+            tokens, probs = self._program(Bb, Q0, K, kv, upload(ints, dev),
                                           feat_pad, sampler.bind([pad_rows(t, Bb) for t in sampler.tensors()]))
         for s, row in zip(seqs, rows):
             if row is not None:
@@ -213,7 +214,7 @@ class EagleDrafter(Drafter):
             if entry is None:                  # capture failed: this key runs eagerly from now on
                 self.capture = False
                 Bb, Q0, K, kv, _ = key
-                return self._program(Bb, Q0, K, kv, torch.from_numpy(ints).to(self.device), feats,
+                return self._program(Bb, Q0, K, kv, upload(ints, self.device), feats,
                                      sampler.bind([pad_rows(t, Bb) for t in sampler.tensors()]))
         graph, out, s_ints, s_feats, s_samp, staging = entry
         staging.numpy()[:] = ints

@@ -36,6 +36,7 @@ from ..layers.sampling import SamplingRows
 from ..spec.fanout import resolve_fan_out
 from ..spec.round_k import request_k
 from ..spec.status import RowStatus
+from ..transfer import upload
 from .base import Drafter, Proposal
 from .core import DraftCore
 from .messages import Config, Prefill, Speculate
@@ -190,7 +191,7 @@ class InProcessDrafter(Drafter):
             self.fresh.discard(s.seq_id)
         self._built = False
         status = [RowStatus(int(x)) for x in reply.status]
-        tokens = torch.from_numpy(reply.tokens).to(self.device, non_blocking=True)        # [B, K]
+        tokens = upload(reply.tokens, self.device)        # [B, K]
         q = proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
         return Proposal(tokens, q, list(ks), status=status, wait_s=wait_s, build_s=build_s or 0.0)
 

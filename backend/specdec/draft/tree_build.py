@@ -23,6 +23,7 @@ from ..runner.block_manager import copy_blocks
 from ..spec.adaptive import RANK_WINDOW
 from ..spec.spec_cache import CacheEntry, SpeculationCache
 from ..spec.tree import branch_positions, fork_layout, ranked_candidates
+from ..transfer import upload
 from .tree_steps import TreeSteps
 
 _child_ids = itertools.count(1)
@@ -110,7 +111,7 @@ class TreeBuilder:
         width = max(max(r.fan_out) for r in rows)
         if self.geometric:
             width = max(width, RANK_WINDOW)
-        ex = torch.tensor(exclude, dtype=torch.long).to(self.device, non_blocking=True)
+        ex = upload(exclude, self.device, torch.long)
         ranked = ranked_candidates(glue_logits, ex, width)                         # [G, width]
         depths, flat, fork_len, spans, off = [], [], [], [], 0
         for r in rows:
@@ -122,7 +123,7 @@ class TreeBuilder:
             off += len(d)
         depths, flat, fork_len = np.concatenate(depths), np.concatenate(flat), np.concatenate(fork_len)
         N, S = len(depths), max(r.steps for r in rows)
-        roots = ranked.reshape(-1)[torch.from_numpy(flat).to(self.device, non_blocking=True)]    # [N]
+        roots = ranked.reshape(-1)[upload(flat, self.device)]    # [N]
         forked = None
         if self.cuda:                            # the SIMULATED verifier may read the roots from here on
             forked = torch.cuda.Event()

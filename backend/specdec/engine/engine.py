@@ -36,6 +36,7 @@ from ..spec.round_k import round_k
 from ..spec.simulate import make_simulator
 from ..spec.status import RowStatus
 from ..spec.verify import GreedyRound, greedy_accept_length, verify
+from ..transfer import upload
 from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
@@ -286,7 +287,7 @@ class LLMEngine:
             rec = tok.tolist()                                    # host sync: the step's tokens
             return self._finish_round(seqs, prop, num, [[]] * B, [0] * B, rec, (t0, t1, t2, w0), hidden)
         padded = self._pad_rows(logits, num, Kv)                  # [B, Kv + 1, V]
-        num_t = torch.tensor(num).to(self.device, non_blocking=True)
+        num_t = upload(num, self.device, torch.long)
         if rows.all_greedy:
             argmax = padded.argmax(-1)                            # [B, Kv + 1]
             accepted = greedy_accept_length(draft_tokens, argmax, num_t)
@@ -367,7 +368,7 @@ class LLMEngine:
         idx = []
         for b, n in enumerate(num):
             idx.extend(b * (Kv + 1) + i for i in range(n + 1))
-        padded.view(B * (Kv + 1), -1)[torch.tensor(idx, device=logits.device)] = logits
+        padded.view(B * (Kv + 1), -1)[upload(idx, logits.device, torch.long)] = logits
         return padded
 
     def _commit(self, s: Sequence, new: list[int]) -> StepOutput:

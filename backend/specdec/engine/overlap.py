@@ -24,6 +24,7 @@ import torch
 
 from ..runner.feed import Feed
 from ..spec.verify import GreedyRound
+from ..transfer import upload
 
 
 @dataclass(slots=True)
@@ -60,7 +61,7 @@ class ARPipeline:
             dev_tokens = (prev.out[:, 1:2], 0)              # same rows in the same order: no gather
         elif prev is not None:
             row = {id(s): i for i, s in enumerate(prev.seqs)}
-            idx = torch.tensor([row[id(s)] for s in seqs]).to(prev.out.device, non_blocking=True)
+            idx = upload([row[id(s)] for s in seqs], prev.out.device, torch.long)
             dev_tokens = (prev.out.index_select(0, idx)[:, 1:2], 0)
         out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]
         cuda = out.device.type == "cuda"

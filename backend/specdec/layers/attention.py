@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 
+from ..transfer import upload
 from . import flash_attention
 from .attention_choice import resolve_backend
 from .triton_attention import triton_paged_attention
@@ -80,9 +81,9 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
         cu = torch.zeros(B + 1, dtype=torch.int32)
         torch.cumsum(q_lens_t, 0, out=cu[1:])
         q_pos = torch.cat([torch.arange(s, s + n, dtype=torch.int32) for s, n in zip(q_starts, q_lens)])
-        packed = torch.cat([cu, torch.tensor(kv_lens, dtype=torch.int32), q_pos]).to(device, non_blocking=True)
-        return AttnContext(slot_mapping=slot_mapping.to(device, non_blocking=True),
-                           block_tables=tables.to(device, non_blocking=True), q_index=None, out_index=None,
+        packed = upload(torch.cat([cu, torch.tensor(kv_lens, dtype=torch.int32), q_pos]), device)
+        return AttnContext(slot_mapping=upload(slot_mapping, device),
+                           block_tables=upload(tables, device), q_index=None, out_index=None,
                            mask=None, max_kv=max_kv, backend=choice, q_pos=packed[2 * B + 1:],
                            cu_seqlens_q=packed[: B + 1], kv_lens=packed[B + 1: 2 * B + 1], max_q=max_q,
                            block_size=block_size)
@@ -111,11 +112,11 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
                     mask[b, 0, : m.shape[0]] = False
                     mask[b, 0, : m.shape[0], : m.shape[1]] = m.to(torch.bool).cpu()
     return AttnContext(
-        slot_mapping=slot_mapping.to(device, non_blocking=True),
-        block_tables=tables.to(device, non_blocking=True),
-        q_index=q_index.to(device, non_blocking=True),
-        out_index=out_index.to(device, non_blocking=True),
-        mask=None if mask is None else mask.to(device, non_blocking=True),
+        slot_mapping=upload(slot_mapping, device),
+        block_tables=upload(tables, device),
+        q_index=upload(q_index, device),
+        out_index=upload(out_index, device),
+        mask=None if mask is None else upload(mask, device),
         max_kv=max_kv, is_causal=is_causal,
     )
 

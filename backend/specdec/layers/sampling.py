@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..transfer import upload
+
 
 def probs_from_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                       top_p: torch.Tensor, filtered: bool | None = None, any_greedy: bool | None = None) -> torch.Tensor:
@@ -78,7 +80,7 @@ class SamplingRows:
         if self._t is None:
             ps = [s.params for s in self.seqs]
             host = torch.tensor([[p.temperature, p.top_k, p.top_p] for p in ps], dtype=torch.float64)
-            host = host.to(self.device, non_blocking=True)
+            host = upload(host, self.device)
             self._t = (host[:, 0].float(), host[:, 1].long(), host[:, 2].float())
         return self._t
 
@@ -113,7 +115,7 @@ class SamplingRows:
         for b, s in enumerate(self.seqs):
             if counts[b]:
                 out[b, : counts[b]] = torch.rand(counts[b], generator=s.generator or self.engine_gen)
-        return out.to(self.device, non_blocking=True)
+        return upload(out, self.device)
 
     def uniforms(self, n: int) -> torch.Tensor:
         """[B, n] uniforms: seeded requests draw from their own generator, the rest share the engine's."""
@@ -124,7 +126,7 @@ class SamplingRows:
         for b, s in enumerate(self.seqs):
             if s.generator is not None:
                 out[b] = torch.rand(n, generator=s.generator)
-        return out.to(self.device, non_blocking=True)
+        return upload(out, self.device)
 
 
 def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

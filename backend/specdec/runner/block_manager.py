@@ -21,6 +21,8 @@ from collections import deque
 import numpy as np
 import torch
 
+from ..transfer import upload
+
 
 class OutOfBlocks(RuntimeError):
     pass
@@ -213,5 +215,5 @@ def copy_blocks(kv: torch.Tensor, copies: list[tuple[int, int]], block_dim: int 
     layer and K/V half at once. kv: [layers, 2, num_blocks + 1, block_size, KVH, D] (block_dim 2)."""
     if not copies:
         return
-    pairs = torch.tensor(copies, dtype=torch.long).to(kv.device, non_blocking=True)     # [n, 2]
+    pairs = upload(copies, kv.device, torch.long)     # [n, 2]
     kv.index_copy_(block_dim, pairs[:, 1], kv.index_select(block_dim, pairs[:, 0]))

@@ -34,6 +34,7 @@ import logging
 import numpy as np
 import torch
 
+from ..transfer import upload
 from . import tp_step
 from .graph_tools import StagingRing, batch_buckets, capture, kv_bucket, pad_rows
 
@@ -145,7 +146,7 @@ class GraphRunner:
         out = self.execute((Bb, Q, KV))
         if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
             return out[: len(rows)]
-        idx = torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)
+        idx = upload(rows, r.device, torch.long)
         return out[idx]
 
     def _forward_hidden(self, feeds, device_tokens, epilogue):
@@ -173,7 +174,7 @@ class GraphRunner:
             return out[:B], hs
         if rows == list(range(len(rows))):
             return out[: len(rows)], hs
-        return out[torch.tensor(rows, dtype=torch.long).to(r.device, non_blocking=True)], hs
+        return out[upload(rows, r.device, torch.long)], hs
 
     def _run_hidden(self, Bb: int, Q: int, KV: int, epilogue):
         ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)

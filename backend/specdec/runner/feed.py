@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..transfer import upload
+
 
 @dataclass(slots=True)
 class Feed:
@@ -38,7 +40,7 @@ def place_device_tokens(input_ids: torch.Tensor, feeds: list[Feed], device_token
             src.append(b * dt.shape[1] + j - col0)
         row += n
     if dst:
-        idx = torch.tensor([dst, src], dtype=torch.long).to(input_ids.device, non_blocking=True)
+        idx = upload([dst, src], input_ids.device, torch.long)
         input_ids[idx[0]] = dt.reshape(-1)[idx[1]]
 
 
@@ -53,13 +55,13 @@ def run_epilogue(logits: torch.Tensor, feeds: list[Feed], device_tokens, epilogu
     else:
         padded = logits.new_zeros((B, Q, logits.shape[-1]))
         idx = [b * Q + len(f.tokens) - f.num_logits + i for b, f in enumerate(feeds) for i in range(f.num_logits)]
-        padded.view(B * Q, -1)[torch.tensor(idx, device=dev)] = logits
+        padded.view(B * Q, -1)[upload(idx, dev, torch.long)] = logits
     ids = torch.zeros((B, Q), dtype=torch.long)
     for b, f in enumerate(feeds):
         ids[b, : len(f.tokens)] = torch.tensor(f.tokens, dtype=torch.long)
-    ids = ids.to(dev, non_blocking=True)
+    ids = upload(ids, dev)
     if device_tokens is not None:
         dt, col0 = device_tokens
         ids[:, col0:col0 + dt.shape[1]] = dt[:, : Q - col0]
-    rows = torch.tensor(epilogue.row_ints, dtype=torch.long).to(dev, non_blocking=True)
+    rows = upload(epilogue.row_ints, dev, torch.long)
     return epilogue(padded, ids, rows)

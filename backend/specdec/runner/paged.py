@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..layers.attention import build_context
+from ..transfer import upload
 from .block_manager import BlockManager
 from .feed import DeviceTokens, Feed, place_device_tokens, run_epilogue
 
@@ -121,12 +122,12 @@ class PagedRunner:
             return logits if epilogue is None else run_epilogue(logits, feeds, device_tokens, epilogue)
         slot_mapping = torch.from_numpy(np.concatenate(slots))
         ctx = build_context(q_lens, kv_lens, q_starts, tables, slot_mapping, bs, self.device, masks, self.attn_backend)
-        input_ids = torch.from_numpy(np.concatenate(ids)).to(self.device, non_blocking=True)
+        input_ids = upload(np.concatenate(ids), self.device)
         if device_tokens is not None:
             place_device_tokens(input_ids, feeds, device_tokens)
-        positions = torch.from_numpy(np.concatenate(pos)).to(self.device, non_blocking=True)
+        positions = upload(np.concatenate(pos), self.device)
         index = np.concatenate(logit_rows)
-        logits_index = None if len(index) == row else torch.from_numpy(index).to(self.device, non_blocking=True)
+        logits_index = None if len(index) == row else upload(index, self.device)
         if len(index) == 0:
             logits_index = torch.zeros(0, dtype=torch.int64, device=self.device)
         out = self.model(input_ids, positions, ctx, self.kv_caches, logits_index, return_hidden=hidden)

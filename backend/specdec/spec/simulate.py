@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..transfer import upload
+
 
 def simulated_accepts(rng: np.random.Generator, acceptance: float, num: list[int]) -> list[int]:
     """Accepted drafts per row: row b's num[b] drafts are accepted one by one with probability
@@ -65,14 +67,14 @@ class SimulatedVerifier:
                 roots, first, count, event = c
                 picks.append((b, roots, first + int(rng.integers(count)), event))
         self.rounds += 1
-        accepted = torch.tensor(k, dtype=torch.long).to(device, non_blocking=True)
-        recovery = torch.from_numpy(rec).to(device, non_blocking=True)
+        accepted = upload(k, device, torch.long)
+        recovery = upload(rec, device, torch.long)
         for ev in {id(p[3]): p[3] for p in picks if p[3] is not None}.values():
             torch.cuda.current_stream(device).wait_event(ev)     # the fork ran on the draft's stream
         for roots in {id(p[1]): p[1] for p in picks}.values():
             group = [p for p in picks if p[1] is roots]
-            rows = torch.tensor([p[0] for p in group], dtype=torch.long).to(device, non_blocking=True)
-            idx = torch.tensor([p[2] for p in group], dtype=torch.long).to(roots.device, non_blocking=True)
+            rows = upload([p[0] for p in group], device, torch.long)
+            idx = upload([p[2] for p in group], roots.device, torch.long)
             recovery[rows] = roots[idx].to(device)
         return accepted, recovery
 
