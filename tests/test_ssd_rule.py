@@ -93,3 +93,27 @@ def test_simulated_verifier_picks_forked_recovery_tokens():
     for _ in range(500):
         sim.outcome([1], ["dev"], FakeDrafter(), torch.device("cpu"))
     assert abs(sim.hits_placed / sim.rounds - 0.8) < 0.06
+
+
+def test_rounds_that_captured_a_graph_are_not_round_times():
+    """A tree kind first met at a new batch size pays its graph captures once; that round must not
+    stand for the kind, or the rule would keep trees off for good (seen on an H200 at b=8)."""
+    rule = BuildRule()
+    for _ in range(EXPLORE_ROUNDS):
+        rule.observe_round(8, "tree_hit", 0.120, one_time=True)       # captures: 120 ms rounds
+    assert rule.build(8, 4.5, 4.5, 4.5)              # still unmeasured: the tree is explored again
+    for _ in range(EXPLORE_ROUNDS):
+        rule.observe_round(8, "tree_hit", 0.0105)
+        rule.observe_round(8, "sync", 0.0135)
+    rule.probe_left = 0
+    for _ in range(20):
+        rule.observe_hit(True)
+    assert rule.build(8, 4.5, 4.5, 4.5)              # 10.5 ms tree rounds beat 13.5 ms sync rounds
+    assert rule.counts[(8, "tree_hit")] == EXPLORE_ROUNDS
+
+
+def test_graph_captures_are_counted():
+    from specdec.runner import graph_tools
+    assert isinstance(graph_tools.captures(), int)
+    import specdec.draft.core as core
+    assert core.captures is graph_tools.captures        # the SSD core reads the same counter

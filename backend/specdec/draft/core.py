@@ -30,6 +30,7 @@ import torch
 
 from ..layers.sampling import fit_vocab, probs_from_logits, sample_from_probs
 from ..runner.feed import Feed
+from ..runner.graph_tools import captures
 from ..spec.adaptive import RANK_WINDOW, Adaptive, BuildRule
 from ..spec.fanout import saguaro_top
 from ..spec.saguaro import saguaro_rescale
@@ -273,7 +274,8 @@ class DraftCore:
             s.status, s.num_draft = RowStatus(int(status[b])), want[b]
             self.counts[s.status] += 1
         self._round = {"t": time.perf_counter(), "batch": B, "built": False, "jit": bool(jit_rows),
-                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice()}
+                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice(),
+                       "captures": captures()}
         if self.cfg.async_mode:
             self._pending = [(msg.seq_ids[b], tokens[b, : want[b]].tolist(), RowStatus(int(status[b])))
                              for b in range(B) if want[b] > 0]
@@ -290,7 +292,7 @@ class DraftCore:
             kind = "sync"
         else:
             return                                      # a tree from before, none now: a transition
-        self.rule.observe_round(r["batch"], kind, now - r["t"])
+        self.rule.observe_round(r["batch"], kind, now - r["t"], one_time=captures() != r["captures"])
 
     def _advance(self, msg: Speculate, b: int) -> DraftSeq:
         """Apply row b's new committed tokens and record the previous round's outcome."""

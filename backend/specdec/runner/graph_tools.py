@@ -55,10 +55,21 @@ class StagingRing:
             ev.record()
 
 
+_captured = 0
+
+
+def captures() -> int:
+    """Graphs captured in this process so far. A capture is a one-time cost (three runs of the program in
+    Python, compiles, instantiation: ~10-200 ms); a timing that spans one is not a steady-state time."""
+    return _captured
+
+
 def capture(program, device: torch.device, pool=None, thread_local: bool = False):
     """(graph, outputs) of ``program`` captured on a side stream after two warm-up runs (compiles,
     workspaces). thread_local: tensor parallelism, where NCCL's watchdog thread queries events while
     we capture; "thread_local" keeps its calls from invalidating this thread's capture."""
+    global _captured
+    _captured += 1
     cur = torch.cuda.current_stream(device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(cur)

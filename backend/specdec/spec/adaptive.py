@@ -193,9 +193,14 @@ class BuildRule:
         """One row's outcome: in the tree (or, without a tree, among the candidates it would have forked)."""
         self.p_hit.add(1.0 if hit else 0.0)
 
-    def observe_round(self, batch: int, kind: str, seconds: float) -> None:
+    def observe_round(self, batch: int, kind: str, seconds: float, one_time: bool = False) -> None:
+        """A round's time under its kind. one_time: the round paid a one-time cost (a CUDA graph captured
+        for a shape met for the first time); its time is not the kind's and is left out, else a rarely
+        built kind would look as slow as its first captures and never be chosen again."""
         if kind not in ("sync", "tree_hit", "tree_miss"):
             raise ValueError(f"round kind {kind!r}")
+        if one_time:
+            return
         key = (batch_bucket(batch), kind)
         self.times.setdefault(key, Ema(weight=0.2)).add(seconds)
         self.counts[key] = self.counts.get(key, 0) + 1
