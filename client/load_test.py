@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-OVERLOAD_TOKENS = 128           # at least this many tokens per overload stream
+OVERLOAD_TOKENS = 384           # at least this many tokens per overload stream (128 let the first streams finish
+                                # before a slow client had sent the last ones: no refusals, 2026-12-07)
 sys.path.insert(0, str(HERE))
 from perf_sweep import find_perf_analyzer, perf_env, summarize, write_input_data  # noqa: E402
 
