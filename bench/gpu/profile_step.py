@@ -25,17 +25,21 @@ def main():
     ap.add_argument("--no-fused-rope", action="store_true", help="rotary + K/V write as separate kernels")
     ap.add_argument("--prompt-len", type=int, default=8)
     ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--tree-policy", default=None, help="SSD: auto | always")
+    ap.add_argument("--simulate-acceptance", type=float, default=None, help="SIMULATED outcomes (timing only)")
     a = ap.parse_args()
+    extra = {k: v for k, v in (("tree_policy", a.tree_policy), ("simulate_acceptance", a.simulate_acceptance))
+             if v is not None}
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     llm = LLM(a.target, draft=a.draft, mode=a.mode, k=a.k, device=a.device, dtype="bfloat16" if cuda else "float32",
-              max_batch_size=a.b, max_model_len=4096, graphs="off" if a.eager else "auto", overlap=not a.no_overlap)
+              max_batch_size=a.b, max_model_len=4096, graphs="off" if a.eager else "auto", overlap=not a.no_overlap, **extra)
     if a.no_fused_rope:
         from specdec.layers import fused
         fused.fused_rope_write = False           # before the first step: graphs are captured without it
     eng = llm.engine
     prompts = [[1 + i] + [(7 * j + i) % 5000 + 10 for j in range(a.prompt_len - 1)] for i in range(a.b)]
-    params = SamplingParams(max_tokens=a.steps * 3 + 20, ignore_eos=True)
+    params = SamplingParams(max_tokens=(a.steps + 40) * (1 if a.mode == "ar" else a.k + 1) + 20, ignore_eos=True)
     for p in prompts:
         eng.add_request(p, params)
     for _ in range(20):                       # prefill + warm-up steps (captures graphs)
