@@ -144,3 +144,15 @@ def test_engine_with_k_policy_auto(tiny_llama):
     tail = chosen[len(chosen) // 2:]
     assert tail.count(0) > len(tail) // 2 and any(tail)
     assert sum(o.stats["ar_steps"] for o in outs) > 0 and sum(o.stats["rounds"] for o in outs) > 0
+
+
+def test_a_round_that_captured_a_graph_keeps_its_acceptance_not_its_times():
+    est = AutoK(k_max=4)
+    est.observe(1, 4, draft_s=0.004, verify_s=0.005, accepted=3, rejections=1)
+    est.observe(1, 0, draft_s=0.0, verify_s=0.004)
+    costs = est.costs(1)
+    alpha = est.alpha
+    est.observe(1, 4, draft_s=0.400, verify_s=0.300, accepted=4, rejections=0, timed=False)   # captures: 100x slower
+    est.observe(1, 0, draft_s=0.0, verify_s=0.200, timed=False)
+    assert est.costs(1) == costs                      # the one-time cost left the step-cost estimates alone
+    assert est.alpha > alpha                          # its accepted tokens still count

@@ -31,6 +31,7 @@ from ..draft.channel import ChannelError
 from ..draft.slot import DraftContext, DraftSlot
 from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
+from ..runner.graph_tools import captures
 from ..spec.auto_k import AutoK
 from ..spec.round_k import round_k
 from ..spec.simulate import make_simulator
@@ -85,6 +86,7 @@ class LLMEngine:
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len)
         self.auto_k = self._auto_k(cfg.spec)
+        self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
 
     @property
     def drafter(self):
@@ -237,6 +239,7 @@ class LLMEngine:
         sched, m = self.scheduler, self.metrics
         # K this round: the configured one, or (k_policy auto) the one the measured costs favour, 0 = plain steps
         k_now = self.auto_k.next_k(len(sched.running), m) if self.auto_k and self.drafter else self.cfg.spec.k
+        self._captures = captures()
         ks = {s.seq_id: self._k_for(s, k_now) for s in sched.running}
         for s in sched.make_room(ks):
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
@@ -347,7 +350,9 @@ class LLMEngine:
         m.decode_steps += 1
         m.decode_time += timer.now() - w0
         if self.auto_k is not None:
-            self.auto_k.after_step(m)       # this round's draft/verify times and acceptance (host numbers)
+            # this round's draft/verify times and acceptance (host numbers); a round that captured a graph
+            # paid a one-time cost: its acceptance counts, its times do not
+            self.auto_k.after_step(m, timed=captures() == self._captures)
         return outs
 
     def _count_lookup(self, s: Sequence, hit: bool, tokens: int) -> None:

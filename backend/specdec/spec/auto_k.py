@@ -151,9 +151,11 @@ class AutoK:
         self._seen = None if metrics is None else (batch, k, _counters(metrics, k))
         return k
 
-    def observe(self, batch: int, k: int, draft_s: float, verify_s: float, accepted: int = 0, rejections: int = 0) -> None:
+    def observe(self, batch: int, k: int, draft_s: float, verify_s: float, accepted: int = 0, rejections: int = 0,
+                timed: bool = True) -> None:
         """One engine round of ``batch`` rows that ran with (up to) ``k`` drafts: its draft and verify
-        times, the draft tokens accepted and the rows that rejected one (0 and 0 for a plain step)."""
+        times, the draft tokens accepted and the rows that rejected one (0 and 0 for a plain step).
+        timed=False: the round paid a one-time cost (a CUDA graph captured), so only its acceptance counts."""
         if batch < 1 or k < 0 or draft_s < 0 or verify_s < 0 or accepted < 0 or rejections < 0:
             raise ValueError(f"observe: batch={batch}, k={k}, draft_s={draft_s}, verify_s={verify_s}, "
                              f"accepted={accepted}, rejections={rejections}: all must be >= 0 (batch >= 1)")
@@ -161,17 +163,19 @@ class AutoK:
         t = self._costs.setdefault(batch_bucket(batch), _Costs())
         ema = lambda old, new: new if old is None else d * old + (1 - d) * new   # noqa: E731
         if k == 0:
-            t.ar = ema(t.ar, verify_s)
+            if timed:
+                t.ar = ema(t.ar, verify_s)
             return
-        t.draft_step = ema(t.draft_step, draft_s / k)
-        if t.k != k:
-            t.verify_k, t.k = None, k
-        t.verify_k = ema(t.verify_k, verify_s)
+        if timed:
+            t.draft_step = ema(t.draft_step, draft_s / k)
+            if t.k != k:
+                t.verify_k, t.k = None, k
+            t.verify_k = ema(t.verify_k, verify_s)
         w = self.alpha_decay ** (accepted + rejections)     # older rounds fade as tokens are observed
         self._acc = w * self._acc + accepted
         self._rej = w * self._rej + rejections
 
-    def after_step(self, metrics) -> None:
+    def after_step(self, metrics, timed: bool = True) -> None:
         """:meth:`observe` the round that :meth:`next_k` was last asked for, from the changes of the
         engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (a row that drafted
         fewer than K tokens and accepted them all counts as a rejection: alpha is a lower bound there).
@@ -184,7 +188,7 @@ class AutoK:
         d_draft, d_verify, d_acc, d_rounds, d_full = (a - b for a, b in zip(now, before))
         if min(d_draft, d_verify, d_acc, d_rounds, d_full) < 0:       # the metrics were reset (bench)
             return
-        self.observe(batch, k, d_draft, d_verify, d_acc, d_rounds - d_full if k else 0)
+        self.observe(batch, k, d_draft, d_verify, d_acc, d_rounds - d_full if k else 0, timed=timed)
 
 
 def _counters(m, k: int) -> tuple:
