@@ -19,6 +19,6 @@ def upload(values, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or t.numel() == 0:        # an empty copy moves nothing and waits for nothing
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
