@@ -7,9 +7,25 @@ CJK character split across byte-level tokens) is held back until the next ids co
 from __future__ import annotations
 
 
+def plain_fast_backend(tokenizer):
+    """The ``tokenizers.Tokenizer`` behind a transformers fast tokenizer whose decode is the library's
+    plain one (backend decode, then the optional clean-up we turn off), else None. Calling it directly
+    skips transformers' per-call argument conversion: ~3x less host time per decoded token, which adds
+    up at batch 256 (two decodes per sequence per step)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend as base
+    except ImportError:                                   # transformers 4.x
+        from transformers import PreTrainedTokenizerFast as base
+    return backend if type(tokenizer)._decode is base._decode else None
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, skip_special_tokens: bool = True, ids: list[int] | None = None):
         self.tokenizer = tokenizer
+        self.fast = plain_fast_backend(tokenizer)
         self.skip = skip_special_tokens
         self.ids: list[int] = list(ids or [])
         self.prefix = 0          # window start
@@ -17,6 +33,8 @@ class IncrementalDetokenizer:
         self.text = ""
 
     def _decode(self, ids: list[int]) -> str:
+        if self.fast is not None:
+            return self.fast.decode(ids, skip_special_tokens=self.skip)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
 
     def push(self, new_ids: list[int], final: bool = False) -> str:
