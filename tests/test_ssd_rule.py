@@ -112,8 +112,31 @@ def test_rounds_that_captured_a_graph_are_not_round_times():
     assert rule.counts[(8, "tree_hit")] == EXPLORE_ROUNDS
 
 
-def test_graph_captures_are_counted():
-    from specdec.runner import graph_tools
-    assert isinstance(graph_tools.captures(), int)
+def test_rounds_with_a_capture_reach_neither_the_build_rule_nor_auto_k(tiny_llama, monkeypatch):
+    """The engine (k_policy=auto) and the SSD core read graph_tools.captures() around each round; when it
+    moves during every round, no round time may enter AutoK's step costs or the build rule's EMAs,
+    while the rounds still happen and the output stays the target's."""
+    import itertools
+
     import specdec.draft.core as core
-    assert core.captures is graph_tools.captures        # the SSD core reads the same counter
+    import specdec.engine.engine as engine
+    from specdec import LLM, SamplingParams
+
+    ticks = itertools.count()
+    moving = lambda: next(ticks)                                  # noqa: E731  a capture in every round
+    monkeypatch.setattr(engine, "captures", moving)
+    monkeypatch.setattr(core, "captures", moving)
+    prompts = [[5, 17, 33, 99], [42, 7]]
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    ar = [o.token_ids for o in LLM(str(tiny_llama), device="cpu").generate(prompts, params)]
+
+    llm = LLM(str(tiny_llama), device="cpu", mode="sync", draft=str(tiny_llama), k=3, k_policy="auto")
+    assert [o.token_ids for o in llm.generate(prompts, params)] == ar
+    costs = llm.engine.auto_k._costs
+    assert llm.engine.metrics.rounds > 0 and costs
+    assert all(c.ar is None and c.draft_step is None and c.verify_k is None for c in costs.values())
+
+    llm = LLM(str(tiny_llama), device="cpu", mode="async", draft=str(tiny_llama), k=3)
+    assert [o.token_ids for o in llm.generate(prompts, params)] == ar
+    rule = llm.engine.drafter.core.rule
+    assert sum(rule.decisions.values()) > 0 and rule.times == {} and rule.counts == {}

@@ -101,6 +101,14 @@ class DraftCore:
         """Draft logits [rows, V] over the target's vocabulary (layers.sampling.fit_vocab)."""
         return fit_vocab(self.runner.forward(feeds, device_tokens), self.cfg.vocab_size)
 
+    @staticmethod
+    def _row_params(seqs: list[DraftSeq], dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, bool]:
+        """Each row's temperature [N] float32, top-k [N] int64 and top-p [N] float32 on ``dev`` (one upload),
+        and whether any row filters (top-k / top-p) and whether any is greedy (known on the host)."""
+        host = upload([[s.temperature, s.top_k, s.top_p] for s in seqs], dev, torch.float64)
+        return (host[:, 0].float(), host[:, 1].long(), host[:, 2].float(),
+                any(s.top_k > 0 or s.top_p < 1 for s in seqs), any(s.temperature == 0 for s in seqs))
+
     def _sample(self, logits: torch.Tensor, seqs: list[DraftSeq], top: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """logits [N, V]; row n uses seqs[n]'s sampling parameters and Saguaro-rescales its top[n]
         probabilities (when sampler_x is set). Returns tokens [N] and the q they came from [N, V]
@@ -108,11 +116,8 @@ class DraftCore:
         if all(s.temperature == 0 for s in seqs):
             return logits.argmax(-1), None
         dev = logits.device
-        temp = upload([s.temperature for s in seqs], dev, torch.float32)
-        top_k = upload([s.top_k for s in seqs], dev, torch.long)
-        top_p = upload([s.top_p for s in seqs], dev, torch.float32)
-        probs = probs_from_logits(logits, temp, top_k, top_p, filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs),
-                                  any_greedy=any(s.temperature == 0 for s in seqs))
+        temp, top_k, top_p, filtered, any_greedy = self._row_params(seqs, dev)
+        probs = probs_from_logits(logits, temp, top_k, top_p, filtered=filtered, any_greedy=any_greedy)
         if self.cfg.sampler_x is not None and self.cfg.async_mode:
             probs = saguaro_rescale(probs, upload(top, dev, torch.int64),
                                     self.cfg.sampler_x, max(top, default=0))
@@ -127,13 +132,10 @@ class DraftCore:
             return LoopSampler(greedy=True, top_width=width)
         dev = self.device
         saguaro = self.cfg.sampler_x is not None and self.cfg.async_mode
+        temp, top_k, top_p, filtered, any_greedy = self._row_params(seqs, dev)
         return LoopSampler(
-            False, upload([s.temperature for s in seqs], dev, torch.float32),
-            upload([s.top_k for s in seqs], dev, torch.long),
-            upload([s.top_p for s in seqs], dev, torch.float32),
-            upload(torch.rand((len(seqs), K), generator=self.gen), dev),
-            filtered=any(s.top_k > 0 or s.top_p < 1 for s in seqs), any_greedy=any(s.temperature == 0 for s in seqs),
-            saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else (), top_width=width)
+            False, temp, top_k, top_p, upload(torch.rand((len(seqs), K), generator=self.gen), dev),
+            filtered=filtered, any_greedy=any_greedy, saguaro_c=self.cfg.sampler_x if saguaro else None, saguaro_top=tuple(top) if saguaro else (), top_width=width)
 
     def _fits(self, needs: dict[int, int]) -> set[int]:
         """The sequences (in order) whose K/V growth to needs[seq] tokens fits the free pool."""
