@@ -98,7 +98,7 @@ def main():
     ap.add_argument("--mode", default="sync")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--target-gpu", type=int, default=0)
-    ap.add_argument("--draft-gpu", type=int, default=1)
+    ap.add_argument("--draft-gpu", type=int, default=1, help="-1: the draft inside the target model (in_target)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--inproc-draft-on-draft-gpu", action="store_true",
@@ -115,7 +115,7 @@ def main():
     cmd = [sys.executable, "-m", "specdec.cli", "serve", "--target", a.target, "--mode", a.mode, "--k", str(a.k),
            "--max-model-len", "4096"] + (["--target-gpu", str(a.target_gpu)] if cuda else ["--cpu"])
     if a.mode != "ar" and a.draft:
-        cmd += ["--draft", a.draft] + (["--draft-gpu", str(a.draft_gpu)] if cuda else [])
+        cmd += ["--draft", a.draft] + (["--draft-gpu", str(a.draft_gpu)] if cuda and a.draft_gpu >= 0 else [])
     srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     log_lines = []
     threading.Thread(target=lambda: [log_lines.append(x) for x in srv.stdout], daemon=True).start()
