@@ -8,7 +8,10 @@ if [ ! -x /tmp/stubenv/bin/python3 ]; then
   python3 -m venv --without-pip /tmp/stubenv
   SP=$(/tmp/stubenv/bin/python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
   echo /tmp/site > "$SP/a_site.pth"
-  python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])" > "$SP/b_machine.pth"
+  # the machine's packages, linked one by one, less those built for numpy 2 (scipy, scikit-learn: transformers
+  # imports sklearn when it is installed, and scipy then fails on numpy 1.26)
+  MSP=$(python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+  for e in "$MSP"/*; do case "$(basename "$e")" in numpy*|scipy*|sklearn*|scikit_learn*) ;; *) ln -s "$e" "$SP/" ;; esac; done
   chmod +x /tmp/site/tritonclient-2.48.0.data/data/bin/perf_analyzer /tmp/site/pytriton/tritonserver/bin/* \
     /tmp/site/pytriton/tritonserver/python_backend_stubs/*/triton_python_backend_stub 2>/dev/null
 fi
