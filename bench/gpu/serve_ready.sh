@@ -10,7 +10,7 @@ $PY -m specdec.cli serve --target ${TARGET:-synthetic:llama-1b} ${DRAFT:+--draft
   --workdir $W ${EXTRA:-} > "$OUT/serve_stdout.log" 2>&1 &
 SRV=$!; T0=$SECONDS; READY=0
 while [ $((SECONDS - T0)) -lt ${WAIT_S:-240} ]; do
-  curl -sf -o /dev/null http://127.0.0.1:8000/v2/health/ready && { READY=1; break; }
+  $PY -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)" 2>/dev/null && { READY=1; break; }
   kill -0 $SRV 2>/dev/null || break; sleep 2
 done
 echo "ready=$READY after $((SECONDS - T0)) s"
