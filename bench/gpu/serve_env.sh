@@ -7,7 +7,7 @@ if [ ! -x /tmp/stubenv/bin/python3 ]; then
   mkdir -p /tmp/b64 && dpkg -x /tmp/libb64-0d_*.deb /tmp/b64
   python3 -m venv --without-pip /tmp/stubenv
   SP=$(/tmp/stubenv/bin/python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
-  echo /tmp/site > "$SP/a_site.pth"
+  printf "/tmp/site\n/tmp/site/tritonclient-2.48.0.data/purelib\n" > "$SP/a_site.pth"
   # the machine's packages, linked one by one, less those built for numpy 2 (scipy, scikit-learn: transformers
   # imports sklearn when it is installed, and scipy then fails on numpy 1.26)
   MSP=$(python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
