@@ -51,6 +51,17 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def settle(url: str, timeout_s: float = 60.0) -> dict[str, float]:
+    """Metrics once no request is active (the last streams of a load may still be draining), or after
+    timeout_s; the KV pool is then expected back at its idle count (every block free)."""
+    deadline = time.time() + timeout_s
+    m = scrape(url)
+    while m.get("specdec_active_requests", 0) > 0 and time.time() < deadline:
+        time.sleep(0.5)
+        m = scrape(url)
+    return m
+
+
 def find_server(grpc_url: str) -> int:
     import psutil
     port = grpc_url.rsplit(":", 1)[-1]
@@ -163,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     sampler.start()
     t0 = time.time()
     runs, failures, bounds = [], [], []
+    overrun = 0.0          # seconds a perf_analyzer run lasts beyond its windows (start-up, draining the last
+                           # requests): learnt as it goes, so the whole soak lasts about --minutes
     for c in range(cycles):
         cycle_start = time.time()
         for level in levels:
             export = work / f"cycle{c}_c{level}.json"
-            code, log = run_level(pa, args, data, level, args.cycle_s / len(levels), export)
+            share = args.cycle_s / len(levels)
+            t_level = time.time()
+            code, log = run_level(pa, args, data, level, max(3.0, share - overrun), export)
+            overrun = 0.5 * overrun + 0.5 * max(0.0, time.time() - t_level - max(3.0, share - overrun))
             rows = summarize(json.loads(export.read_text())) if export.exists() else []
             row = rows[0] if rows else {"requests": 0}
             runs.append({"cycle": c, "concurrency": level, "exit_code": code, "t": time.time() - t0, **row})
@@ -180,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         bounds.append((cycle_start, time.time()))
     sampler.stop.set()
     sampler.join()
-    end = scrape(args.metrics_url)
+    end = settle(args.metrics_url)
     samples = sampler.samples
     per_cycle = []
     for c, (a, b) in enumerate(bounds):
@@ -204,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "rejected": end.get("specdec_requests_rejected_total", 0) - start.get("specdec_requests_rejected_total", 0),
         "perf_analyzer_failures": failures, "first_cycle": first, "last_cycle": last, "per_cycle": per_cycle,
         "kv_free_at_end": end["specdec_kv_free_blocks"], "kv_total": end["specdec_kv_total_blocks"],
+        "kv_idle_after_load": end["specdec_kv_free_blocks"] == end["specdec_kv_total_blocks"],
     }
     if args.overload:
         summary["overload"] = overload(args, args.metrics_url)
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f, file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "runs": runs, "samples": samples}, indent=1))
-    ok = failed == 0 and not failures and summary["rejected"] == 0
+    ok = failed == 0 and not failures and summary["rejected"] == 0 and summary["kv_idle_after_load"]
     if args.overload:
         o = summary["overload"]
         ok = ok and o["refused_unavailable"] == args.overload and not o["other_errors"]

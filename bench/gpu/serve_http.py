@@ -127,6 +127,9 @@ def main():
                 if urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=2).status == 200:
                     break
             except Exception:
+                if srv.poll() is not None:                  # it died: say so now, not after the deadline
+                    time.sleep(1)
+                    raise RuntimeError(f"specdec serve exited with code {srv.returncode}:\n" + "".join(log_lines[-40:]))
                 time.sleep(2)
         else:
             raise RuntimeError("server not ready:\n" + "".join(log_lines[-40:]))

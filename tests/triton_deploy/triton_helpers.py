@@ -1,6 +1,7 @@
 """Helpers of the Triton tests: start a real tritonserver (pytriton wheel) on tiny models, read metrics."""
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -17,12 +18,22 @@ def require_tritonserver() -> None:
         pytest.skip("tritonserver not installed: pip install --no-deps nvidia-pytriton==0.7.0 (scripts/install.sh)")
 
 
+def gpu_under_test() -> int | None:
+    """SPECDEC_TEST_GPU=N runs the deployment tests' servers on GPU N (every model instance KIND_GPU on it, the
+    draft model too): the GPU machine's check of the same tests (bench/gpu/serve_gpu.sh). Unset: CPU."""
+    value = os.environ.get("SPECDEC_TEST_GPU", "")
+    return int(value) if value.strip() else None
+
+
 def start_server(workdir: Path, settings, timeout_s: float = 240.0, exit_timeout_s: int = 30):
-    """Write the repository for ``settings`` (CPU instances) and start tritonserver on free ports."""
+    """Write the repository for ``settings`` (CPU instances, or GPU ones: gpu_under_test()) and start tritonserver
+    on free ports."""
     require_tritonserver()
     from specdec.triton.launcher import Ports, TritonServer
     from specdec.triton.repository import write_repository
-    repo = write_repository(workdir / "model_repository", settings)
+    gpu = gpu_under_test()
+    repo = write_repository(workdir / "model_repository", settings, target_gpu=gpu,
+                            draft_gpu=gpu if gpu is not None and settings.separate_draft else None)
     server = TritonServer(repo, workdir, ports=Ports.free(), exit_timeout_s=exit_timeout_s)
     t0 = time.perf_counter()
     server.start()
