@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     g.add_argument("--default-max-tokens", type=int, default=128, help="when a request sends no max_tokens")
     g.add_argument("--cpu-threads", type=int, default=0, help="torch threads of a CPU engine (0 = torch default)")
     g.add_argument("--chat", action="store_true", help="apply the chat template unless a request says otherwise")
+    g.add_argument("--no-capture-at-start", action="store_true",
+                   help="CUDA: skip the warm-up that captures the common steps' graphs before ready (faster start, "
+                        "slower first requests)")
     g.add_argument("--max-queued-requests", type=int, default=64,
                    help="requests held beyond the engine batch; more get UNAVAILABLE at once (-1 = no cap)")
     g.add_argument("--max-input-bytes", type=int, default=0,
@@ -63,7 +66,8 @@ def settings_from_args(args, cuda: bool):
                     draft_location="separate" if args.draft_gpu is not None else "in_target",
                     rendezvous=f"tcp://127.0.0.1:{args.rendezvous_port}",
                     default_max_tokens=args.default_max_tokens, apply_chat_template=args.chat,
-                    max_queued_requests=args.max_queued_requests, max_input_bytes=args.max_input_bytes)
+                    max_queued_requests=args.max_queued_requests, max_input_bytes=args.max_input_bytes,
+                    capture_at_start=not args.no_capture_at_start)
 
 
 def build_server(args, cuda: bool):

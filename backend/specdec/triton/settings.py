@@ -35,6 +35,7 @@ class ServerSettings:
     max_queued_requests: int = 64         # requests waiting beyond the engine batch; more get UNAVAILABLE; -1 = no cap
     max_input_bytes: int = 0              # cap on text_input (UTF-8 bytes); 0 = max_model_len x the longest token
     cpu_threads: int = 0                  # torch intra-op threads of a CPU instance; 0 = torch's default
+    capture_at_start: bool = True         # CUDA: capture the common steps' graphs before ready (engine/warmup.py)
 
     def __post_init__(self):
         if self.draft_location not in DRAFT_LOCATIONS:
