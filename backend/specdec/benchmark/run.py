@@ -115,6 +115,8 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     params = SamplingParams(temperature=temp, max_tokens=output_len, ignore_eos=True,
                             num_draft_tokens=k, seed=None)
     eng.metrics.reset()                # in place: drafters and Triton hold the same object
+    drafter_summary = getattr(eng.drafter, "summary", None)
+    ssd0 = drafter_summary() if callable(drafter_summary) else {}   # the drafter's counters run since its start
     failures, outs = [], []
     t0 = time.perf_counter()
     try:
@@ -128,8 +130,8 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     tokens = sum(len(o.token_ids) for o in outs)
     steps = max(m["decode_steps"], 1)
     round_ms = 1e3 * m["decode_time"] / steps
-    drafter_summary = getattr(eng.drafter, "summary", None)
     ssd = drafter_summary() if callable(drafter_summary) else {}
+    trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds") if k in ssd}   # this run's rounds
     sim = getattr(eng, "simulator", None)
     return {
         "completed": sum(o.finish_reason is not None for o in outs), "requests": len(prompt_ids),
@@ -141,7 +143,7 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
         "prefill_s": m["prefill_time"], "decode_s": m["decode_time"], "decode_steps": m["decode_steps"],
         "round_ms": round_ms, "host_ms": max(round_ms - 1e3 * (m["draft_time"] + m["verify_time"]) / steps, 0.0),
         "avg_build_ms": m["avg_draft_build_ms"], "avg_wait_ms": m["avg_channel_wait_ms"],
-        "tree_share": (ssd["tree_rounds"] / max(ssd["tree_rounds"] + ssd["sync_rounds"], 1)) if "tree_rounds" in ssd else None,
+        "tree_share": (trees["tree_rounds"] / max(trees["tree_rounds"] + trees["sync_rounds"], 1)) if trees else None,
         "simulated": None if sim is None else {"acceptance": sim.acceptance, "hit": sim.hit},
         "graph_replays": sum(r.graph.replays for r in eng.runners if getattr(r, "graph", None)),
         "eager_fallbacks": {r.name: dict(r.eager_fallbacks) for r in eng.runners if getattr(r, "eager_fallbacks", None)},
