@@ -180,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         cycle_start = time.time()
         for level in levels:
             export = work / f"cycle{c}_c{level}.json"
-            share = args.cycle_s / len(levels)
-            t_level = time.time()
-            code, log = run_level(pa, args, data, level, max(3.0, share - overrun), export)
-            overrun = 0.5 * overrun + 0.5 * max(0.0, time.time() - t_level - max(3.0, share - overrun))
+            asked, t_level = max(3.0, args.cycle_s / len(levels) - overrun), time.time()
+            code, log = run_level(pa, args, data, level, asked, export)
+            overrun = 0.5 * overrun + 0.5 * max(0.0, time.time() - t_level - asked)
             rows = summarize(json.loads(export.read_text())) if export.exists() else []
             row = rows[0] if rows else {"requests": 0}
             runs.append({"cycle": c, "concurrency": level, "exit_code": code, "t": time.time() - t0, **row})

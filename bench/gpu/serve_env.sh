@@ -16,7 +16,7 @@ if [ ! -x /tmp/stubenv/bin/python3 ]; then
     /tmp/site/pytriton/tritonserver/python_backend_stubs/*/triton_python_backend_stub 2>/dev/null
 fi
 # specdec itself, for the stubs too (PYTHONPATH does not reach a stub's interpreter)
-/tmp/stubenv/bin/python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])" | xargs -I{} sh -c "echo $PWD/backend > {}/c_specdec.pth"
+echo "$PWD/backend" > "$(/tmp/stubenv/bin/python3 -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")/c_specdec.pth"
 export PATH=/tmp/stubenv/bin:$PATH PY=/tmp/stubenv/bin/python3
 export PA=/tmp/site/tritonclient-2.48.0.data/data/bin/perf_analyzer
 export PA_LIBS=/tmp/b64/usr/lib/x86_64-linux-gnu:/tmp/site/nvidia/cuda_runtime/lib

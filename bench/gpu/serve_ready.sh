@@ -15,7 +15,8 @@ while [ $((SECONDS - T0)) -lt ${WAIT_S:-240} ]; do
 done
 echo "ready=$READY after $((SECONDS - T0)) s"
 [ $READY = 1 ] && [ -n "${THEN:-}" ] && eval "$THEN"
-kill -INT $SRV 2>/dev/null; sleep 5; kill -9 $SRV 2>/dev/null; pkill -9 -f tritonserver; pkill -9 -f triton_python_backend_stub
+# pkill -x (the process name): -f would match any command line naming tritonserver, the caller's too
+kill -INT $SRV 2>/dev/null; sleep 5; kill -9 $SRV 2>/dev/null; pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub
 cp $W/*.log "$OUT/" 2>/dev/null; ls $W
 echo "--- server stdout (tail)"; tail -25 "$OUT/serve_stdout.log"
 echo "--- tritonserver log (tail)"; tail -40 $W/*.log 2>/dev/null | cut -c1-400

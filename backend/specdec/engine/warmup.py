@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ..runner.graph_tools import batch_buckets, captures
 from ..config import SamplingParams
+from ..runner.graph_tools import batch_buckets, captures
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def warm_up(engine, prompt_lens: tuple[int, ...] = PROMPT_LENS, rounds: int = 3,
         return {"skipped": f"no CUDA graphs on {engine.device.type}"}
     if engine.has_unfinished():
         raise RuntimeError("warm_up runs before any request: the engine has work")
-    k = engine.k if engine.k else 0
-    new_tokens = rounds * (k + 1) + 1
+    new_tokens = rounds * (engine.k + 1) + 1      # engine.k is 0 for AR
     vocab = engine.runner.vocab_size
     free0 = engine.runner.num_free_blocks
     c0, t0 = captures(), time.perf_counter()

@@ -120,9 +120,9 @@ class TargetModel:
                 torch.set_num_threads(settings.cpu_threads)
             self.log.info("instance %s on CPU (%d torch threads)", args["model_instance_name"], torch.get_num_threads())
         self.engine = build_engine(settings, device, self.log)
-        if settings.capture_at_start and device.type == "cuda":
+        if settings.capture_at_start:
             from ..engine.warmup import warm_up
-            warm_up(self.engine)             # graphs captured before ready, not in the first users' latency
+            warm_up(self.engine)             # CUDA: graphs captured before ready, not in the first users' latency
         self.metrics = TritonMetrics(pb_utils, name, str(device))
         max_queued = None if settings.max_queued_requests < 0 else settings.max_queued_requests
         self.service = TargetService(self.engine, on_round=lambda e: self.metrics.on_round(e, getattr(self, "service", None)),
