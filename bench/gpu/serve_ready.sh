@@ -5,7 +5,7 @@
 set -u
 export PYTHONPATH=$PWD/backend PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 source bench/gpu/serve_env.sh || exit 1
-OUT=${OUT:-/tmp/out}; W=/tmp/serve-w; rm -rf $W
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; W=/tmp/serve-w; rm -rf $W
 $PY -m specdec.cli serve --target ${TARGET:-synthetic:llama-1b} ${DRAFT:+--draft $DRAFT} --target-gpu 0 \
   --workdir $W ${EXTRA:-} > "$OUT/serve_stdout.log" 2>&1 &
 SRV=$!; T0=$SECONDS; READY=0

@@ -17,9 +17,19 @@ mkdir -p .carry/split.tmp
 TREE=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | xargs -0 stat -c %s 2>/dev/null | awk '{t += $1} END {print t}')
 ROOM=$(( 64 * 1048576 - TREE - 524288 ))
 SIZE=$(stat -c %s "$GGUF")
-N=$(( (SIZE + ROOM - 1) / ROOM ))
+if [ -n "${PART_MIB:-}" ]; then     # e.g. PART_MIB="36 42": parts of these sizes (MiB), the rest in a last part,
+  i=0; off=0                        # to share calls with other carried folders
+  for m in $PART_MIB; do
+    dd if="$GGUF" of=".carry/split.tmp/gguf.part.$(printf %02d $i)" bs=1M skip=$((off)) count="$m" status=none
+    off=$((off + m)); i=$((i + 1))
+  done
+  dd if="$GGUF" of=".carry/split.tmp/gguf.part.$(printf %02d $i)" bs=1M skip=$((off)) status=none
+  N=$((i + 1))
+else
+  N=$(( (SIZE + ROOM - 1) / ROOM ))
+  split -n "$N" -d -a 2 "$GGUF" .carry/split.tmp/gguf.part.
+fi
 echo "working tree $((TREE / 1048576)) MiB, GGUF $((SIZE / 1048576)) MiB: $N parts"
-split -n "$N" -d -a 2 "$GGUF" .carry/split.tmp/gguf.part.
 SHA=$(sha256sum "$GGUF" | cut -d' ' -f1)
 i=1
 for f in .carry/split.tmp/gguf.part.*; do
