@@ -63,7 +63,7 @@ if has soak; then
 fi
 if has faults; then
   echo "=== deployment reliability tests with every model on GPU 0"
-  SPECDEC_TEST_GPU=0 timeout ${FAULTS_S:-420} $PY -m pytest -q -x -p no:cacheprovider \
+  SPECDEC_TEST_GPU=0 timeout ${FAULTS_S:-420} $PY -m pytest -q -p no:cacheprovider \
     tests/triton_deploy/test_server_reliability.py 2>&1 | tee "$OUT/faults.log" | tail -25
 fi
 # at most 8 files come back: everything in one archive

@@ -41,7 +41,7 @@ pytest.importorskip("tritonclient.grpc")
 import stream_client as sc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from bad_inputs import cases  # noqa: E402
-from triton_helpers import metrics, speculates, start_server, stop_server, wait_for  # noqa: E402
+from triton_helpers import gpu_under_test, metrics, speculates, start_server, stop_server, wait_for  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from specdec import LLM, SamplingParams  # noqa: E402
@@ -327,7 +327,11 @@ def test_200_cancelled_streams_return_every_kv_block(server, draft_joined, ar_ll
     # needs to cross gRPC and Triton can span dozens of rounds when other work shares the 2 cores
     # (seen: 9 on a quiet machine, 43 beside another test suite). The 90 % rule below is the real check.
     assert len(ran) >= reached and min(extra) >= 0 and max(extra) <= 60, sorted(extra)
-    assert sum(1 for x in extra if x <= 2) >= 0.9 * len(extra), sorted(extra)    # seen: 98-99 %
+    # 90 % stop within `soon` rounds. A round on a GPU is ~1-2 ms, shorter than the cancel's way through the
+    # ensemble (postprocessing sees it on its next response, then the target's inbox), so there the same wall time
+    # spans more rounds: on one H100, 166 of 189 stopped within 2 rounds and none of the last 57 took more than 4.
+    soon = 2 if gpu_under_test() is None else 5
+    assert sum(1 for x in extra if x <= soon) >= 0.9 * len(extra), sorted(extra)    # seen on CPU: 98-99 % within 2
     generated = end["specdec_generated_tokens_total"] - start["specdec_generated_tokens_total"]
     received = sum(tokens for tokens, _ in outcomes)
     assert 0 <= generated - received <= 3 * 5 * (len(plan) + 8), (generated, received)    # a round: <= K+1 tokens

@@ -37,6 +37,8 @@ def print_report(rep: dict, flush: bool = False) -> None:
               f"{r.get('floor_tok_s', 0):>11.0f} {r.get('fraction_of_floor', 0):>5.2f} | "
               f"{r['completed']}/{r['requests']}{' FAIL: ' + '; '.join(r['failures']) if r['failures'] else ''}"
               + (f"  {SIMULATED} {_sim(r)}" if r.get("simulated") else ""))
+        if r.get("graph_captures"):
+            print(f"       {r['graph_captures']} CUDA graph captures inside this timed run: one-time costs are in its figures")
         if r.get("eager_fallbacks"):
             print(f"       eager fallbacks: {r['eager_fallbacks']}")
     for name, res in rep.get("hf", {}).items():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SamplingParams
+from ..runner.graph_tools import captures
 from .floor import floor_tok_s, measure_bandwidth, weight_bytes
 from .prompts import load_prompts
 
@@ -110,11 +111,22 @@ def _profiled(engine, sink: list):
     engine._prefill = wrap(engine._prefill, "prefill")
 
 
+# Warm-up passes before a timed run, at most: a pass that captures no CUDA graph ends the warm-up. One pass is not
+# always enough: rows finishing at different rounds, SSD's build rule and SIMULATED outcomes meet step shapes (batch
+# bucket, catch-up length, context bucket, tree rows) that a pass may not have met, and each capture (10-200 ms) in a
+# timed run of a dozen rounds swamps its per-round figures (BENCHMARKS.md, fourth session).
+WARMUP_PASSES = 3
+
+
 def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profile: list | None) -> dict:
     eng = llm.engine
     params = SamplingParams(temperature=temp, max_tokens=output_len, ignore_eos=True,
                             num_draft_tokens=k, seed=None)
     eng.metrics.reset()                # in place: drafters and Triton hold the same object
+    sim = getattr(eng, "simulator", None)
+    if sim is not None:
+        sim.reseed()                   # SIMULATED: every run draws the same outcomes (the warm-up's shapes recur)
+    c0 = captures()
     drafter_summary = getattr(eng.drafter, "summary", None)
     ssd0 = drafter_summary() if callable(drafter_summary) else {}   # the drafter's counters run since its start
     failures, outs = [], []
@@ -132,7 +144,6 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     round_ms = 1e3 * m["decode_time"] / steps
     ssd = drafter_summary() if callable(drafter_summary) else {}
     trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds") if k in ssd}   # this run's rounds
-    sim = getattr(eng, "simulator", None)
     return {
         "completed": sum(o.finish_reason is not None for o in outs), "requests": len(prompt_ids),
         "failures": failures, "output_tokens": tokens, "wall_s": wall,
@@ -145,6 +156,7 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
         "avg_build_ms": m["avg_draft_build_ms"], "avg_wait_ms": m["avg_channel_wait_ms"],
         "tree_share": (trees["tree_rounds"] / max(trees["tree_rounds"] + trees["sync_rounds"], 1)) if trees else None,
         "simulated": None if sim is None else {"acceptance": sim.acceptance, "hit": sim.hit},
+        "graph_captures": captures() - c0,   # in this process; each one's cost (10-200 ms) is inside the figures
         "graph_replays": sum(r.graph.replays for r in eng.runners if getattr(r, "graph", None)),
         "eager_fallbacks": {r.name: dict(r.eager_fallbacks) for r in eng.runners if getattr(r, "eager_fallbacks", None)},
         "outputs": [o.token_ids for o in outs],
@@ -207,7 +219,9 @@ def bench_mode(a, mode: str, on_report=None) -> dict:
             _apply(eng, sweep_key, val)
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s %s=%s", mode, k, b, temp, sweep_key, val)
-        run_once(llm, prompt_ids, a.output_len, temp, k, None)   # same shapes: graphs captured before timing
+        for _ in range(WARMUP_PASSES):          # same shapes: graphs captured before timing, until a pass adds none
+            if run_once(llm, prompt_ids, a.output_len, temp, k, None)["graph_captures"] == 0:
+                break
         if profile is not None:
             profile.append({"run": f"{mode} k={k} b={b} temp={temp}"})
         res = run_once(llm, prompt_ids, a.output_len, temp, k, profile)

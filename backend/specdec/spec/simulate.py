@@ -40,9 +40,13 @@ class SimulatedVerifier:
     def __init__(self, acceptance: float, hit: float | None, vocab_size: int, seed: int = 0):
         if hit is not None and not 0.0 <= hit <= 1.0:
             raise ValueError(f"hit={hit} must lie in [0, 1]")
-        self.acceptance, self.hit, self.vocab = acceptance, hit, vocab_size
+        self.acceptance, self.hit, self.vocab, self.seed = acceptance, hit, vocab_size, seed
         self.rng = np.random.default_rng(seed)
         self.rounds = self.hits_drawn = self.hits_placed = 0
+
+    def reseed(self) -> None:
+        """Draw from the start of the seeded stream again (a benchmark's passes then meet the same outcomes)."""
+        self.rng = np.random.default_rng(self.seed)
 
     def outcome(self, num: list[int], seqs: list, drafter, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(accepted [B], recovery [B]) int64 on ``device`` for this round (SIMULATED). ``drafter`` may
