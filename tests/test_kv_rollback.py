@@ -117,3 +117,21 @@ def test_preemption_recomputes_and_keeps_output(tiny_llama, tiny_llama_draft):
     assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
     assert llm.metrics.preemptions > 0
     assert llm.engine.runner.num_free_blocks == 12
+
+
+def test_draft_prefills_with_the_target(tiny_llama, monkeypatch):
+    """The draft reads the prompt at the target's prefill: every round's catch-up is the newest token or two
+    (1, or 2 after a round that accepted all K), never the prompt, and the output stays the target's."""
+    import specdec.draft.model as model
+    catch_ups = []
+    loop = model.draft_loop
+
+    def spy(runner, catch_up, *args, **kw):
+        catch_ups.append(max(len(f.tokens) for f in catch_up))
+        return loop(runner, catch_up, *args, **kw)
+
+    monkeypatch.setattr(model, "draft_loop", spy)
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=8).generate(PROMPTS, GREEDY)
+    outs = LLM(str(tiny_llama), draft=str(tiny_llama), mode="sync", k=4, max_batch_size=8).generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+    assert catch_ups and max(catch_ups) <= 2, catch_ups
