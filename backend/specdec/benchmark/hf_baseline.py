@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import torch
 
@@ -15,7 +16,11 @@ def _hf_model(folder, device, dtype, num_layers=None):
     if num_layers is not None:
         cfg = copy.deepcopy(cfg)
         cfg.num_hidden_layers = num_layers
-    model = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype).to(device).eval()
+    if any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin")):
+        model = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=dtype)
+    else:        # a synthetic shape (models/synthetic.py: no weight files): HF's own random init of the same
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)   # shape; its speed, not its text, is compared
+    model = model.to(device).eval()
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
     return model
 
