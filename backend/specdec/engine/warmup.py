@@ -5,7 +5,14 @@ variant) is met, and a capture costs ~10-200 ms. A server that captures on first
 into its first users' inter-token latency: on one H100 the 8B+1B pair served by Triton showed ITL p99
 of 130 ms at concurrency 4 against a p50 of 13 ms, with 36 captures inside the measured window
 (BENCHMARKS.md). :func:`warm_up` runs short greedy requests of dummy tokens through the engine at
-every batch bucket and a few prompt lengths, so the steps users meet first are already captured.
+every batch bucket, context bucket and draft count, so the steps users meet first are already captured.
+
+Which shapes: for every batch bucket, every context bucket from 64 up to ``max_context`` (a prompt that
+fills half of the bucket, so the run stays inside it) and every draft count k from K down to 0 (the
+request's ``num_draft_tokens``: the last rounds of a request draft fewer than K tokens, and their verify
+and draft-loop graphs differ). A draft loop after a round that accepted every draft catches up two tokens,
+not one: a different key that dummy prompts reach only where the draft agrees with the target. On one H100, warming only two prompt lengths at K left 28-41 captures
+for the first perf_analyzer runs (context bucket 128 and short last rounds), and ITL p99 at 6-10x p50.
 
 It goes through the engine's normal request path (add_request/step), so it captures exactly the keys
 real traffic produces at those shapes, and it leaves nothing behind: every request finishes, its KV
@@ -18,11 +25,11 @@ import logging
 import time
 
 from ..config import SamplingParams
-from ..runner.graph_tools import batch_buckets, captures
+from ..runner.graph_tools import MIN_KV_BUCKET, batch_buckets, captures
 
 log = logging.getLogger(__name__)
 
-PROMPT_LENS = (24, 200)        # context buckets 64 and 256: a chat turn's first steps
+MAX_CONTEXT = 2048             # context buckets warmed: 64 .. this (longer chats capture on first use)
 
 
 def dummy_prompt(length: int, row: int, vocab: int) -> list[int]:
@@ -30,35 +37,52 @@ def dummy_prompt(length: int, row: int, vocab: int) -> list[int]:
     return [(row * 7919 + j * 104729 + 1) % vocab for j in range(length)]
 
 
-def warm_up(engine, prompt_lens: tuple[int, ...] = PROMPT_LENS, rounds: int = 3, cuda_only: bool = True) -> dict:
-    """Run greedy requests of dummy prompts at every batch bucket up to the engine's batch size and at
-    each prompt length, ``rounds`` speculative rounds (or decode steps) each. Returns what it did.
-    cuda_only=False runs it on any device (tests: the requests it makes must leave nothing behind)."""
+def prompt_lengths(max_context: int, max_model_len: int, new_tokens: int) -> list[int]:
+    """One prompt length per context bucket 64, 128, ... <= max_context: the bucket's lower half plus one (its
+    contexts stay inside the bucket while ``new_tokens`` are generated), 24 for the first bucket."""
+    lens, c = [], MIN_KV_BUCKET
+    while c <= min(max_context, max_model_len):
+        length = 24 if c == MIN_KV_BUCKET else c // 2 + 1
+        if length + new_tokens < min(c, max_model_len):
+            lens.append(length)
+        c *= 2
+    return lens
+
+
+def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: bool = True,
+            prompt_lens: tuple[int, ...] | None = None) -> dict:
+    """Run greedy requests of dummy prompts at every batch bucket up to the engine's batch size, every
+    context bucket up to ``max_context`` (or the given prompt lengths) and every draft count k = K .. 0,
+    ``rounds`` rounds each. Returns what it did. cuda_only=False runs it on any device (tests: the requests
+    it makes must leave nothing behind)."""
     if cuda_only and engine.device.type != "cuda":
         return {"skipped": f"no CUDA graphs on {engine.device.type}"}
     if engine.has_unfinished():
         raise RuntimeError("warm_up runs before any request: the engine has work")
-    new_tokens = rounds * (engine.k + 1) + 1      # engine.k is 0 for AR
+    K = engine.k                                   # 0 for AR
     vocab = engine.runner.vocab_size
     free0 = engine.runner.num_free_blocks
     c0, t0 = captures(), time.perf_counter()
-    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    lens = prompt_lens or prompt_lengths(max_context, engine.max_model_len, rounds * (K + 1) + 1)
     shapes = 0
-    for length in prompt_lens:
-        length = min(length, engine.max_model_len - new_tokens - 1)
-        if length < 1:
-            continue
-        for b in batch_buckets(engine.scheduler.max_batch_size):
-            for row in range(b):
-                engine.add_request(dummy_prompt(length, row, vocab), params)
-            while engine.has_unfinished():
-                engine.step()
-            shapes += 1
+    for length in lens:
+        for k in range(K, -1, -1) if K else [None]:
+            n = rounds * ((k or 0) + 1) + 1
+            length_k = min(length, engine.max_model_len - n - 1)
+            if length_k < 1:
+                continue
+            params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, num_draft_tokens=k)
+            for b in batch_buckets(engine.scheduler.max_batch_size):
+                for row in range(b):
+                    engine.add_request(dummy_prompt(length_k, row, vocab), params)
+                while engine.has_unfinished():
+                    engine.step()
+                shapes += 1
     engine.metrics.reset()
     leaked = free0 - engine.runner.num_free_blocks
     if leaked:
         log.warning("warm-up left %d KV blocks in use", leaked)
     done = {"shapes": shapes, "captures": captures() - c0, "seconds": time.perf_counter() - t0}
-    log.info("warm-up: %d batch/prompt shapes, %d CUDA graphs captured in %.1f s", done["shapes"], done["captures"],
-             done["seconds"])
+    log.info("warm-up: %d batch/context/k shapes, %d CUDA graphs captured in %.1f s", done["shapes"],
+             done["captures"], done["seconds"])
     return done
