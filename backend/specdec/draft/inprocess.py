@@ -180,7 +180,7 @@ class InProcessDrafter(Drafter):
         ps = [s.params for s in seqs]
         msg = Speculate([s.seq_id for s in seqs], [-2 if s.seq_id in self.fresh else s.last_accepted for s in seqs],
                         [s.last_token for s in seqs], [len(s) for s in seqs], list(ks),
-                        [s.token_ids[s.draft_cached:] for s in seqs], [p.temperature for p in ps],
+                        [s.tokens_from(s.draft_cached) for s in seqs], [p.temperature for p in ps],
                         [p.top_k for p in ps], [p.top_p for p in ps], 0)
         reply = self.exec.run(lambda: self.core.speculate(msg))     # lookup here; JIT on the draft stream
         self.exec.target_waits()

@@ -45,7 +45,7 @@ class ModelDrafter(Drafter):
         else:
             sampler = LoopSampler(False, sampling.temperature.to(dev), sampling.top_k.to(dev), sampling.top_p.to(dev),
                                   sampling.uniforms_per_row(ks, max(ks)).to(dev), sampling.filtered, sampling.any_greedy)
-        catch_up = [Feed(s.seq_id, s.token_ids[s.draft_cached:], s.draft_cached) if ks[b] else
+        catch_up = [Feed(s.seq_id, s.tokens_from(s.draft_cached), s.draft_cached) if ks[b] else
                     Feed(s.seq_id, [0], 0, dummy=True) for b, s in enumerate(seqs)]
         tokens, probs, _ = draft_loop(self.runner, catch_up, [len(s) for s in seqs], ks, sampler, self.vocab_size)
         for b, s in enumerate(seqs):

@@ -97,7 +97,7 @@ class RemoteDrafter(Drafter):
         window = 0.0 if self._last_reply is None else t_send - self._last_reply
         msg = Speculate([s.seq_id for s in seqs], [-2 if s.seq_id in self.fresh else s.last_accepted for s in seqs],
                         [s.last_token for s in seqs], [len(s) for s in seqs], list(ks),
-                        [s.token_ids[s.draft_cached:] for s in seqs], [p.temperature for p in ps],
+                        [s.tokens_from(s.draft_cached) for s in seqs], [p.temperature for p in ps],
                         [p.top_k for p in ps], [p.top_p for p in ps], int(window * 1e6))
         self.ch.send(msg)
         reply = self.ch.recv()

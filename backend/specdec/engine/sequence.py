@@ -83,6 +83,11 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def tokens_from(self, start: int) -> list[int]:
+        """token_ids[start:] without building the whole list (a long prompt's copy per row per round)."""
+        n = len(self.prompt_ids)
+        return self.prompt_ids[start:] + self.output_ids if start < n else self.output_ids[start - n:]
+
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
