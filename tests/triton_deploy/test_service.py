@@ -125,6 +125,57 @@ def test_cancel_by_handle_and_by_inbox(llm, service):
     assert llm.engine.runner.num_free_blocks == free
 
 
+def test_rounds_never_wait_on_is_cancelled(llm):
+    """In Triton, is_cancelled() is a round trip to the server process: the cancel thread asks it,
+    never the engine thread (whose rounds it would lengthen)."""
+    askers = set()
+
+    class Asked(Handle):
+        def is_cancelled(self) -> bool:
+            askers.add(threading.current_thread().name)
+            return False
+    svc = TargetService(llm.engine, idle_wait_s=0.01, cancel_poll_s=0.001)
+    try:
+        h = Asked()
+        svc.submit(h, llm.tokenizer.encode("x"), SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True))
+        _wait([h])
+    finally:
+        svc.shutdown()
+    assert h.finals == 1 and h.error is None and askers == {"specdec-cancel"}
+
+
+def test_handle_never_asks_is_cancelled_after_its_final(monkeypatch):
+    """Triton frees a request's response factory with its final response; asking is_cancelled() after
+    that would read freed memory in the server, so target._Handle answers False without asking."""
+    from types import SimpleNamespace
+
+    from specdec.triton import pbio
+    from specdec.triton.target import _Handle
+
+    fake = SimpleNamespace(TRITONSERVER_RESPONSE_COMPLETE_FINAL=1, Tensor=lambda name, arr: (name, arr),
+                           InferenceResponse=lambda output_tensors: output_tensors)
+    monkeypatch.setattr(pbio, "pb", lambda: fake)
+
+    class Request:
+        asked = 0
+
+        def request_id(self):
+            return "r"
+
+        def get_response_sender(self):
+            return SimpleNamespace(send=lambda response, flags: None)
+
+        def is_cancelled(self):
+            self.asked += 1
+            return False
+    r = Request()
+    h = _Handle(r, 3, None)
+    h.send(Chunk([5], 0, 1, False), False)
+    assert h.is_cancelled() is False and r.asked == 1
+    h.send(Chunk([5, 6], 1, 1, True, finish_reason="stop"), True)
+    assert h.is_cancelled() is False and r.asked == 1
+
+
 def test_engine_failure_fails_active_requests_and_keeps_serving(llm, service, monkeypatch):
     tok = llm.tokenizer
     free = llm.engine.runner.num_free_blocks

@@ -5,10 +5,11 @@ sees ``is_cancelled()`` turn true (core ``ensemble_scheduler.cc`` propagates the
 step it schedules; server#6739). The next step, ``postprocessing``, does receive each later chunk
 as a cancelled request. So every chunk carries a ``cancel_key`` (this target instance's
 address, the sequence id and a per-request secret), and postprocessing, when it sees a cancelled
-request, sends that key back in one datagram. The engine thread reads its inbox every round and
-aborts those sequences like directly cancelled ones (KV blocks freed) and ends each stream with a
-final data response (``finish_reason`` "cancelled"), not an error: in Triton 2.51 an error from
-one ensemble step while another step is in flight leaves the ensemble request in flight forever.
+request, sends that key back in one datagram. The target's cancel thread waits on its inbox; the
+engine thread aborts those sequences before its next round like directly cancelled ones (KV
+blocks freed) and ends each stream with a final data response (``finish_reason`` "cancelled"),
+not an error: in Triton 2.51 an error from one ensemble step while another step is in flight
+leaves the ensemble request in flight forever.
 
 The channel is a Linux abstract-namespace UNIX datagram socket: no file to clean up, local only.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import select
 import socket
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ class CancelInbox:
                     out.append((int(seq), secret))
             except ValueError:
                 log.warning("ignoring a malformed cancel message (%d bytes)", len(data))
+
+    def wait(self, timeout_s: float) -> list[tuple[int, str]]:
+        """Like :meth:`poll`, after waiting up to ``timeout_s`` for a message."""
+        select.select([self.sock], [], [], timeout_s)
+        return self.poll()
 
     def close(self) -> None:
         self.sock.close()

@@ -2,14 +2,20 @@
 
 Triton calls ``execute`` with new requests and expects it to return quickly (decoupled model).
 :meth:`TargetService.submit` only queues the request. The *engine thread* owns the engine (which
-is not thread-safe): it admits queued requests, checks cancellation of every active request each
-round, runs ``engine.step()`` (continuous batching: requests join and leave between rounds) and
-turns each round's output into a :class:`~.stream_text.Chunk`. The *response thread* sends the
-chunks, so a slow send never stalls the engine (the vllm_backend pattern).
+is not thread-safe): it admits queued requests, aborts the requests found cancelled, runs
+``engine.step()`` (continuous batching: requests join and leave between rounds) and turns each
+round's output into a :class:`~.stream_text.Chunk`. The *response thread* sends the chunks, so a
+slow send never stalls the engine (the vllm_backend pattern).
 
 Cancellation arrives two ways: ``handle.is_cancelled()`` (a direct request to the target) and,
 for requests inside the ensemble, a :class:`~.cancel.CancelInbox` that postprocessing writes to
-(cancel.py explains why). Every request gets exactly one final message: with its last chunk, or with its error (invalid
+(cancel.py explains why). The *cancel thread* watches both and hands what it finds to the engine
+thread through a queue, so no round waits on them: in Triton each ``is_cancelled()`` is a round
+trip to the server process (0.1-0.4 ms on a 2-core CPU), once per active request. Inbox messages
+are forwarded at once; the handles are asked every ``cancel_poll_s``, so a direct cancellation
+is noticed within that time and aborted before the next round.
+
+Every request gets exactly one final message: with its last chunk, or with its error (invalid
 input, cancellation, engine failure, overload, shutdown). Whatever ends a request frees its KV
 blocks (``engine.abort``). Triton objects stay behind the :class:`StreamHandle` protocol, so this
 file runs (and is tested) without Triton.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -77,11 +84,13 @@ class TargetService:
     """Runs ``engine`` on a background thread; ``on_round(engine)`` is called after every loop turn."""
 
     def __init__(self, engine, on_round: Callable[[object], None] | None = None, idle_wait_s: float = 0.05,
-                 device=None, cancel_inbox: CancelInbox | None = None, max_queued: int | None = None):
+                 device=None, cancel_inbox: CancelInbox | None = None, max_queued: int | None = None,
+                 cancel_poll_s: float = 0.02):
         self.engine = engine
         self.cancel_inbox = cancel_inbox
         self.on_round = on_round
         self.idle_wait_s = idle_wait_s
+        self.cancel_poll_s = cancel_poll_s   # how often the cancel thread asks each handle is_cancelled()
         self.device = device
         # requests held at once (None = no cap): the engine's batch plus max_queued waiting
         self.capacity = None if max_queued is None else engine.cfg.max_batch_size + max_queued
@@ -95,11 +104,15 @@ class TargetService:
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
         self._outbox: queue.Queue[tuple | None] = queue.Queue()
         self._active: dict[int, _Active] = {}
+        # (seq_id, secret) from the cancel inbox, (seq_id, None) from handle.is_cancelled()
+        self._cancels: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._engine_thread = threading.Thread(target=self._engine_loop, name="specdec-engine", daemon=True)
         self._response_thread = threading.Thread(target=self._response_loop, name="specdec-responses", daemon=True)
+        self._cancel_thread = threading.Thread(target=self._cancel_loop, name="specdec-cancel", daemon=True)
         self._engine_thread.start()
         self._response_thread.start()
+        self._cancel_thread.start()
 
     # --- called from Triton's execute thread ------------------------------------------------
     def submit(self, handle: StreamHandle, prompt_ids: list[int], params: SamplingParams, *, stream: bool = True,
@@ -136,6 +149,7 @@ class TargetService:
     def shutdown(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._inbox.put(None)
+        self._cancel_thread.join(timeout_s)
         self._engine_thread.join(timeout_s)
         self._drain_inbox()             # submitted while the engine thread was stopping
         self._outbox.put(None)
@@ -227,19 +241,21 @@ class TargetService:
         self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, new_secret())
 
     def _check_cancelled(self) -> None:
+        """Abort the requests that the cancel thread found cancelled."""
+        if self._cancels.empty():
+            return
         reported = set()          # cancelled inside the ensemble, reported by postprocessing
-        if self.cancel_inbox is not None:
-            for sid, secret in self.cancel_inbox.poll():
-                a = self._active.get(sid)
-                if a is not None and a.secret == secret:
-                    reported.add(sid)
         direct = set()            # a cancelled request to this model
-        for sid, a in self._active.items():
-            try:
-                if sid not in reported and a.handle.is_cancelled():
-                    direct.add(sid)
-            except Exception:      # the client is gone; treat it as a cancellation
+        while not self._cancels.empty():
+            sid, secret = self._cancels.get()
+            a = self._active.get(sid)
+            if a is None:          # it ended meanwhile (or was reported twice)
+                continue
+            if secret is None:
                 direct.add(sid)
+            elif a.secret == secret:
+                reported.add(sid)
+        direct -= reported
         for sid in reported | direct:
             a = self._active.pop(sid)
             self.engine.abort(a.seq, "cancelled")      # frees its KV blocks
@@ -283,6 +299,29 @@ class TargetService:
                 log.exception("abort of request %d failed", sid)
             self._final(a.handle, RequestError(kind, message))
         self._active.clear()
+
+    # --- the cancel thread ------------------------------------------------------------------
+    def _cancel_loop(self) -> None:
+        """Forward the inbox's messages at once; ask every active request's handle every cancel_poll_s."""
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            wait_s = max(0.0, next_sweep - time.monotonic())
+            if self.cancel_inbox is not None:
+                for sid, secret in self.cancel_inbox.wait(wait_s):
+                    self._cancels.put((sid, secret))
+            elif self._stop.wait(wait_s):
+                return
+            if time.monotonic() < next_sweep:
+                continue
+            next_sweep = time.monotonic() + self.cancel_poll_s
+            # list() copies the dict in one step under the GIL while the engine thread changes it
+            for sid, a in list(self._active.items()):
+                try:
+                    cancelled = a.handle.is_cancelled()
+                except Exception:      # the client is gone; treat it as a cancellation
+                    cancelled = True
+                if cancelled:
+                    self._cancels.put((sid, None))
 
     # --- the response thread ----------------------------------------------------------------
     def _response_loop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -49,9 +50,13 @@ def build_engine(settings, device, log_=log):
 
 
 class _Handle:
-    """A Triton request as the service sees it (StreamHandle): cancellation and sending."""
+    """A Triton request as the service sees it (StreamHandle): cancellation and sending.
 
-    __slots__ = ("request", "sender", "num_input_tokens", "req", "request_id")
+    ``is_cancelled`` (the service's cancel thread) and the final ``send`` (its response thread)
+    exclude each other: the server frees the request's response factory with the final response,
+    and an ``is_cancelled()`` after that would read freed memory in the server process."""
+
+    __slots__ = ("request", "sender", "num_input_tokens", "req", "request_id", "_lock", "_closed")
 
     def __init__(self, request, num_input_tokens: int, req: GenerationRequest | None):
         self.request = request
@@ -59,12 +64,18 @@ class _Handle:
         self.sender = request.get_response_sender()
         self.num_input_tokens = num_input_tokens
         self.req = req
+        self._lock = threading.Lock()
+        self._closed = False                        # the final response is (being) sent
 
     def is_cancelled(self) -> bool:
-        return self.request.is_cancelled()
+        with self._lock:
+            return not self._closed and self.request.is_cancelled()
 
     def send(self, message, final: bool) -> None:
         pb_utils = pbio.pb()
+        if final:
+            with self._lock:                        # waits for an is_cancelled() in flight
+                self._closed = True
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
         if isinstance(message, RequestError):
             self.sender.send(pbio.error_response(message.kind, message.message), flags=flags)
