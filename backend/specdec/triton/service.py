@@ -102,7 +102,9 @@ class TargetService:
         self.draft_attaches = 0              # times a drafter started speculating (a worker (re)joined)
         self._drafter = None
         self._inbox: queue.Queue[_Submission | None] = queue.Queue()
-        self._outbox: queue.Queue[tuple | None] = queue.Queue()
+        # SimpleQueue (in C), not queue.Queue (a Python Condition): waking the response thread costs the
+        # engine thread fewer GIL hand-offs (measured without Triton: 0.8-1.0 a round instead of 1.5-1.7)
+        self._outbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._active: dict[int, _Active] = {}
         # (seq_id, secret) from the cancel inbox, (seq_id, None) from handle.is_cancelled()
         self._cancels: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
