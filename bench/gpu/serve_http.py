@@ -113,7 +113,7 @@ def main():
     if cuda:
         torch.cuda.empty_cache()
     cmd = [sys.executable, "-m", "specdec.cli", "serve", "--target", a.target, "--mode", a.mode, "--k", str(a.k),
-           "--max-model-len", "4096"] + (["--target-gpu", str(a.target_gpu)] if cuda else ["--cpu"])
+           "--max-model-len", "4096"] + (["--target-gpu", str(a.target_gpu)] if cuda else ["--cpu", "--cpu-threads", "1"])
     if a.mode != "ar" and a.draft:
         cmd += ["--draft", a.draft] + (["--draft-gpu", str(a.draft_gpu)] if cuda and a.draft_gpu >= 0 else [])
     srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
