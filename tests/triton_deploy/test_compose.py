@@ -61,8 +61,12 @@ def test_dockerfile_base_image_and_python():
     tag = re.search(r"ARG TRITON_TAG=(\d\d)\.(\d\d)", text)
     assert tag and (int(tag.group(1)), int(tag.group(2))) >= (24, 11)      # Python 3.12 images
     assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in text
-    for needle in ("torch==", "flash-attn", 'pip install -e ".[serve]"', "specdec"):
+    for needle in ("torch==", 'pip install -e ".[serve', "echo ,flash", "specdec"):
         assert needle in text
+    # the flash extra is flash-attn-4 (the CuTe DSL package layers/flash_attention.py imports), not flash-attn 2
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("flash-attn-4") for d in extras["flash"])
 
 
 def test_generated_repository_pins_the_gpus_that_compose_reserves(compose, tmp_path):
