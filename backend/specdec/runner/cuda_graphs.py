@@ -29,6 +29,7 @@ Epilogues run on rank 0 only (they have no collectives); loops are for drafts, n
 """
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -81,7 +82,9 @@ class GraphRunner:
     # --- host side --------------------------------------------------------------------------
     def _layout(self, feeds, Bb: int, Q: int, NB: int):
         """Host arrays of one padded forward: ids, pos, qpos, slots [Bb, Q], tables [Bb, NB], and the
-        rows (b * Q + i) whose logits the feeds ask for."""
+        rows (b * Q + i) whose logits the feeds ask for. Whole-batch numpy operations over flat lists:
+        one Python pass over the feeds (block tables grown, lengths read), no numpy call per row (at batch
+        256 the per-row version cost ~2 ms of host time a step)."""
         r, blocks = self.r, self.r.blocks
         bs = blocks.block_size
         ids = np.zeros((Bb, Q), dtype=np.int64)
@@ -89,22 +92,47 @@ class GraphRunner:
         qpos = np.zeros((Bb, Q), dtype=np.int64)
         slots = np.full((Bb, Q), blocks.sentinel_slot, dtype=np.int64)
         tables = np.full((Bb, NB), blocks.num_blocks, dtype=np.int64)         # sentinel block
+        B = len(feeds)
+        lens = np.fromiter((len(f.tokens) for f in feeds), dtype=np.int64, count=B)
+        starts = np.fromiter((f.start for f in feeds), dtype=np.int64, count=B)
+        real = np.fromiter((not f.dummy for f in feeds), dtype=bool, count=B)
         rows = []
         for b, f in enumerate(feeds):
             n = len(f.tokens)
-            end = f.start + n
             rows.extend(range(b * Q + n - f.num_logits, b * Q + n))
-            if f.dummy:                       # padding row: sentinel slot, position 0
-                continue
-            if end > r.max_model_len:
-                raise ValueError(f"sequence {f.seq_id}: {end} tokens exceed max_model_len={r.max_model_len}")
-            table = np.asarray(blocks.ensure(f.seq_id, end), dtype=np.int64)
-            p = np.arange(f.start, end)
-            ids[b, :n] = f.tokens
-            pos[b, :n] = p if f.positions is None else f.positions
-            qpos[b, :n] = p
-            slots[b, :n] = table[p // bs] * bs + p % bs
-            tables[b, : min(len(table), NB)] = table[:NB]
+        if not real.any():
+            return ids, pos, qpos, slots, tables, rows
+        ends = starts + lens
+        over = real & (ends > r.max_model_len)
+        if over.any():
+            b = int(np.argmax(over))
+            raise ValueError(f"sequence {feeds[b].seq_id}: {int(ends[b])} tokens exceed max_model_len={r.max_model_len}")
+        live = [f for f in feeds if not f.dummy]
+        rb = np.flatnonzero(real)                                              # the real rows' indices
+        tabs = [blocks.ensure(f.seq_id, f.start + len(f.tokens)) for f in live]
+        width = np.fromiter((min(len(t), NB) for t in tabs), dtype=np.int64, count=len(tabs))
+        tmask = np.arange(NB) < width[:, None]                                 # [R, NB] the real table entries
+        sub = np.full((len(rb), NB), blocks.num_blocks, dtype=np.int64)
+        sub[tmask] = np.fromiter(itertools.chain.from_iterable(t[:NB] for t in tabs), dtype=np.int64,
+                                 count=int(width.sum()))
+        tables[rb] = sub
+        q = np.arange(Q)
+        qmask = q < lens[rb, None]                                             # [R, Q] the real queries
+        p = starts[rb, None] + q                                               # storage positions
+        real_ids = np.zeros((len(rb), Q), dtype=np.int64)
+        real_ids[qmask] = np.fromiter(itertools.chain.from_iterable(f.tokens for f in live), dtype=np.int64,
+                                      count=int(lens[rb].sum()))
+        ids[rb] = real_ids
+        qpos[rb] = np.where(qmask, p, 0)
+        pos[rb] = qpos[rb]
+        real_slots = np.full((len(rb), Q), blocks.sentinel_slot, dtype=np.int64)
+        real_slots[qmask] = np.fromiter((t[i // bs] * bs + i % bs for t, f in zip(tabs, live)
+                                         for i in range(f.start, f.start + len(f.tokens))),
+                                        dtype=np.int64, count=int(lens[rb].sum()))
+        slots[rb] = real_slots
+        for i, f in enumerate(live):                                           # RoPE positions given apart (rare)
+            if f.positions is not None:
+                pos[rb[i], : len(f.tokens)] = f.positions
         return ids, pos, qpos, slots, tables, rows
 
     def _stage(self, host: np.ndarray) -> None:
