@@ -1,6 +1,7 @@
 """Host time of one engine step at batch 256 on the CPU (tiny random model, graphs "padded", cProfile):
 where the Python per-sequence work goes. Run from the repository root:
-PYTHONPATH=backend .venv/bin/python bench/host_step_profile.py
+PYTHONPATH=backend .venv/bin/python bench/host_step_profile.py            # under cProfile, 30 steps
+PYTHONPATH=backend .venv/bin/python bench/host_step_profile.py --timed    # no profiler: ms/step over 60 steps
 """
 import cProfile, pstats, sys, tempfile, time
 from pathlib import Path
@@ -11,11 +12,17 @@ t = make_model(Path(tempfile.mkdtemp()) / "t", "llama", layers=1, hidden=64, see
 llm = LLM(str(t), device="cpu", max_batch_size=256, max_model_len=512, graphs="padded")
 eng = llm.engine
 P = [[5 + i % 200, 17, 33, 99, 100, 7] for i in range(256)]
-params = SamplingParams(max_tokens=200, ignore_eos=True)
+params = SamplingParams(max_tokens=300, ignore_eos=True)
 for p in P:
     eng.add_request(p, params)
 for _ in range(5):
     eng.step()
+if "--timed" in sys.argv:
+    t0 = time.perf_counter()
+    for _ in range(60):
+        eng.step()
+    print(f"b=256 tiny model: {(time.perf_counter() - t0) / 60 * 1e3:.2f} ms/step wall (no profiler)")
+    sys.exit(0)
 t0 = time.perf_counter(); n = 30
 pr = cProfile.Profile(); pr.enable()
 for _ in range(n):
