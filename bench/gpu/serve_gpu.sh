@@ -23,43 +23,40 @@ $PY -c "import pytest, psutil" 2>/dev/null || $SYS_PY -m pip install -q --no-ind
   .carry/pt/*.whl || echo "pytest/psutil missing: carry .carry/pt"
 PARTS=${PARTS:-soak}
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
-T8="TARGET=synthetic:llama-8b DRAFT=synthetic:llama-1b"
-if has speed; then
+T8=(TARGET=synthetic:llama-8b DRAFT=synthetic:llama-1b "EXTRA=--mode sync --k 4 --max-model-len 4096" WAIT_S=120)
+# served_vs_inprocess TARGET DRAFT NAME: serve_http.py with the draft in the target model, then as its own model on GPU 0
+served_vs_inprocess() {
   for DG in -1 0; do
-    echo "=== served vs in-process, draft GPU $DG (-1: in the target model)"
-    timeout 200 $PY bench/gpu/serve_http.py --target synthetic:llama-8b --draft synthetic:llama-1b --mode sync --k 4 \
-      --target-gpu 0 --draft-gpu $DG --max-tokens 64 --requests 8 > "$OUT/serve_http_dg$DG.log" 2>&1
-    echo "exit $?"; grep -A6 "^where" "$OUT/serve_http_dg$DG.log"; pkill -9 -x tritonserver; sleep 1
+    echo "=== $1 + $2, served vs in-process, draft GPU $DG (-1: in the target model)"
+    timeout 200 $PY bench/gpu/serve_http.py --target "$1" --draft "$2" --mode sync --k 4 \
+      --target-gpu 0 --draft-gpu $DG --max-tokens 64 --requests 8 > "$OUT/$3_http_dg$DG.log" 2>&1
+    echo "exit $?"; grep -E "ready|^where" -A6 "$OUT/$3_http_dg$DG.log" | head -12; pkill -9 -x tritonserver; sleep 1
   done
+}
+# ready_then ENV...: serve_ready.sh with these settings (THEN= runs once ready); its output without progress lines
+ready_then() { env "$@" bash bench/gpu/serve_ready.sh 2>&1 | grep -v "^|\|^+\|^I1207" | grep -v '^ *"' | head -40; }
+if has speed; then
+  served_vs_inprocess synthetic:llama-8b synthetic:llama-1b serve
   echo "=== perf_analyzer c=1/4/16"
-  env $T8 EXTRA="--mode sync --k 4 --max-model-len 4096" WAIT_S=120 CHAT=off THEN='bash bench/gpu/serve_perf.sh' \
-    bash bench/gpu/serve_ready.sh 2>&1 | grep -v "^|\|^+\|^I1207" | head -30
+  ready_then "${T8[@]}" CHAT=off THEN='bash bench/gpu/serve_perf.sh'
 fi
 if has long; then
   echo "=== perf_analyzer c=1/4/16, ~2048-token prompts (350 words of the synthetic shapes' character tokenizer)"
-  env $T8 EXTRA="--mode sync --k 4 --max-model-len 4096" WAIT_S=120 CHAT=off WORDS=350 PERF_S=150 \
-    THEN='bash bench/gpu/serve_perf.sh' OUT="$OUT/long" bash bench/gpu/serve_ready.sh 2>&1 | grep -v "^|\|^+\|^I1207" | head -30
+  ready_then "${T8[@]}" CHAT=off WORDS=350 PERF_S=150 THEN='bash bench/gpu/serve_perf.sh' OUT="$OUT/long"
 fi
 if has smollm2; then
   if [ "$SMOL_READY" != 1 ] || [ ! -f drafts/smollm2-135m-draft/model.safetensors ]; then
     echo "=== smollm2: skipped (weights ready: $SMOL_READY; carry drafts/smollm2-135m-draft too)"
   else
-    for DG in -1 0; do
-      echo "=== SmolLM2-135M + its draft, served vs in-process, draft GPU $DG (-1: in the target model)"
-      timeout 150 $PY bench/gpu/serve_http.py --target smollm2-135m --draft smollm2-135m-draft --mode sync --k 4 \
-        --target-gpu 0 --draft-gpu $DG --max-tokens 64 --requests 8 > "$OUT/smol_http_dg$DG.log" 2>&1
-      echo "exit $?"; grep -E "ready|^where" -A6 "$OUT/smol_http_dg$DG.log" | head -12; pkill -9 -x tritonserver; sleep 1
-    done
+    served_vs_inprocess smollm2-135m smollm2-135m-draft smol
     echo "=== SmolLM2-135M + its draft: readiness, perf_analyzer c=1/4/16 (chat prompts)"
-    env TARGET=smollm2-135m DRAFT=smollm2-135m-draft EXTRA="--mode sync --k 4" WAIT_S=60 \
-      THEN='bash bench/gpu/serve_perf.sh' OUT="$OUT/smol" bash bench/gpu/serve_ready.sh 2>&1 | grep -v "^|\|^+\|^I1207" | head -30
+    ready_then TARGET=smollm2-135m DRAFT=smollm2-135m-draft EXTRA="--mode sync --k 4" WAIT_S=60 \
+      THEN='bash bench/gpu/serve_perf.sh' OUT="$OUT/smol"
   fi
 fi
 if has soak; then
   echo "=== soak: concurrency 32, 5 minutes, then overload by 4"
-  env $T8 EXTRA="--mode sync --k 4 --max-model-len 4096" WAIT_S=120 \
-    THEN='LD_LIBRARY_PATH=$PA_LIBS timeout ${SOAK_S:-400} $PY client/load_test.py --minutes ${SOAK_MIN:-5} --levels 32 --max-tokens 64 --overload 4 --perf-analyzer $PA --json $OUT/soak.json; echo "load_test exit $?"' \
-    bash bench/gpu/serve_ready.sh 2>&1 | grep -v "^|\|^+\|^I1207" | grep -v '^ *"' | head -40
+  ready_then "${T8[@]}" THEN='LD_LIBRARY_PATH=$PA_LIBS timeout ${SOAK_S:-400} $PY client/load_test.py --minutes ${SOAK_MIN:-5} --levels 32 --max-tokens 64 --overload 4 --perf-analyzer $PA --json $OUT/soak.json; echo "load_test exit $?"'
 fi
 if has faults; then
   echo "=== deployment reliability tests with every model on GPU 0"

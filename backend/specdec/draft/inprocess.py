@@ -34,7 +34,6 @@ import torch
 from ..config import SpecConfig
 from ..layers.sampling import SamplingRows
 from ..spec.fanout import resolve_fan_out
-from ..spec.round_k import request_k
 from ..spec.status import RowStatus
 from ..transfer import upload
 from .base import Drafter, Proposal
@@ -158,13 +157,9 @@ class InProcessDrafter(Drafter):
     def prefill(self, seqs) -> None:
         """New (or resumed) sequences: queued on the draft side before the target's own prefill, so the
         two overlap (CUDA: two streams; CPU: the draft thread)."""
-        toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
-        ps = [s.params for s in seqs]
-        msg = Prefill([s.seq_id for s in seqs], [list(t) for t in toks],
-                      [request_k(self.spec.k, s.params.num_draft_tokens) for s in seqs],
-                      [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps])
+        msg = Prefill.of(seqs, self.spec.k)
         self.exec.submit(lambda: self.core.prefill(msg))
-        for s, t in zip(seqs, toks):
+        for s, t in zip(seqs, msg.tokens):
             s.draft_cached = len(t)
             self.known.add(s.seq_id)
             self.fresh.add(s.seq_id)

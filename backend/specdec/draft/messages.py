@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..spec.status import RowStatus
+from ..spec.round_k import request_k
+from ..spec.status import RowStatus  # noqa: F401  (re-exported: the protocol's row status)
 
 BACKUPS = ("jit", "fast", "auto")
 TREE_POLICIES = ("auto", "always")
@@ -141,6 +142,14 @@ class Prefill:
     temperature: list[float]
     top_k: list[int]
     top_p: list[float]
+
+    @classmethod
+    def of(cls, seqs, k: int) -> "Prefill":
+        """The message for engine sequences ``seqs`` under the configured K (each request may ask for fewer)."""
+        ps = [s.params for s in seqs]
+        return cls([s.seq_id for s in seqs], [list(s.prefill_ids) for s in seqs],
+                   [request_k(k, p.num_draft_tokens) for p in ps], [p.temperature for p in ps],
+                   [p.top_k for p in ps], [p.top_p for p in ps])
 
     def encode(self):
         lens = [len(t) for t in self.tokens]

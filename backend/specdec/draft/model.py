@@ -28,8 +28,7 @@ class ModelDrafter(Drafter):
         up inside the first draft loop (an eager forward counted as drafting; 2048-token prompts at batch 16 made
         it ~20 ms of every round of a short run). When the draft's pool cannot hold them now, the rows catch up
         in :meth:`propose` as before."""
-        rows = [(s, s.token_ids[:-1] if s.output_ids else list(s.prompt_ids)) for s in seqs]
-        rows = [(s, t) for s, t in rows if t]
+        rows = [(s, ids) for s in seqs if (ids := s.prefill_ids)]
         if not rows or not self.runner.can_hold({s.seq_id: len(t) for s, t in rows}):
             return
         self.runner.forward([Feed(s.seq_id, t, 0, num_logits=0) for s, t in rows])

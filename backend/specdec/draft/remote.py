@@ -24,7 +24,6 @@ import torch
 from ..config import SpecConfig
 from ..layers.sampling import SamplingRows
 from ..spec.fanout import resolve_fan_out
-from ..spec.round_k import request_k
 from ..spec.status import RowStatus
 from .base import Drafter, Proposal
 from .channel import Channel, ChannelError
@@ -78,11 +77,9 @@ class RemoteDrafter(Drafter):
     def prefill(self, seqs) -> None:
         """Tell the worker about new (or resumed) sequences: all tokens the target holds K/V for."""
         self._flush_frees()
-        toks = [s.prompt_ids if not s.output_ids else s.token_ids[:-1] for s in seqs]
-        ps = [s.params for s in seqs]
-        self.ch.send(Prefill([s.seq_id for s in seqs], [list(t) for t in toks], [request_k(self.spec.k, s.params.num_draft_tokens) for s in seqs],
-                             [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps]))
-        for s, t in zip(seqs, toks):
+        msg = Prefill.of(seqs, self.spec.k)
+        self.ch.send(msg)
+        for s, t in zip(seqs, msg.tokens):
             s.draft_cached = len(t)
             self.known.add(s.seq_id)
             self.fresh.add(s.seq_id)

@@ -196,7 +196,7 @@ class LLMEngine:
         feeds, fresh = [], []
         for s in seqs:
             if s.output_ids:   # resumed after preemption: rebuild the cache of committed tokens
-                feeds.append(Feed(s.seq_id, s.token_ids[:-1], 0, num_logits=0))
+                feeds.append(Feed(s.seq_id, s.prefill_ids, 0, num_logits=0))
             else:
                 feeds.append(Feed(s.seq_id, s.prompt_ids, 0, num_logits=1))
                 fresh.append(s)

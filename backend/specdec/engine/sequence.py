@@ -83,6 +83,12 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    @property
+    def prefill_ids(self) -> list[int]:
+        """The ids a (re)prefill writes K/V for: the prompt, or after a preemption every committed id but the
+        newest (which the next round feeds)."""
+        return self.prompt_ids + self.output_ids[:-1] if self.output_ids else self.prompt_ids
+
     def tokens_from(self, start: int) -> list[int]:
         """token_ids[start:] without building the whole list (a long prompt's copy per row per round)."""
         n = len(self.prompt_ids)

@@ -11,8 +11,9 @@ Which shapes: for every batch bucket, every context bucket from 64 up to ``max_c
 fills half of the bucket, so the run stays inside it) and every draft count k from K down to 0 (the
 request's ``num_draft_tokens``: the last rounds of a request draft fewer than K tokens, and their verify
 and draft-loop graphs differ). A draft loop after a round that accepted every draft catches up two tokens,
-not one: a different key that dummy prompts reach only where the draft agrees with the target. On one H100, warming only two prompt lengths at K left 28-41 captures
-for the first perf_analyzer runs (context bucket 128 and short last rounds), and ITL p99 at 6-10x p50.
+not one: a different key that dummy prompts reach only where the draft agrees with the target. On one
+H100, warming only two prompt lengths at K left 28-41 captures for the first perf_analyzer runs (context
+bucket 128 and short last rounds), and ITL p99 at 6-10x p50.
 
 It goes through the engine's normal request path (add_request/step), so it captures exactly the keys
 real traffic produces at those shapes, and it leaves nothing behind: every request finishes, its KV

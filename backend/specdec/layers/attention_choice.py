@@ -26,9 +26,10 @@ TRITON_MAX_QUERIES = 32      # queries per sequence up to which the Triton kerne
 # triton vs sdpa: MEASURED on one H200 (attention_table.py --quick, 2026-12-07, BENCHMARKS.md): the rewritten
 # Triton kernel beat SDPA in all 8 rows measured (8B shape; batch 1/16, context 512/8192, 1/5 queries), by
 # 2.6-7.7x; the full table on one H100 (2026-12-07: 8B and 1B shapes, batch 1/8/16/64, context 512/2048/8192,
-# 1/5 queries, 48 rows) confirms it in every row, 1.3-10x (BENCHMARKS.md). flash_attn's place in each entry is still PROVISIONAL (flash-attn-4 was not installed on that
-# machine; hand-seeded from one H100 run of the old kernel, FIELD-NOTES.md). auto only picks flash_attn
-# when it imports, so without it these entries resolve to the measured order.
+# 1/5 queries, 48 rows) confirms it in every row, 1.3-10x (BENCHMARKS.md). flash_attn's place in each entry
+# is still PROVISIONAL (flash-attn-4 was not installed on those machines; hand-seeded from one H100 run of the
+# old kernel, FIELD-NOTES.md). auto only picks flash_attn when it imports, so without it these entries resolve
+# to the measured order.
 # key: (batch bucket, queries per sequence, context bucket) -> backends, fastest first
 TABLE_SOURCE = ("triton vs sdpa measured on H200 (--quick rows) and H100 (full table), 2026-12-07; "
                 "flash_attn positions provisional")

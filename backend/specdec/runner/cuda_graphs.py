@@ -116,19 +116,17 @@ class GraphRunner:
         sub[tmask] = np.fromiter(itertools.chain.from_iterable(t[:NB] for t in tabs), dtype=np.int64,
                                  count=int(width.sum()))
         tables[rb] = sub
-        q = np.arange(Q)
-        qmask = q < lens[rb, None]                                             # [R, Q] the real queries
-        p = starts[rb, None] + q                                               # storage positions
+        qmask = np.arange(Q) < lens[rb, None]                                  # [R, Q] the real queries
+        total = int(lens[rb].sum())
         real_ids = np.zeros((len(rb), Q), dtype=np.int64)
         real_ids[qmask] = np.fromiter(itertools.chain.from_iterable(f.tokens for f in live), dtype=np.int64,
-                                      count=int(lens[rb].sum()))
+                                      count=total)
         ids[rb] = real_ids
-        qpos[rb] = np.where(qmask, p, 0)
+        qpos[rb] = np.where(qmask, starts[rb, None] + np.arange(Q), 0)         # storage positions
         pos[rb] = qpos[rb]
         real_slots = np.full((len(rb), Q), blocks.sentinel_slot, dtype=np.int64)
         real_slots[qmask] = np.fromiter((t[i // bs] * bs + i % bs for t, f in zip(tabs, live)
-                                         for i in range(f.start, f.start + len(f.tokens))),
-                                        dtype=np.int64, count=int(lens[rb].sum()))
+                                         for i in range(f.start, f.start + len(f.tokens))), dtype=np.int64, count=total)
         slots[rb] = real_slots
         for i, f in enumerate(live):                                           # RoPE positions given apart (rare)
             if f.positions is not None:
@@ -239,7 +237,7 @@ class GraphRunner:
     @torch.inference_mode()
     def loop(self, catch_up, ends: list[int], ks: list[int], sampler, vocab_size: int):
         """draft/loop.draft_loop as one graph: tokens [B, K], q [B, K, V] (None when greedy), tops [B, K, W]."""
-        r, blocks = self.r, self.r.blocks
+        blocks = self.r.blocks
         bs = blocks.block_size
         B, K = len(catch_up), max(ks)
         Q0 = max(len(f.tokens) for f in catch_up)
