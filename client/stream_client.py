@@ -131,9 +131,13 @@ def generate(url: str, prompts: list[str], model: str = "ensemble", *, on_text: 
     stopped: set[int] = set()
     open_ids = set(range(len(prompts)))
     try:
-        for i, (client, p) in enumerate(zip(clients, prompts)):
+        # every stream is opened (a gRPC channel each: the slow part) before the first request goes out, so
+        # the requests leave in one burst: a fast server would otherwise finish the first ones before the last
+        # are sent, and a burst meant to exceed its capacity would not
+        for i, client in enumerate(clients):
             client.start_stream(callback=lambda result, error, i=i: q.put((i, time.perf_counter(), result, error)))
-            ins = inputs[i] if inputs is not None else make_inputs(p, **options)
+        all_inputs = inputs if inputs is not None else [make_inputs(p, **options) for p in prompts]
+        for i, (client, ins) in enumerate(zip(clients, all_inputs)):
             results[i].t_send = time.perf_counter()
             client.async_stream_infer(model, ins, request_id=str(i), enable_empty_final_response=True,
                                       outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
