@@ -21,7 +21,8 @@
 #      run.log (every phase's full output, rewritten after each phase), results.json, summary.txt.
 # RESUME=1 (a later call, machine still warm, nothing carried): trains the draft on from its checkpoint for
 # TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures (MEASURE=1).
-# Other knobs: ARCH MEASURE GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES
+# BASELINE=hf: HF transformers `generate` in the AR bench's run (the same prompts and token counts).
+# Other knobs: ARCH MEASURE ACC_K ACC_TEMPS GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES
 # BUDGET.
 # Each phase gets a timeout from what is left of BUDGET; a phase that fails does not stop the next.
 #
@@ -41,7 +42,7 @@ else
   DEV=cuda:0; DT=bfloat16; BUDGET=${BUDGET:-535}
   GEN_S=${GEN_S:-90}; TRAIN_S=${TRAIN_S:-120}; STEPS=${STEPS:-20000}; BATCH=${BATCH:-32}; SEQ=${SEQ:-320}
   GEN_B=${GEN_B:-256}; SAMPLES=${SAMPLES:-2}; INVENT=${INVENT:-3000}; SYNTH=${SYNTH:-4000}; NUMP=
-  ACC_N=16; ACC_T=96; ACC_TEMPS=0,0.7; ACC_K=2,3,4; BN=8; BLEN=128; SWEEP=k=2,3,4,6
+  ACC_N=16; ACC_T=96; ACC_TEMPS=${ACC_TEMPS:-0,0.7}; ACC_K=${ACC_K:-2,3,4}; BN=8; BLEN=128; SWEEP=k=2,3,4,6
 fi
 ARCH=${ARCH:-llama}; MEASURE=${MEASURE:-1}; LAYERS=${LAYERS:-$([ "$ARCH" = eagle ] && echo 1 || echo 4)}; HEADV=${HEADV:-8192}; LR=${LR:-1e-3}; EAGLE_STEPS=${EAGLE_STEPS:-3}
 L=$P/logs; rm -rf "$L"; mkdir -p "$P" "$OUT" "$SITE" "$L"
@@ -103,7 +104,8 @@ ids = np.fromiter((t for s in d["sequences"] for t in s), np.uint16, int(lens.su
 np.savez_compressed(sys.argv[2], ids=ids, lens=lens, prompt_lens=np.array(d["prompt_lens"], np.int32))
 print(f"corpus.npz: {len(lens)} sequences, {ids.size} tokens")
 PYEOF
-  ls -la "$OUT/corpus.npz"
+  [ "$(stat -c %s "$OUT/corpus.npz")" -gt 15728640 ] && (cd "$OUT" && split -b 15M corpus.npz corpus.npz.part- && rm corpus.npz)
+  ls -la "$OUT" | grep corpus
 fi
 DRAFTS=
 [ -f "$D/model.safetensors" ] && DRAFTS=$D,
@@ -115,7 +117,7 @@ phase acceptance 150 $S acceptance --target smollm2-135m --draft "${DRAFTS}smoll
   --temp "$ACC_TEMPS" --num-prompts "$ACC_N" --max-tokens "$ACC_T" --device "$DEV" --dtype "$DT" \
   --json "$P/acceptance.json"
 B="$S bench --target smollm2-135m --chat --numseqs $BN --output_len $BLEN --b 1 --device $DEV --dtype $DT"
-phase bench_ar 90 $B --json "$P/bench_ar.json"
+phase bench_ar $([ -n "${BASELINE:-}" ] && echo 150 || echo 90) $B ${BASELINE:+--baseline $BASELINE} --json "$P/bench_ar.json"
 [ -f "$D/model.safetensors" ] && \
   phase bench_sync 120 $B --spec --draft "$D" --k 4 --sweep "$SWEEP" --json "$P/bench_sync.json"
 
@@ -157,6 +159,7 @@ for line in (out / "distill_summary.txt").read_text().splitlines() if (out / "di
     if line.startswith(("corpus:", "trained", "step ")):
         print(line)
 EOF
+grep -h "^hf_generate" "$L/bench_ar.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 note "done"
 for f in "$L"/*.log; do echo "##### $(basename "$f")"; cat "$f"; done > "$OUT/run.log"
 ls -la "$OUT"
