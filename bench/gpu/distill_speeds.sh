@@ -4,7 +4,7 @@
 #      vocabulary vs the exported head's 8193 rows, EAGLE head; batch 32 and 64) and its top CUDA kernels;
 #   2. corpus generation speed: the engine's AR decoding at batch 256 / 512 / 1024 (bench, random-token
 #      prompts of 64 tokens, 256 new tokens; the corpus run decodes the same way);
-#   3. issue 16's baseline: SmolLM2-shape AR b=1 against HF transformers `generate` on the same GPU, prompts
+#   3. issue 16's baseline (HF_TARGETS): SmolLM2-shape AR b=1 against HF transformers `generate` on the same GPU, prompts
 #      and token counts (`specdec bench --baseline hf`), then the 1B shape the same way.
 # If a SmolLM2 weight part is carried (.carry/smolN), it is parked first (bench/gpu/smollm2_park.sh), so this
 # call can be one of the back-to-back calls that bring the weights for bench/gpu/distill_smollm2.sh.
@@ -29,7 +29,7 @@ for part in ${PARTS:-train gen hf}; do
       grep -E "^ar " "$LOG" | tail -n 1
     done ;;
   hf)
-    for t in smollm2-135m llama-1b; do
+    for t in ${HF_TARGETS:-smollm2-135m llama-1b}; do
       run 120 $S bench --target "synthetic:$t" $G --b 1 --numseqs 4 --prompt-len 128 --output_len 128 --baseline hf
       grep -E "^(ar|hf_generate) " "$LOG" | tail -n 2
     done ;;
