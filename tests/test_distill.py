@@ -235,3 +235,35 @@ def test_time_schedule_decays_over_the_time_budget():
     assert lr_lambda(cfg)(5_005) == pytest.approx(0.55, abs=1e-3)   # by steps alone
     with pytest.raises(ValueError, match="time_limit"):
         DistillConfig(out="x", schedule="time")
+
+
+def test_llama_loss_over_head_rows_is_the_renormalised_kl(tiny_llama):
+    """The 4-layer draft's loss over the exported head's rows: KL between the two distributions restricted
+    to those tokens and renormalised (checked against a direct computation), and the full-vocabulary
+    loss when the rows are the whole LM head."""
+    import contextlib
+    import torch.nn.functional as F
+    from specdec.distill.eagle import head_rows
+    from specdec.distill.model import init_draft, load_teacher
+    from specdec.distill.train_loss import llama_batch_loss
+    teacher, _ = load_teacher(str(tiny_llama), torch.device("cpu"), "float32")
+    draft = init_draft(teacher, 1)
+    V = teacher.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, V, (2, 12), generator=g)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 4:11] = True
+    none = contextlib.nullcontext()
+    head = torch.tensor(sorted(torch.randperm(V, generator=g)[: V // 3].tolist()))
+    loss, agree, n = llama_batch_loss(teacher, draft, ids, mask, none, 4096, head_rows(teacher, head))
+    with torch.no_grad():
+        rows = mask.view(-1).nonzero().squeeze(1)
+        lp = teacher(ids).logits.view(-1, V)[rows][:, head].log_softmax(-1)
+        lq = draft(ids).logits.view(-1, V)[rows][:, head].log_softmax(-1)
+        want = F.kl_div(lq, lp, log_target=True, reduction="sum") / len(rows)
+        want_agree = (lp.argmax(-1) == lq.argmax(-1)).float().mean()
+    assert n == len(rows) == 14
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4) and float(agree) == pytest.approx(want_agree.item())
+    full, _, _ = llama_batch_loss(teacher, draft, ids, mask, none, 4096)
+    every, _, _ = llama_batch_loss(teacher, draft, ids, mask, none, 4096, head_rows(teacher, torch.arange(V)))
+    assert full.item() > 0 and every.item() == pytest.approx(full.item(), rel=1e-5)
