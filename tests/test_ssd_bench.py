@@ -42,3 +42,12 @@ def test_simulated_runs_are_labelled(capsys):
     lines = [ln for ln in out.splitlines() if ln.startswith("async")]
     assert len(lines) == 2 and all("SIMULATED A=" in ln for ln in lines)
     assert out.count("SIMULATED") >= 4
+
+
+def test_k_sweep_builds_the_engine_for_its_largest_k():
+    """--sweep k=2,6 with --k 3: the K=6 row drafts 6 tokens per round (the engine is built with K=6); a draft equal
+    to its target accepts every draft, so tau = K + 1 in each row (was capped at the engine's K=3 before)."""
+    rep = bench(args("--target", TINY, "--draft", TINY, "--spec", "--sweep", "k=2,6", "--output_len", "22"))
+    k2, k6 = rep["runs"]
+    assert k2["k"] == 2 and k6["k"] == 6 and k2["outputs"] == k6["outputs"]
+    assert k2["tokens_per_round"] == pytest.approx(3.0, abs=0.35) and k6["tokens_per_round"] > 5.0

@@ -82,6 +82,8 @@ def build_llm(a, mode: str | None = None):
     key, vals = parse_sweep(a.sweep)
     if key == "b":                               # the engine (its KV pool, its graphs) must hold the largest batch
         kw["max_batch_size"] = max(vals + [kw.get("max_batch_size", 1)])
+    if key == "k" and mode != "ar":              # and the largest K: a request asking for more drafts gets the engine's K
+        kw["k"] = max(vals + [kw.get("k") or 1])
     if mode == "ar":
         for name in ("draft", "simulate_acceptance", "simulate_hit"):
             kw.pop(name, None)
