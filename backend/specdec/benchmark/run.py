@@ -221,6 +221,11 @@ def bench_mode(a, mode: str, on_report=None) -> dict:
             _apply(eng, sweep_key, val)
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s %s=%s", mode, k, b, temp, sweep_key, val)
+        if eng.auto_k is not None and device.type == "cuda":
+            # auto K picks any K' <= K per round, and each K' (with its 1- and 2-token catch-ups, which only
+            # real prompts reach) has its own graphs: one pass at each K' first, or the timed run captures them
+            for kk in range(k or eng.cfg.spec.k, 0, -1):
+                run_once(llm, prompt_ids, a.output_len, temp, kk, None)
         for _ in range(WARMUP_PASSES):          # same shapes: graphs captured before timing, until a pass adds none
             if run_once(llm, prompt_ids, a.output_len, temp, k, None)["graph_captures"] == 0:
                 break

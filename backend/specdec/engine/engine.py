@@ -186,6 +186,10 @@ class LLMEngine:
     def _auto_k(spec) -> AutoK | None:
         return AutoK(k_max=spec.k) if spec.k_policy == "auto" else None
 
+    def reset_auto_k(self) -> None:
+        """Forget k_policy="auto"'s estimates (after warm-up requests whose acceptance means nothing)."""
+        self.auto_k = self._auto_k(self.cfg.spec)
+
     def _k_for(self, s: Sequence, k_now: int) -> int:
         if self.drafter is None:
             return 0
@@ -396,7 +400,7 @@ class LLMEngine:
         spec = dataclasses.replace(self.cfg.spec, **changes)
         dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = self.draft.ctx.config.spec = spec
-        self.auto_k = self._auto_k(spec)
+        self.reset_auto_k()
         self.draft.configure(spec)
         self.simulator = make_simulator(spec, self.runner.vocab_size, self.cfg.seed)
 

@@ -80,6 +80,7 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
                     engine.step()
                 shapes += 1
     engine.metrics.reset()
+    engine.reset_auto_k()                          # dummy prompts' acceptance and timings must not steer K
     leaked = free0 - engine.runner.num_free_blocks
     if leaked:
         log.warning("warm-up left %d KV blocks in use", leaked)
