@@ -267,3 +267,26 @@ def test_llama_loss_over_head_rows_is_the_renormalised_kl(tiny_llama):
     full, _, _ = llama_batch_loss(teacher, draft, ids, mask, none, 4096)
     every, _, _ = llama_batch_loss(teacher, draft, ids, mask, none, 4096, head_rows(teacher, torch.arange(V)))
     assert full.item() > 0 and every.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_init_from_starts_from_an_exported_draft(tiny_llama, distilled, tmp_path):
+    """--init-from: the new draft's layers and norm are the exported draft's (not the target's first layers);
+    a draft of another depth is refused with the reason."""
+    from safetensors.torch import load_file
+    from specdec.distill.model import init_draft, load_teacher
+    teacher, _ = load_teacher(str(tiny_llama), torch.device("cpu"), "float32")
+    saved = load_file(str(distilled / "model.safetensors"))
+    fresh = init_draft(teacher, 1).state_dict()
+    draft = init_draft(teacher, 1, init_from=str(distilled)).state_dict()
+    layer_keys = [k for k in saved if k.startswith("model.layers.")]
+    assert layer_keys and all(torch.equal(draft[k], saved[k].float()) for k in layer_keys + ["model.norm.weight"])
+    assert any(not torch.equal(fresh[k], draft[k]) for k in layer_keys)        # trained: not the target's layer 0
+    from safetensors.torch import save_file
+    other = tmp_path / "other"
+    shutil.copytree(distilled, other, ignore=shutil.ignore_patterns("train"))
+    save_file({k: v for k, v in saved.items() if k != "model.norm.weight"}, str(other / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing \\['model.norm.weight'\\].*as many layers"):
+        init_draft(teacher, 1, init_from=str(other))
+    out = distill(tiny_llama, tmp_path / "again", "--steps", "2", "--init-from", str(distilled))
+    info = json.loads((out / MANIFEST).read_text())["trained"]
+    assert info["init_from"] == str(distilled) and info["steps"] == 2

@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     p.add_argument("--head-vocab", type=int, default=None,
                    help="give the exported draft an LM head over the N tokens the target writes most often in the "
                         "corpus (a faster draft step on CPU; 0 = the whole vocabulary; default 8192)")
+    p.add_argument("--init-from", default=None,
+                   help="llama: start the draft's layers and norm from this exported draft (folder or alias, e.g. "
+                        "smollm2-135m-draft) instead of the target's first layers: train a shipped draft on new data")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (then --resume)")
     p.add_argument("--time-limit", type=float, default=None,
@@ -70,7 +73,7 @@ def run(args) -> int:
     names = ("target", "out", "arch", "layers", "eagle_steps", "feature_weight", "steps", "batch", "seq_len", "lr",
              "warmup", "device", "dtype", "save_every", "num_prompts", "samples", "invent", "synth_prompts", "gen_batch",
              "gen_time_limit", "loss_chunk", "train_embeddings", "save_dtype", "standalone", "base", "head_vocab",
-             "seed", "stop_at", "time_limit", "schedule")
+             "seed", "stop_at", "time_limit", "schedule", "init_from")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = resolve_config(given, args.resume)
     train(cfg, report=tqdm.write)          # prints above the progress bar

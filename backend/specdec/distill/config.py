@@ -52,6 +52,7 @@ class DistillConfig:
     head_vocab: int = 8192              # export an LM head over the N tokens the corpus writes most (0 = all)
     loss_chunk: int = 4096              # loss rows per chunk (bounds the [rows, vocab] logits in memory)
     seed: int = 0
+    init_from: str | None = None        # llama: the draft's layers start from this exported draft (folder or alias)
     stop_at: int | None = None          # checkpoint and stop at this step (continue with resume)
     time_limit: float | None = None     # checkpoint and stop after this many seconds of training
     schedule: str = "steps"             # "time": the LR decays over min(steps, time_limit) (needs time_limit)
@@ -86,6 +87,9 @@ class DistillConfig:
         if self.time_limit is not None:
             check_float("time_limit", self.time_limit, 0.0, 1e9, lo_open=True)
         check_choice("schedule", self.schedule, ("steps", "time"))
+        if self.init_from is not None and self.arch != "llama":
+            raise ValueError(f"init_from={self.init_from!r} needs arch='llama' (it loads an exported few-layer draft), "
+                             f"got arch={self.arch!r}")
         if self.schedule == "time" and self.time_limit is None:
             raise ValueError("schedule='time' needs time_limit (the LR decays over the time budget)")
         if self.dtype is not None and self.dtype not in ("float32", "bfloat16"):

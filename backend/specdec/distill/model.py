@@ -37,15 +37,18 @@ def draft_config(teacher_config, layers: int):
     return cfg
 
 
-def init_draft(teacher, layers: int, train_embeddings: bool = False):
-    """A ``layers``-layer draft: float32 copies of the target's first layers and final norm; embeddings
-    and LM head shared with (and frozen like) the teacher unless ``train_embeddings``."""
+def init_draft(teacher, layers: int, train_embeddings: bool = False, init_from: str | None = None):
+    """A ``layers``-layer draft: float32 copies of the target's first layers and final norm (or of the layers
+    and norm of the exported draft ``init_from``); embeddings and LM head shared with (and frozen like) the
+    teacher unless ``train_embeddings``."""
     from transformers import AutoModelForCausalLM
     cfg = draft_config(teacher.config, layers)
     device = next(teacher.parameters()).device
     draft = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     own = draft.state_dict()
     src = {k: v.detach().float() for k, v in teacher.state_dict().items() if k in own}
+    if init_from is not None:
+        src.update(exported_layers(init_from, own))
     missing = [k for k in own if k not in src]
     if missing:
         raise ValueError(f"draft init: the target has no weights for {missing[:3]}")
@@ -56,6 +59,21 @@ def init_draft(teacher, layers: int, train_embeddings: bool = False):
         draft.model.embed_tokens = teacher.model.embed_tokens
         draft.lm_head = teacher.lm_head
     return draft.train()
+
+
+def exported_layers(draft: str, own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder layers and final norm of an exported draft (``specdec distill``'s folder), as float32, checked
+    against the new draft's own names and shapes: they must cover every layer tensor and the norm."""
+    from safetensors.torch import load_file
+    folder = resolve(draft)
+    saved = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    wanted = [k for k in own if k.startswith("model.layers.") or k == "model.norm.weight"]
+    missing = [k for k in wanted if k not in saved]
+    wrong = [k for k in wanted if k in saved and saved[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ValueError(f"init_from={draft!r}: its weights do not fit a draft of this shape (missing {missing[:3]}, "
+                         f"other shapes {wrong[:3]}); it must be a draft of the same target with as many layers")
+    return {k: saved[k] for k in wanted}
 
 
 def shared_tensors(draft, teacher) -> dict[str, torch.Tensor]:

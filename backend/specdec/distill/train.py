@@ -66,7 +66,7 @@ def build_student(cfg: DistillConfig, teacher, tokenizer, autocast, head_ids=Non
         def export(out, info, head_ids):
             export_eagle(head, teacher, tokenizer, base, out, save_dtype, info, head_ids)
         return Student(head, loss, export, num_params(head.layers) + num_params(head.fc))
-    draft = init_draft(teacher, cfg.layers, cfg.train_embeddings)
+    draft = init_draft(teacher, cfg.layers, cfg.train_embeddings, cfg.init_from)
     rows = None if cfg.train_embeddings else head_rows(teacher, head_ids)
 
     def loss(ids, mask):
@@ -191,7 +191,8 @@ def train(cfg: DistillConfig, report=log.info) -> Path:
     def export(step: int) -> None:
         info = {"target": cfg.target, "arch": cfg.arch, "layers": cfg.layers, "steps": step, "batch": cfg.batch,
                 "seq_len": cfg.seq_len, "corpus_sequences": len(corpus),
-                "corpus_tokens": corpus.num_completion_tokens, "head_vocab": 0 if head_ids is None else len(head_ids)}
+                "corpus_tokens": corpus.num_completion_tokens, "head_vocab": 0 if head_ids is None else len(head_ids),
+                **({"init_from": cfg.init_from} if cfg.init_from else {})}
         if val_rows:
             student.module.eval()
             loss, top1 = evaluate(student, eval_batches(corpus, val_rows, cfg.batch))
