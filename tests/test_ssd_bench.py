@@ -45,9 +45,10 @@ def test_simulated_runs_are_labelled(capsys):
 
 
 def test_k_sweep_builds_the_engine_for_its_largest_k():
-    """--sweep k=2,6 with --k 3: the K=6 row drafts 6 tokens per round (the engine is built with K=6); a draft equal
+    """--modes ar,sync --sweep k=2,6 with --k 3: one AR row, and the K=6 row drafts 6 tokens per round (the engine is built with K=6); a draft equal
     to its target accepts every draft, so tau = K + 1 in each row (was capped at the engine's K=3 before)."""
-    rep = bench(args("--target", TINY, "--draft", TINY, "--spec", "--sweep", "k=2,6", "--output_len", "22"))
-    k2, k6 = rep["runs"]
+    rep = bench(args("--target", TINY, "--draft", TINY, "--modes", "ar,sync", "--sweep", "k=2,6", "--output_len", "22"))
+    ar, k2, k6 = rep["runs"]                        # one AR row: K means nothing there
+    assert ar["name"] == "ar" and ar["outputs"] == k2["outputs"]
     assert k2["k"] == 2 and k6["k"] == 6 and k2["outputs"] == k6["outputs"]
     assert k2["tokens_per_round"] == pytest.approx(3.0, abs=0.35) and k6["tokens_per_round"] > 5.0

@@ -201,8 +201,8 @@ def bench_mode(a, mode: str, on_report=None) -> dict:
         texts = load_prompts(a.prompts, a.numseqs)
         prompt_ids = [llm.encode(t, SamplingParams(chat=a.chat)) for t in texts]
     sweep_key, sweep_vals = parse_sweep(a.sweep)
-    if mode == "ar" and sweep_key in ("acceptance", "hit"):
-        sweep_vals = [None]                       # nothing to simulate without drafts
+    if mode == "ar" and sweep_key in ("acceptance", "hit", "k"):
+        sweep_vals = [None]                       # nothing to simulate or vary without drafts: one AR row
     device = eng.device
     bw = measure_bandwidth(device)
     wbytes = weight_bytes(eng.runner.model) if hasattr(eng.runner, "model") and hasattr(eng.runner.model, "lm_head") else None
