@@ -56,3 +56,23 @@ def test_overlap_with_admission_abort_and_text_stops(tiny_llama):
         want = ref.generate([PROMPTS[2]], SamplingParams(max_tokens=16, ignore_eos=True, stop=[stop]))[0]
         got = llm.generate([PROMPTS[2]], SamplingParams(max_tokens=16, ignore_eos=True, stop=[stop]))[0]
         assert (got.text, got.token_ids, got.finish_reason) == (want.text, want.token_ids, want.finish_reason)
+
+
+def test_sampled_rows_overlap_with_the_plain_paths_tokens(tiny_llama):
+    """Sampled rows (seeded) beside greedy ones: the overlapped path samples on the device from the same
+    per-row streams as plain stepping, so every row's tokens are the same; stops still drop the step after."""
+    plain = LLM(str(tiny_llama), mode="ar", max_batch_size=8, graphs="off")
+    fast = LLM(str(tiny_llama), mode="ar", max_batch_size=8, graphs="padded")
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0 if i % 3 == 0 else 0.9, seed=100 + i,
+                             top_k=20 if i == 4 else 0, top_p=0.8 if i == 5 else 1.0)
+              for i, n in enumerate((24, 3, 24, 9, 24, 17, 24, 2))]
+    a = plain.generate(PROMPTS, params)
+    seen = []
+    launch = fast.engine.pipeline._sampled
+    fast.engine.pipeline._sampled = lambda *x: (seen.append(1), launch(*x))[1]
+    b = fast.generate(PROMPTS, params)
+    assert seen, "the sampled rows did not take the overlapped path"
+    assert [o.token_ids for o in b] == [o.token_ids for o in a]
+    assert len({tuple(o.token_ids) for o in a}) == len(a)              # the rows differ: sampling happened
+    fast.engine.step()
+    assert fast.engine.pipeline.inflight is None and _free_all(fast)

@@ -84,7 +84,7 @@ class LLMEngine:
         # SIMULATED verification (bench --simulate-acceptance only): None in every real run
         self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
-        self.pipeline = ARPipeline(self.runner, self.max_model_len)
+        self.pipeline = ARPipeline(self.runner, self.max_model_len, self.generator)
         self.auto_k = self._auto_k(cfg.spec)
         self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
 

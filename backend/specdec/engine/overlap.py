@@ -12,9 +12,14 @@ and its blocks go back to the pool; GPU work is stream-ordered, so nothing reuse
 r+1 has run). Rows that surely stop at r (their last allowed token, or the context limit) are
 placeholder rows in r+1.
 
-Used for rounds where no row drafts, every row is greedy, and the runner's steps are padded
-static-buffer steps (CUDA graphs on GPU). Anything else — an admission, a preemption, a sampled
-row, a drafter attaching — first drains the step in flight (:meth:`ARPipeline.drain`).
+Sampled rows overlap too: their token is sampled on the device right after the step's forward, with
+the plain path's sampler and its uniform draws (one per row and step, from the row's own stream for a
+seeded request), so a seeded request gives the same tokens either way. A row's draw for a step that is
+dropped (it stopped at the step before) comes after its last token and changes nothing.
+
+Used for rounds where no row drafts and the runner's steps are padded static-buffer steps (CUDA graphs
+on GPU). Anything else — an admission, a preemption, a drafter attaching — first drains the step in
+flight (:meth:`ARPipeline.drain`).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
 from ..spec.verify import GreedyRound
 from ..transfer import upload
@@ -36,15 +42,15 @@ class InFlight:
 
 
 class ARPipeline:
-    def __init__(self, runner, max_model_len: int):
-        self.runner, self.max_model_len = runner, max_model_len
+    def __init__(self, runner, max_model_len: int, generator: torch.Generator):
+        self.runner, self.max_model_len, self.generator = runner, max_model_len, generator
         self.inflight: InFlight | None = None
 
     @staticmethod
     def usable(runner, drafter, seqs) -> bool:
         graph = getattr(runner, "graph", None)
         return (drafter is None and graph is not None and getattr(runner, "tp", None) is None
-                and all(s.params.greedy for s in seqs) and len(seqs) <= graph.max_batch)
+                and len(seqs) <= graph.max_batch)
 
     def _launch(self, seqs, prev: InFlight | None) -> InFlight:
         """One AR step for ``seqs``: row b feeds the token step ``prev`` produced for it (on the device),
@@ -63,7 +69,10 @@ class ARPipeline:
             row = {id(s): i for i, s in enumerate(prev.seqs)}
             idx = upload([row[id(s)] for s in seqs], prev.out.device, torch.long)
             dev_tokens = (prev.out.index_select(0, idx)[:, 1:2], 0)
-        out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]
+        if all(s.params.greedy for s in seqs):
+            out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]
+        else:
+            out = self._sampled(seqs, feeds, dev_tokens)
         cuda = out.device.type == "cuda"
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=cuda)
         host.copy_(out, non_blocking=cuda)
@@ -72,6 +81,14 @@ class ARPipeline:
             ready = torch.cuda.Event()
             ready.record()
         return InFlight(list(seqs), out, host, ready)
+
+    def _sampled(self, seqs, feeds, dev_tokens) -> torch.Tensor:
+        """A step with sampled rows: its logits -> each row's token on the device, as the engine's plain AR
+        round samples (greedy rows get their argmax), laid out like GreedyRound's [B, 2] (0, token)."""
+        logits = self.runner.forward(feeds, dev_tokens)                          # [B, V]
+        rows = SamplingRows(seqs, logits.device, self.generator)
+        tok = sample_from_probs(rows.probs(logits), rows.uniforms(1)[:, 0])
+        return torch.stack([torch.zeros_like(tok), tok], dim=1)
 
     def advance(self, seqs) -> tuple[InFlight, list[int]]:
         """Launch the next step for ``seqs`` (the running ones, in flight or not), then wait for the step
