@@ -33,3 +33,19 @@ def test_shipped_draft_is_the_default_and_beats_self8(ar_outputs):
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=16, chat=True))
     assert [o.token_ids for o in outs] == [o.token_ids for o in ar_outputs]
     assert sum(o.stats["accepted"] for o in outs) / sum(o.stats["drafted"] for o in outs) > 0.08
+
+
+def test_shipped_draft_brings_its_measured_k():
+    """No K given with the shipped draft: its measured best (2, BENCHMARKS.md); a K given, or another
+    draft, keeps the config's own. The Triton settings resolve the same way."""
+    from specdec.config import EngineConfig
+    from specdec.llm import make_config
+    from specdec.triton.settings import Settings
+    default = EngineConfig().spec.k
+    assert default != 2
+    assert make_config("smollm2-135m", mode="sync").spec.k == 2
+    assert make_config("smollm2-135m", mode="sync", k=5).spec.k == 5
+    assert make_config("smollm2-135m", draft="ngram", mode="sync").spec.k == default
+    assert make_config("smollm2-135m", mode="ar").spec.k == default
+    assert Settings(target="smollm2-135m", mode="sync").engine_config("cpu").spec.k == 2
+    assert Settings(target="smollm2-135m", mode="sync", k=3).engine_config("cpu").spec.k == 3

