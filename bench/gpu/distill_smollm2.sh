@@ -21,6 +21,7 @@
 #      run.log (every phase's full output, rewritten after each phase), results.json, summary.txt.
 # RESUME=1 (a later call, machine still warm, nothing carried): trains the draft on from its checkpoint for
 # TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures (MEASURE=1).
+# SEED=N: another seed (another prompt sample and order: a new corpus).
 # INIT_FROM=smollm2-135m-draft (llama): start from the shipped draft (carry drafts/ then) and train it on a new corpus.
 # BASELINE=hf: HF transformers `generate` in the AR bench's run (the same prompts and token counts).
 # Other knobs: ARCH MEASURE ACC_K ACC_TEMPS GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES
@@ -87,7 +88,7 @@ else
     --device "$DEV" --dtype "$DT" ${NUMP:+--num-prompts $NUMP} --invent "$INVENT" --synth-prompts "$SYNTH" \
     --samples "$SAMPLES" --seq-len "$SEQ" --gen-batch "$GEN_B" --gen-time-limit "$GEN_S" --batch "$BATCH" \
     --steps "$STEPS" --time-limit "$TRAIN_S" --save-every "${SAVE_EVERY:-1000}" --lr "$LR" --head-vocab "$HEADV" \
-    --schedule time ${INIT_FROM:+--init-from "$INIT_FROM"}
+    --schedule time ${INIT_FROM:+--init-from "$INIT_FROM"} ${SEED:+--seed "$SEED"}
 fi
 grep -h -E "^corpus:|^distill:|^estimate:|validation|^trained|written|LM head|stopped" "$L/distill.log" \
   >> "$P/distill_summary.txt"
