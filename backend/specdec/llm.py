@@ -8,7 +8,7 @@ from .config import EngineConfig, SamplingParams, engine_config
 from .engine.engine import LLMEngine
 from .engine.sequence import Sequence
 from .models.loader import encode_prompt
-from .models.registry import default_draft, default_k
+from .models.registry import draft_and_k
 
 
 @dataclass
@@ -35,9 +35,9 @@ def make_config(target: str | None = None, draft: str | None = None, mode: str |
     if target is not None:
         options["target"] = target
     target = options.get("target", EngineConfig.__dataclass_fields__["target"].default)
-    draft = default_draft(target, mode, draft)
-    if default_k(draft, options.get("k")) is not None:
-        options["k"] = default_k(draft, options.get("k"))
+    draft, k = draft_and_k(target, mode, draft, options.pop("k", None))
+    if k is not None:
+        options["k"] = k
     return engine_config(draft=draft, mode=mode, **options)
 
 

@@ -219,7 +219,7 @@ class LLMEngine:
         outs = []
         if fresh:
             rows = SamplingRows(fresh, self.device, self.generator)
-            tokens = self._sample(rows, logits).tolist()      # host sync: first tokens go to the host
+            tokens = rows.sample(logits).tolist()             # host sync: first tokens go to the host
             now = time.perf_counter()
             for s, t in zip(fresh, tokens):
                 s.first_token_time = now
@@ -233,11 +233,6 @@ class LLMEngine:
     def _wants_hidden(self) -> bool:
         """The drafter reads the target's hidden states (EAGLE, draft/eagle.py)."""
         return self.drafter is not None and getattr(self.drafter, "wants_hidden", False)
-
-    def _sample(self, rows: SamplingRows, logits: torch.Tensor) -> torch.Tensor:
-        if rows.all_greedy:
-            return logits.argmax(-1)
-        return sample_from_probs(rows.probs(logits), rows.uniforms(1)[:, 0])
 
     def _decode(self) -> list[StepOutput]:
         sched, m = self.scheduler, self.metrics

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers.sampling import SamplingRows, sample_from_probs
+from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from ..spec.verify import GreedyRound
 from ..transfer import upload
@@ -69,10 +69,11 @@ class ARPipeline:
             row = {id(s): i for i, s in enumerate(prev.seqs)}
             idx = upload([row[id(s)] for s in seqs], prev.out.device, torch.long)
             dev_tokens = (prev.out.index_select(0, idx)[:, 1:2], 0)
-        if all(s.params.greedy for s in seqs):
+        rows = SamplingRows(seqs, self.runner.device, self.generator)
+        if rows.all_greedy:
             out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]
         else:
-            out = self._sampled(seqs, feeds, dev_tokens)
+            out = self._sampled(rows, feeds, dev_tokens)
         cuda = out.device.type == "cuda"
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=cuda)
         host.copy_(out, non_blocking=cuda)
@@ -82,12 +83,10 @@ class ARPipeline:
             ready.record()
         return InFlight(list(seqs), out, host, ready)
 
-    def _sampled(self, seqs, feeds, dev_tokens) -> torch.Tensor:
-        """A step with sampled rows: its logits -> each row's token on the device, as the engine's plain AR
-        round samples (greedy rows get their argmax), laid out like GreedyRound's [B, 2] (0, token)."""
-        logits = self.runner.forward(feeds, dev_tokens)                          # [B, V]
-        rows = SamplingRows(seqs, logits.device, self.generator)
-        tok = sample_from_probs(rows.probs(logits), rows.uniforms(1)[:, 0])
+    def _sampled(self, rows: SamplingRows, feeds, dev_tokens) -> torch.Tensor:
+        """A step with sampled rows: each row's token drawn on the device as the engine's plain AR step draws
+        it (SamplingRows.sample), laid out like GreedyRound's [B, 2] (0, token)."""
+        tok = rows.sample(self.runner.forward(feeds, dev_tokens))                # [B]
         return torch.stack([torch.zeros_like(tok), tok], dim=1)
 
     def advance(self, seqs) -> tuple[InFlight, list[int]]:

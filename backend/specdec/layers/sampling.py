@@ -108,6 +108,13 @@ class SamplingRows:
                                      rep(self.top_p), self.filtered, self.any_greedy).view(B, n, V)
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p, self.filtered, self.any_greedy)
 
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> one token per row [B] on the device: the argmax for an all-greedy batch, else a
+        draw from each row's distribution with one uniform from its stream (greedy rows: their argmax)."""
+        if self.all_greedy:
+            return logits.argmax(-1)
+        return sample_from_probs(self.probs(logits), self.uniforms(1)[:, 0])
+
     def uniforms_per_row(self, counts: list[int], width: int) -> torch.Tensor:
         """[B, width] uniforms; row b draws counts[b] values (zeros after), so a seeded request's
         stream advances by its own draft count, whatever else shares the batch."""

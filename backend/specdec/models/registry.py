@@ -126,12 +126,14 @@ def gguf_to_folder(gguf: Path, out: Path) -> Path:
     return out
 
 
-def default_k(draft: str | None, k: int | None) -> int | None:
-    """K for a draft: the given one; else the draft alias's measured best (``smollm2-135m-draft``: 2, the
-    fastest K on an H100 and on a 2-core CPU, BENCHMARKS.md sixth session); None = the config default."""
-    if k is not None or draft not in ALIASES:
-        return k
-    return ALIASES[draft].default_k
+def draft_and_k(target: str, mode: str | None, draft: str | None, k: int | None) -> tuple[str | None, int | None]:
+    """The draft (:func:`default_draft`) and its K: the given K; else the draft alias's measured best
+    (``smollm2-135m-draft``: 2, the fastest K on an H100 and on a 2-core CPU, BENCHMARKS.md sixth session);
+    None = the config default."""
+    draft = default_draft(target, mode, draft)
+    if k is None and draft in ALIASES:
+        k = ALIASES[draft].default_k
+    return draft, k
 
 
 def default_draft(target: str, mode: str | None, draft: str | None) -> str | None:

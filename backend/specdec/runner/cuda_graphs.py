@@ -124,10 +124,12 @@ class GraphRunner:
         ids[rb] = real_ids
         qpos[rb] = np.where(qmask, starts[rb, None] + np.arange(Q), 0)         # storage positions
         pos[rb] = qpos[rb]
-        real_slots = np.full((len(rb), Q), blocks.sentinel_slot, dtype=np.int64)
-        real_slots[qmask] = np.fromiter((t[i // bs] * bs + i % bs for t, f in zip(tabs, live)
-                                         for i in range(f.start, f.start + len(f.tokens))), dtype=np.int64, count=total)
-        slots[rb] = real_slots
+        # slot of query i: its row's block table (whole, not cut to NB) at position // bs, flattened per row
+        full = np.fromiter(itertools.chain.from_iterable(tabs), dtype=np.int64, count=sum(len(t) for t in tabs))
+        first = np.cumsum([0] + [len(t) for t in tabs[:-1]])                    # [R] each row's first block in full
+        p = qpos[rb]
+        blk = full[np.where(qmask, first[:, None] + p // bs, 0)]
+        slots[rb] = np.where(qmask, blk * bs + p % bs, blocks.sentinel_slot)
         for i, f in enumerate(live):                                           # RoPE positions given apart (rare)
             if f.positions is not None:
                 pos[rb[i], : len(f.tokens)] = f.positions

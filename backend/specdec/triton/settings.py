@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..config import EngineConfig, default_of, engine_config, flat_fields, format_flat, parse_flat
-from ..models.registry import default_draft, default_k
+from ..models.registry import draft_and_k
 
 DRAFT_LOCATIONS = ("in_target", "separate")
 
@@ -78,9 +78,9 @@ class Settings:
         self.server = ServerSettings(**{k: v for k, v in values.items() if k in SERVER_KEYS})
         opts = {k: v for k, v in values.items() if k not in SERVER_KEYS}
         target = opts.get("target", default_of("target"))
-        opts["draft"] = default_draft(target, opts.get("mode"), opts.get("draft"))
-        if default_k(opts["draft"], opts.get("k")) is not None:
-            opts["k"] = default_k(opts["draft"], opts.get("k"))
+        opts["draft"], k = draft_and_k(target, opts.get("mode"), opts.get("draft"), opts.pop("k", None))
+        if k is not None:
+            opts["k"] = k
         self.options = opts
         self.engine_config("cpu")                        # validates the engine options
 
