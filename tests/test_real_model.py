@@ -49,3 +49,15 @@ def test_shipped_draft_brings_its_measured_k():
     assert make_config("smollm2-135m", mode="ar").spec.k == default
     assert Settings(target="smollm2-135m", mode="sync").engine_config("cpu").spec.k == 2
     assert Settings(target="smollm2-135m", mode="sync", k=3).engine_config("cpu").spec.k == 3
+
+
+def test_bench_k_defaults_to_the_drafts_measured_k():
+    """`specdec bench` without --k: the shipped draft's K (2), the seed's 6 for any other draft, --k when given."""
+    import argparse
+    from specdec.benchmark.run import SEED_K, bench_k
+    from specdec.commands import bench as bench_cmd
+    p = argparse.ArgumentParser()
+    bench_cmd.add_parser(p.add_subparsers())
+    k = lambda *argv: bench_k(p.parse_args(["bench", *argv]))     # noqa: E731
+    assert k() == 2 and k("--draft", "ngram") == SEED_K == 6 and k("--k", "3") == 3
+    assert k("--target", "synthetic:llama-tiny", "--draft", "synthetic:llama-tiny") == 6

@@ -165,10 +165,23 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     }
 
 
+SEED_K = 6        # the seed bench's K
+
+
+def bench_k(a) -> int:
+    """--k, else the draft alias's measured K (the shipped SmolLM2 draft: 2), else the seed's 6."""
+    from ..config import default_of
+    from ..models.registry import draft_and_k
+    if a.k is not None:
+        return a.k
+    return draft_and_k(a.target or default_of("target"), "sync", a.draft, None)[1] or SEED_K
+
+
 def bench(a, on_report=None) -> dict:
     """Every mode of --modes (or the one --spec/--async name), each over the sweep; one report.
     ``on_report(report_of_one_mode)`` runs BEFORE that mode's engine is closed: a close that hangs
     (worker processes) can then no longer swallow the results."""
+    a.k = bench_k(a)
     runs, report = [], None
     if a.profile:
         open(a.profile, "w").close()
