@@ -23,6 +23,7 @@
 # TRAIN_S more seconds on the same corpus (a new cosine over that time), then measures (MEASURE=1).
 # SEED=N: another seed (another prompt sample and order: a new corpus).
 # INIT_FROM=smollm2-135m-draft (llama): start from the shipped draft (carry drafts/ then) and train it on a new corpus.
+# AUTO=1: also k_policy=auto (K <= 4) against AR and async at b = 1 and 16 (bench_auto.log).
 # BASELINE=hf: HF transformers `generate` in the AR bench's run (the same prompts and token counts).
 # Other knobs: ARCH MEASURE ACC_K ACC_TEMPS GEN_S TRAIN_S STEPS BATCH SEQ LR LAYERS EAGLE_STEPS HEADV GEN_B INVENT SYNTH SAMPLES
 # BUDGET.
@@ -122,6 +123,10 @@ B="$S bench --target smollm2-135m --chat --numseqs $BN --output_len $BLEN --b 1 
 phase bench_ar $([ -n "${BASELINE:-}" ] && echo 150 || echo 90) $B ${BASELINE:+--baseline $BASELINE} --json "$P/bench_ar.json"
 [ -f "$D/model.safetensors" ] && \
   phase bench_sync 120 $B --spec --draft "$D" --k 4 --sweep "$SWEEP" --json "$P/bench_sync.json"
+# AUTO=1: the new draft at k_policy=auto (K <= 4) against AR and async, b = 1 and 16, the same chat prompts
+[ "${AUTO:-0}" = 1 ] && [ -f "$D/model.safetensors" ] && \
+  phase bench_auto 150 $S bench --target smollm2-135m --chat --numseqs 16 --output_len "$BLEN" --device "$DEV" \
+    --dtype "$DT" --draft "$D" --k 4 --k-policy auto --modes ar,sync,async --sweep b=1,16 --json "$P/bench_auto.json"
 
 fi
 

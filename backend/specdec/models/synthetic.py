@@ -18,6 +18,9 @@ SHAPES = {
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, head_dim=64),
+    # the shipped SmolLM2 draft's shape (drafts/smollm2-135m-draft: 4 of the target's 30 layers), full head
+    "smollm2-135m-4l": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=9,
+                            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, head_dim=64),
     "llama-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     # Llama-3.1-70B's layers, 32 of its 80: ~57 GB in bfloat16, one GPU (a step costs ~0.4 of the 70B's)
