@@ -139,3 +139,27 @@ def test_a_wrong_rule_fails(ssd, marginals, monkeypatch):
     toks, _ = sample(ssd)
     pv = pvalues(toks, marginals[0])
     assert min(pv) < P_FAIL, pv
+
+
+@pytest.mark.parametrize("sampler_x", [None, 0.25])
+def test_rounds_drafted_like_sync_on_the_device_follow_target_distribution(small_vocab_pair, marginals, monkeypatch,
+                                                                          sampler_x):
+    """The build rule held at "no tree": the in-process draft drafts like sync, its tokens and q left on the
+    device (draft/core.py DeviceRound) on all rounds but the shadow-fork ones. Still the target's
+    distribution, with and without Saguaro's rescale of q."""
+    from specdec.draft import core
+    monkeypatch.setattr(core.DraftCore, "_build_now", lambda self, batch: False)
+    target, draft = small_vocab_pair
+    llm = LLM(str(target), draft=str(draft), mode="async", k=2, max_batch_size=250, seed=7,
+              draft_placement="in_process", tree_policy="auto", backup="jit", sampler_x=sampler_x)
+    try:
+        toks, d = sample(llm)
+        dev = llm.engine.drafter.core.device_rounds
+    finally:
+        llm.close()
+    assert dev >= 8, (dev, d)        # most rounds (hits: only the first requests' prefill trees, built before the rule)
+    assert 0.05 < d["accepted"] / d["drafted"] < 0.95
+    p, q = marginals
+    pv = pvalues(toks, p)
+    assert min(pv) > P_FAIL, f"tokens 2..{POSITIONS}: p-values {pv} (distribution differs from the target's)"
+    assert min(pvalues(toks, q)) < 1e-9

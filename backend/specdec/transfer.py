@@ -22,3 +22,16 @@ def upload(values, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     if device.type != "cuda" or t.numel() == 0:        # an empty copy moves nothing and waits for nothing
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def download(t: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+    """A host copy of ``t``, started now without waiting: read it after ``event.synchronize()`` (the event
+    marks the copy's end on the current stream). The host buffer is pinned (PyTorch's caching host
+    allocator, so no allocation per call once warm). Off CUDA: ``t`` itself and no event."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event

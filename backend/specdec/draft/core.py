@@ -18,6 +18,12 @@ elsewhere, so this class can be driven directly in tests.
   their round time, the core drafts like sync (no tree; every row drafted on the critical path by
   the JIT), and keeps measuring the hit rate the tree would have had from the JIT's own logits
   (the top candidates at each depth: the *shadow fork*).
+* Rounds drafted like sync, in the target's process (:meth:`DraftCore.speculate` with ``on_device``): when no
+  row can hit (no tree was built for any) the JIT's loop graph drafts every row and its tokens stay on the
+  device, as in sync mode: the verify is launched from them with no host round trip. The host copy the
+  core keeps (for the next round's K/V bookkeeping and a build) is read later (:meth:`DraftCore._settle`).
+  Only every ``SHADOW_EVERY``-th such round takes the shadow fork (a vocabulary-wide top-k and a host
+  read before the verify): the hit-rate estimate needs a sample, not every round.
 """
 from __future__ import annotations
 
@@ -36,12 +42,14 @@ from ..spec.fanout import saguaro_top
 from ..spec.saguaro import saguaro_rescale
 from ..spec.spec_cache import SpeculationCache
 from ..spec.status import RowStatus
-from ..transfer import upload
+from ..transfer import download, upload
 from .loop import LoopSampler, draft_loop
 from .messages import Config, Prefill, Speculate, SpeculateReply
 from .tree_build import TreeBuilder, TreeRow
 
 log = logging.getLogger(__name__)
+
+SHADOW_EVERY = 8            # rounds drafted like sync on the device: the shadow fork on every Nth only
 
 
 class ProtocolError(RuntimeError):
@@ -63,6 +71,26 @@ class DraftSeq:
     skipped: bool = False                  # the build rule built no tree for this row's current round
 
 
+@dataclass(slots=True)
+class DeviceRound:
+    """A round drafted like sync whose tokens stay on the draft's device (:meth:`DraftCore.speculate`,
+    ``on_device``): status [B] (all JIT), tokens [B, K] int64, q [B, K, V] (None when every row is greedy)."""
+
+    status: np.ndarray
+    tokens: torch.Tensor
+    probs: torch.Tensor | None
+
+
+@dataclass(slots=True)
+class _Unsettled:
+    """The drafted tokens of a device round, on their way to the host (read at the next command)."""
+
+    host: torch.Tensor                  # [B, K] (pinned; valid once ``event`` has completed)
+    event: object
+    seq_ids: list[int]
+    want: list[int]
+
+
 class DraftCore:
     def __init__(self, runner, device: torch.device, cfg: Config, capture: bool | None = None):
         self.runner, self.device = runner, torch.device(device)
@@ -77,6 +105,9 @@ class DraftCore:
         self.rule = BuildRule()
         self._round: dict | None = None      # the round in progress (for the build rule's round times)
         self.tree: TreeBuilder | None = None
+        self._unsettled: _Unsettled | None = None
+        self._eligible = 0                  # rounds that could have been drafted on the device
+        self.device_rounds = 0              # ... and were
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -88,6 +119,7 @@ class DraftCore:
             self.tree.complete()
         self.cache.clear()
         self._pending = []
+        self._unsettled = None
         self.rule = BuildRule()
         self._round = None
         self.tree = None
@@ -184,6 +216,7 @@ class DraftCore:
     def prefill(self, msg: Prefill) -> None:
         """Cache the sequences' tokens; in async mode also launch their first tree (keys k = -2)."""
         self.finish()
+        self._settle()
         self.free(msg.seq_ids)
         if self._round is not None:
             self._round["prefill"] = True              # this round's time is not a decode round's
@@ -231,15 +264,20 @@ class DraftCore:
                 return self._sample(lg, [seqs[i] for i in branch_rows], [top[min(step, len(top) - 1)]] * len(branch_rows))
         self.tree.launch(keep, logits, exclude, sample)
 
-    def speculate(self, msg: Speculate) -> SpeculateReply:
-        """Answer a round at once: cache hits, then the backup for the rows that missed."""
+    def speculate(self, msg: Speculate, on_device: bool = False) -> SpeculateReply | DeviceRound:
+        """Answer a round at once: cache hits, then the backup for the rows that missed. ``on_device`` (the
+        drafter shares the target's process): a round drafted like sync keeps its tokens on the device
+        (a :class:`DeviceRound`; :meth:`_device_round` says when)."""
         self.finish()
+        self._settle()
         B = len(msg.seq_ids)
         self._end_round(B)
         seqs = [self._advance(msg, b) for b in range(B)]
         want = msg.k
         if msg.verify_us > 0:
             self.adaptive.verify_s.add(msg.verify_us * 1e-6)
+        if on_device and (fast := self._device_round(msg, seqs)) is not None:
+            return fast
         K = max(want, default=0)
         tokens = np.zeros((B, K), dtype=np.int64)
         status = np.full(B, int(RowStatus.NONE), dtype=np.int64)
@@ -282,6 +320,63 @@ class DraftCore:
             self._pending = [(msg.seq_ids[b], tokens[b, : want[b]].tolist(), RowStatus(int(status[b])))
                              for b in range(B) if want[b] > 0]
         return SpeculateReply(status, tokens, probs, int(self.last_build_s * 1e6))
+
+    def _device_round(self, msg: Speculate, seqs: list[DraftSeq]) -> DeviceRound | None:
+        """Draft every row like sync, tokens left on the device, when nothing else is needed this round: no
+        row can hit (the build rule built no tree for any row that wants drafts), all fit the draft's KV pool,
+        and this is not a shadow-fork round. None: the general path. The host copy of the tokens is read at
+        the next command (:meth:`_settle`), or by :meth:`build` if the rule turns to a tree meanwhile."""
+        want, B = msg.k, len(msg.seq_ids)
+        if self.tree is None or not any(want) or not all(s.skipped for s, w in zip(seqs, want) if w):
+            return None
+        if any(f is not None for f in self.cache.get(msg.seq_ids, msg.k_prev, msg.recovery, msg.num_tokens, want)):
+            return None
+        self._eligible += 1
+        if self._eligible % SHADOW_EVERY == 1:
+            return None                                   # this round samples the hit rate (shadow fork)
+        drafted = [b for b in range(B) if want[b]]
+        if len(self._fits({msg.seq_ids[b]: len(seqs[b].tokens) + want[b] - 1 for b in drafted})) < len(drafted):
+            return None
+        t0 = time.perf_counter()
+        K = max(want)
+        top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
+        catch_up = [Feed(sid, s.tokens[s.kv_valid:], s.kv_valid) if w else Feed(sid, [0], 0, dummy=True)
+                    for sid, s, w in zip(msg.seq_ids, seqs, want)]
+        toks, probs, _ = draft_loop(self.runner, catch_up, [len(s.tokens) for s in seqs], list(want),
+                                    self._loop_sampler(seqs, K, top), self.cfg.vocab_size)
+        self.device_rounds += 1
+        host, event = download(toks)
+        self._unsettled = _Unsettled(host, event, list(msg.seq_ids), list(want))
+        status = np.full(B, int(RowStatus.NONE), dtype=np.int64)
+        status[drafted] = int(RowStatus.JIT)
+        for s, w, st in zip(seqs, want, status):
+            s.status, s.num_draft = RowStatus(int(st)), w
+            self.counts[s.status] += 1
+            if w:
+                s.kv_valid = len(s.tokens)
+        self._round = {"t": time.perf_counter(), "batch": B, "built": False, "jit": True, "hits": False,
+                       "prefill": False, "choice": self._last_choice(), "captures": captures()}
+        self._pending = [(msg.seq_ids[b], None, RowStatus.JIT) for b in drafted]     # tokens: from _settle
+        self.adaptive.jit_s.add(time.perf_counter() - t0)
+        return DeviceRound(status, toks, probs)
+
+    def _settle(self) -> dict[int, list[int]]:
+        """The last device round's drafted tokens, now on the host: each row's speculative K/V tokens
+        (``spec``) are set from them. Returns {seq_id: drafted tokens}. Waits only for the draft loop's copy."""
+        u, self._unsettled = self._unsettled, None
+        if u is None:
+            return {}
+        if u.event is not None:
+            u.event.synchronize()
+        out = {}
+        for sid, w, row in zip(u.seq_ids, u.want, u.host.tolist()):
+            if not w:
+                continue
+            out[sid] = row[:w]
+            s = self.seqs.get(sid)
+            if s is not None:
+                s.spec = row[: w - 1]
+        return out
 
     def _end_round(self, batch: int) -> None:
         """The round that ends now: its time goes to the build rule under its kind."""
@@ -375,17 +470,32 @@ class DraftCore:
     def build(self) -> None:
         """Launch the glue forward, fork and tree decode for the rows of the last request (async mode),
         unless the build rule says to draft like sync this round. Nothing here waits for the device."""
-        jobs, self._pending = self._pending, []
+        if self.decide():
+            self.launch()
+
+    def decide(self) -> bool:
+        """The build rule's choice for the rows of the last request (host work only): True when a tree is to
+        be launched (:meth:`launch`); False drops the pending rows (drafting like sync: nothing to launch)."""
+        jobs = [(sid, d, st) for sid, d, st in self._pending if sid in self.seqs]
         if not jobs or self.tree is None:
-            return
-        jobs = [(sid, d, st) for sid, d, st in jobs if sid in self.seqs]
+            self._pending = []
+            return False
         choice = self._build_now(len(jobs))
         if self._round is not None:
             self._round["choice"] = choice
         for sid, _, _ in jobs:
             self.seqs[sid].skipped = not choice
-        if not choice:
+        self._pending = jobs if choice else []
+        return choice
+
+    def launch(self) -> None:
+        """The tree for the rows :meth:`decide` kept (the glue forward, fork and tree decode, launched)."""
+        jobs, self._pending = self._pending, []
+        if not jobs:
             return
+        if any(d is None for _, d, _ in jobs):             # a device round's tokens: read them now
+            drafted = self._settle()
+            jobs = [(sid, drafted[sid] if d is None else d, st) for sid, d, st in jobs if d is not None or sid in drafted]
         fits = self._fits({sid: len(self.seqs[sid].tokens) + len(d) for sid, d, _ in jobs})
         jobs = [j for j in jobs if j[0] in fits]
         feeds = []
@@ -418,4 +528,4 @@ class DraftCore:
                 "avg_draft_step_ms": 1e3 * self.build_time / self.builds if self.builds else 0.0,
                 "fan_out_hit": self.adaptive.fan_out(RowStatus.HIT), "r": self.adaptive.r,
                 "p_hit": self.rule.p_hit.get(0.0), "tree_rounds": self.rule.decisions[True],
-                "sync_rounds": self.rule.decisions[False]}
+                "sync_rounds": self.rule.decisions[False], "device_rounds": self.device_rounds}

@@ -13,8 +13,12 @@ thread drives both models and there is no GIL contention; the GPU runs the two s
 The lookup happens in this process, right where the tree is: a hit costs no round trip.
 
 On CPU there are no streams: the build runs on a worker thread (:class:`DraftExecutor`), overlapping
-the target's forward (torch releases the GIL inside its kernels). Every other use of the core waits
-for that thread first, so the core only ever has one user at a time.
+the target's forward (torch releases the GIL inside its kernels), when there are cores the target's
+torch threads leave free. Every other use of the core waits for that thread first, so the core only
+ever has one user at a time. When torch's threads already take every core (its default), the draft's
+work runs in the engine's thread: measured on a 2-core machine, once a second thread had run torch
+work, every later forward of the target took ~40 % longer (most likely that thread's OpenMP team
+competing for the cores), and a build beside the verify had no core of its own to gain from.
 
 The SIMULATED verifier (spec/simulate.py) reads its recovery tokens from here: the forked roots of the
 build in flight (on the device), or the JIT's shadow fork when no tree was built.
@@ -22,6 +26,7 @@ build in flight (on the device), or the JIT's shadow fork when no tree was built
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -37,22 +42,32 @@ from ..spec.fanout import resolve_fan_out
 from ..spec.status import RowStatus
 from ..transfer import upload
 from .base import Drafter, Proposal
-from .core import DraftCore
+from .core import DeviceRound, DraftCore
 from .messages import Config, Prefill, Speculate
 from .remote import proposal_q
 
 log = logging.getLogger(__name__)
 
 
+def spare_cores() -> bool:
+    """Whether this process may use more cores than torch's intra-op threads take."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                              # not on Linux
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
+
+
 class DraftExecutor:
     """Where the draft's off-critical-path work runs. CUDA: in the caller's thread on a second stream
-    (the work only queues kernels). CPU: one background thread. :meth:`run` is for the critical path:
-    it waits for background work, then runs in the caller's thread (on the draft stream)."""
+    (the work only queues kernels). CPU: one background thread when there are spare cores
+    (:func:`spare_cores`), else the caller's thread. :meth:`run` is for the critical path: it waits for
+    background work, then runs in the caller's thread (on the draft stream)."""
 
     def __init__(self, device: torch.device, threaded: bool | None = None):
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self.threaded = self.stream is None if threaded is None else threaded
+        self.threaded = (self.stream is None and spare_cores()) if threaded is None else threaded
         self._jobs: queue.Queue | None = None
         self._busy = threading.Event()
         self._error: BaseException | None = None
@@ -177,24 +192,32 @@ class InProcessDrafter(Drafter):
                         [s.last_token for s in seqs], [len(s) for s in seqs], list(ks),
                         [s.tokens_from(s.draft_cached) for s in seqs], [p.temperature for p in ps],
                         [p.top_k for p in ps], [p.top_p for p in ps], 0)
-        reply = self.exec.run(lambda: self.core.speculate(msg))     # lookup here; JIT on the draft stream
+        # lookup here; JIT on the draft stream (a round drafted like sync: its tokens stay on the device)
+        reply = self.exec.run(lambda: self.core.speculate(msg, on_device=True))
         self.exec.target_waits()
-        if reply.probs is not None and self.exec.stream is not None:   # allocated on the draft stream, read here
-            reply.probs.record_stream(torch.cuda.current_stream(self.device))
+        if self.exec.stream is not None:                  # allocated on the draft stream, read on the target's
+            for t in (reply.probs, reply.tokens if isinstance(reply, DeviceRound) else None):
+                if t is not None:
+                    t.record_stream(torch.cuda.current_stream(self.device))
         for s in seqs:
             s.draft_cached = len(s)
             self.fresh.discard(s.seq_id)
         self._built = False
         status = [RowStatus(int(x)) for x in reply.status]
-        tokens = upload(reply.tokens, self.device)        # [B, K]
-        q = proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
+        if isinstance(reply, DeviceRound):
+            tokens = reply.tokens
+            q = None if sampling.all_greedy else reply.probs
+        else:
+            tokens = upload(reply.tokens, self.device)        # [B, K]
+            q = proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
         return Proposal(tokens, q, list(ks), status=status, wait_s=wait_s, build_s=build_s or 0.0)
 
     def overlap(self) -> None:
         """The target's verify forward is queued: launch the next speculation tree beside it."""
         if not self._built:
             self._built = True
-            self.exec.submit(self.core.build)
+            if self.exec.run(self.core.decide):      # host only; no tree: nothing for the draft thread/stream
+                self.exec.submit(self.core.launch)
 
     def free(self, seq) -> None:
         """Queued behind the draft's work in flight (CUDA: at once; its blocks are reused in stream order)."""
