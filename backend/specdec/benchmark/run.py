@@ -145,7 +145,7 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     steps = max(m["decode_steps"], 1)
     round_ms = 1e3 * m["decode_time"] / steps
     ssd = drafter_summary() if callable(drafter_summary) else {}
-    trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds") if k in ssd}   # this run's rounds
+    trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds", "device_rounds") if k in ssd}   # this run's
     return {
         "completed": sum(o.finish_reason is not None for o in outs), "requests": len(prompt_ids),
         "failures": failures, "output_tokens": tokens, "wall_s": wall,
@@ -157,6 +157,7 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
         "round_ms": round_ms, "host_ms": max(round_ms - 1e3 * (m["draft_time"] + m["verify_time"]) / steps, 0.0),
         "avg_build_ms": m["avg_draft_build_ms"], "avg_wait_ms": m["avg_channel_wait_ms"],
         "tree_share": (trees["tree_rounds"] / max(trees["tree_rounds"] + trees["sync_rounds"], 1)) if trees else None,
+        "device_rounds": trees.get("device_rounds"),     # SSD rounds drafted like sync, tokens kept on the device
         "simulated": None if sim is None else {"acceptance": sim.acceptance, "hit": sim.hit},
         "graph_captures": captures() - c0,   # in this process; each one's cost (10-200 ms) is inside the figures
         "graph_replays": sum(r.graph.replays for r in eng.runners if getattr(r, "graph", None)),

@@ -21,9 +21,9 @@ elsewhere, so this class can be driven directly in tests.
 * Rounds drafted like sync, in the target's process (:meth:`DraftCore.speculate` with ``on_device``): when no
   row can hit (no tree was built for any) the JIT's loop graph drafts every row and its tokens stay on the
   device, as in sync mode: the verify is launched from them with no host round trip. The host copy the
-  core keeps (for the next round's K/V bookkeeping and a build) is read later (:meth:`DraftCore._settle`).
-  Only every ``SHADOW_EVERY``-th such round takes the shadow fork (a vocabulary-wide top-k and a host
-  read before the verify): the hit-rate estimate needs a sample, not every round.
+  core keeps (for the next round's K/V bookkeeping, a build, the shadow fork) is read later
+  (:meth:`DraftCore._settle`). Only every ``SHADOW_EVERY``-th such round takes the shadow fork (a
+  vocabulary-wide top-k per step): the hit-rate estimate needs a sample, not every round.
 """
 from __future__ import annotations
 
@@ -85,10 +85,11 @@ class DeviceRound:
 class _Unsettled:
     """The drafted tokens of a device round, on their way to the host (read at the next command)."""
 
-    host: torch.Tensor                  # [B, K] (pinned; valid once ``event`` has completed)
+    host: torch.Tensor                  # [B, K + K * W] (pinned; valid once ``event`` has completed)
     event: object
     seq_ids: list[int]
     want: list[int]
+    width: int = 0                      # W: the shadow fork's candidates per step (0: none this round)
 
 
 class DraftCore:
@@ -323,17 +324,15 @@ class DraftCore:
 
     def _device_round(self, msg: Speculate, seqs: list[DraftSeq]) -> DeviceRound | None:
         """Draft every row like sync, tokens left on the device, when nothing else is needed this round: no
-        row can hit (the build rule built no tree for any row that wants drafts), all fit the draft's KV pool,
-        and this is not a shadow-fork round. None: the general path. The host copy of the tokens is read at
-        the next command (:meth:`_settle`), or by :meth:`build` if the rule turns to a tree meanwhile."""
+        row can hit (the build rule built no tree for any row that wants drafts: their cache entries are
+        gone, :meth:`decide`) and all fit the draft's KV pool. None: the general path. The host copy of the
+        tokens (and, every SHADOW_EVERY-th round, of each step's top candidates: the shadow fork) is read at
+        the next command (:meth:`_settle`), or by :meth:`launch` if the rule turns to a tree meanwhile."""
         want, B = msg.k, len(msg.seq_ids)
         if self.tree is None or not any(want) or not all(s.skipped for s, w in zip(seqs, want) if w):
             return None
-        if any(f is not None for f in self.cache.get(msg.seq_ids, msg.k_prev, msg.recovery, msg.num_tokens, want)):
+        if self.cache.entries and any(sid in self.cache.entries for sid in msg.seq_ids):
             return None
-        self._eligible += 1
-        if self._eligible % SHADOW_EVERY == 1:
-            return None                                   # this round samples the hit rate (shadow fork)
         drafted = [b for b in range(B) if want[b]]
         if len(self._fits({msg.seq_ids[b]: len(seqs[b].tokens) + want[b] - 1 for b in drafted})) < len(drafted):
             return None
@@ -342,11 +341,14 @@ class DraftCore:
         top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
         catch_up = [Feed(sid, s.tokens[s.kv_valid:], s.kv_valid) if w else Feed(sid, [0], 0, dummy=True)
                     for sid, s, w in zip(msg.seq_ids, seqs, want)]
-        toks, probs, _ = draft_loop(self.runner, catch_up, [len(s.tokens) for s in seqs], list(want),
-                                    self._loop_sampler(seqs, K, top), self.cfg.vocab_size)
+        self._eligible += 1
+        shadow = self._eligible % SHADOW_EVERY == 1                  # this round samples the hit rate
+        width = max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1 if shadow else 0
+        toks, probs, tops = draft_loop(self.runner, catch_up, [len(s.tokens) for s in seqs], list(want),
+                                       self._loop_sampler(seqs, K, top, width), self.cfg.vocab_size)
         self.device_rounds += 1
-        host, event = download(toks)
-        self._unsettled = _Unsettled(host, event, list(msg.seq_ids), list(want))
+        host, event = download(toks if tops is None else torch.cat([toks, tops.reshape(B, -1)], 1))
+        self._unsettled = _Unsettled(host, event, list(msg.seq_ids), list(want), width if tops is not None else 0)
         status = np.full(B, int(RowStatus.NONE), dtype=np.int64)
         status[drafted] = int(RowStatus.JIT)
         for s, w, st in zip(seqs, want, status):
@@ -360,23 +362,27 @@ class DraftCore:
         self.adaptive.jit_s.add(time.perf_counter() - t0)
         return DeviceRound(status, toks, probs)
 
-    def _settle(self) -> dict[int, list[int]]:
+    def _settle(self) -> None:
         """The last device round's drafted tokens, now on the host: each row's speculative K/V tokens
-        (``spec``) are set from them. Returns {seq_id: drafted tokens}. Waits only for the draft loop's copy."""
+        (``spec``), its shadow fork (on a sampling round) and the pending build jobs get them. Waits only
+        for the draft loop's copy."""
         u, self._unsettled = self._unsettled, None
         if u is None:
-            return {}
+            return
         if u.event is not None:
             u.event.synchronize()
-        out = {}
+        K = u.host.shape[1] // (1 + u.width)
+        drafted = {}
         for sid, w, row in zip(u.seq_ids, u.want, u.host.tolist()):
-            if not w:
-                continue
-            out[sid] = row[:w]
             s = self.seqs.get(sid)
-            if s is not None:
-                s.spec = row[: w - 1]
-        return out
+            if not w or s is None:
+                continue
+            drafted[sid] = row[:w]
+            s.spec = row[: w - 1]
+            if u.width:                             # the candidates at each depth, the drafted token left out
+                s.shadow = [[c for c in row[K + i * u.width: K + (i + 1) * u.width] if c != row[i]][: u.width - 1]
+                            for i in range(w)]
+        self._pending = [(sid, drafted.get(sid) if d is None else d, st) for sid, d, st in self._pending]
 
     def _end_round(self, batch: int) -> None:
         """The round that ends now: its time goes to the build rule under its kind."""
@@ -486,16 +492,18 @@ class DraftCore:
         for sid, _, _ in jobs:
             self.seqs[sid].skipped = not choice
         self._pending = jobs if choice else []
+        if not choice:                                  # their entries served this round: none can hit again
+            for sid, _, _ in jobs:
+                self.cache.drop(sid)
         return choice
 
     def launch(self) -> None:
         """The tree for the rows :meth:`decide` kept (the glue forward, fork and tree decode, launched)."""
-        jobs, self._pending = self._pending, []
+        if any(d is None for _, d, _ in self._pending):     # a device round's tokens: read them now
+            self._settle()
+        jobs, self._pending = [j for j in self._pending if j[1] is not None], []
         if not jobs:
             return
-        if any(d is None for _, d, _ in jobs):             # a device round's tokens: read them now
-            drafted = self._settle()
-            jobs = [(sid, drafted[sid] if d is None else d, st) for sid, d, st in jobs if d is not None or sid in drafted]
         fits = self._fits({sid: len(self.seqs[sid].tokens) + len(d) for sid, d, _ in jobs})
         jobs = [j for j in jobs if j[0] in fits]
         feeds = []

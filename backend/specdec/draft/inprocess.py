@@ -239,6 +239,8 @@ class InProcessDrafter(Drafter):
         core = self.core
         if core.tree is not None and core.tree.pending is None and self.exec.threaded:
             self.exec.wait()                     # CPU: the build thread must have forked first
+        if core._unsettled is not None:          # a round drafted on the device: its shadow fork, on the host now
+            self.exec.run(core._settle)
         if core.tree is not None:
             c = core.tree.candidates(seq.seq_id, depth)
             if c is not None:

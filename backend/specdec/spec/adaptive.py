@@ -188,10 +188,12 @@ class BuildRule:
         self.since_probe = 0
         self.probe_left, self.probe_choice = 0, True
         self.decisions = {True: 0, False: 0}
+        self.hit_samples = 0
 
     def observe_hit(self, hit: bool) -> None:
         """One row's outcome: in the tree (or, without a tree, among the candidates it would have forked)."""
         self.p_hit.add(1.0 if hit else 0.0)
+        self.hit_samples += 1
 
     def observe_round(self, batch: int, kind: str, seconds: float, one_time: bool = False) -> None:
         """A round's time under its kind. one_time: the round paid a one-time cost (a CUDA graph captured
