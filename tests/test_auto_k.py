@@ -156,3 +156,30 @@ def test_a_round_that_captured_a_graph_keeps_its_acceptance_not_its_times():
     est.observe(1, 0, draft_s=0.0, verify_s=0.200, timed=False)
     assert est.costs(1) == costs                      # the one-time cost left the step-cost estimates alone
     assert est.alpha > alpha                          # its accepted tokens still count
+
+
+def _feed_few_drafting_rows(est: AutoK, rounds: int, batch: int = 8, drafting: int = 2, alpha: float = 0.7):
+    """Rounds where only ``drafting`` of the batch's rows draft (the others asked for num_draft_tokens=0):
+    the model's E(alpha, K) per row holds for those rows only, so it expects a gain (about 1.3x at K = 2)
+    while such a round commits about 10 tokens for 8 rows in 1.6 AR steps' time (about 0.8x AR)."""
+    ar = 1e-3
+    ks = []
+    for _ in range(rounds):
+        k = est.next_k(batch)
+        ks.append(k)
+        if k == 0:
+            est.observe(batch, 0, 0.0, ar)
+            continue
+        accepted = round(drafting * sum(alpha ** i for i in range(1, k + 1)))
+        est.observe(batch, k, 0.2e-3 * k, ar * (1 + 0.1 * k), accepted=accepted, rejections=drafting // 2)
+    return ks
+
+
+def test_autok_decodes_plainly_where_speculation_measurably_loses():
+    ks = _feed_few_drafting_rows(AutoK(k_max=4, probe_every=16), 400)[100:]
+    assert sum(1 for k in ks if k) <= len(ks) // 16 + 1            # only the probes speculate
+    # control: without the measured guard the model alone keeps speculating (the bug this guards against)
+    ks_model = _feed_few_drafting_rows(AutoK(k_max=4, probe_every=16, max_loss=0.999), 400)[100:]
+    assert sum(1 for k in ks_model if k) > len(ks_model) // 2
+    with pytest.raises(ValueError, match="max_loss"):
+        AutoK(k_max=4, max_loss=1.0)

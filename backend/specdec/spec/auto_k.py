@@ -16,6 +16,12 @@ takes the K in [1, k_max] with the largest S, or 0 when even that one is below `
 (speculation would be slower than AR). :class:`AutoK` keeps the estimates up to date from the
 engine's metrics (EMAs over committed rounds and step times) and probes speculation now and then
 while it decodes plainly, so a draft that becomes useful again is noticed.
+
+The model can be wrong where its assumptions are (i.i.d. acceptance; a draft cost linear in K, while a
+round's draft has a fixed part; rows drafting fewer than K): on an H100 at batch 16 it kept speculating
+at 0.47x AR (BENCHMARKS.md, seventh session). So :class:`AutoK` also keeps what speculative rounds
+measurably cost per committed token, and decodes plainly while that is more than ``max_loss`` above a
+plain step's cost per token, whatever the model says (the probes keep both figures fresh).
 """
 from __future__ import annotations
 
@@ -73,6 +79,7 @@ class _Costs:
     draft_step: float | None = None    # one draft step (a round's draft time / its K)
     verify_k: float | None = None      # a verify forward, and the K it had
     k: int = 0
+    spec_token: float | None = None    # a speculative round's time (draft + verify) per committed token
 
 
 @dataclass
@@ -85,7 +92,10 @@ class AutoK:
     probe_every: while K is 0, every this many rounds one round speculates with the last useful K
     (or k_max) to refresh alpha and c; min_gain: see :func:`choose_k`; prior_alpha / prior_weight:
     the acceptance assumed before any round (as prior_weight pseudo-tokens); default_growth: g
-    until an AR step and a verify step of the same bucket have been timed."""
+    until an AR step and a verify step of the same bucket have been timed; max_loss: plain steps
+    whenever speculative rounds measurably cost more than (1 + max_loss)x a plain step per committed
+    token (:meth:`measured_loss`); spec_decay: EMA weight of the past for that cost (low, so one
+    probe round moves it)."""
 
     k_max: int
     decay: float = 0.9
@@ -95,6 +105,8 @@ class AutoK:
     prior_alpha: float = 0.5
     prior_weight: float = 4.0
     default_growth: float = 0.06
+    max_loss: float = 0.03
+    spec_decay: float = 0.5
     _acc: float = field(default=0.0, init=False)
     _rej: float = field(default=0.0, init=False)
     _costs: dict = field(default_factory=dict, init=False)
@@ -106,7 +118,9 @@ class AutoK:
     def __post_init__(self):
         if self.k_max < 1:
             raise ValueError(f"k_max={self.k_max} is out of range: allowed [1, inf)")
-        for name in ("decay", "alpha_decay"):
+        if not 0.0 <= self.max_loss < 1.0:
+            raise ValueError(f"max_loss={self.max_loss} is out of range: allowed [0, 1)")
+        for name in ("decay", "alpha_decay", "spec_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range: allowed [0, 1)")
         if self.probe_every < 1:
@@ -140,6 +154,8 @@ class AutoK:
             k = self.k_max if t is None or t.draft_step is None else 0
         else:
             k = choose_k(self.alpha, c, self.k_max, g, self.min_gain)
+            if k and self.measured_loss(batch):
+                k = 0
         if k:
             self._last_useful, self._since_probe = k, 0
         else:
@@ -150,6 +166,14 @@ class AutoK:
         self.last_choice = k
         self._seen = None if metrics is None else (batch, k, _counters(metrics, k))
         return k
+
+    def measured_loss(self, batch: int) -> bool:
+        """Whether speculative rounds of this batch bucket measurably cost more per committed token than plain
+        steps, by more than ``max_loss`` (False until both were timed)."""
+        t = self._costs.get(batch_bucket(batch))
+        if t is None or t.ar is None or t.spec_token is None:
+            return False
+        return t.spec_token * (1.0 - self.max_loss) > t.ar / batch
 
     def observe(self, batch: int, k: int, draft_s: float, verify_s: float, accepted: int = 0, rejections: int = 0,
                 timed: bool = True) -> None:
@@ -167,6 +191,9 @@ class AutoK:
                 t.ar = ema(t.ar, verify_s)
             return
         if timed:
+            per_token = (draft_s + verify_s) / (batch + accepted)     # every row commits 1 + its accepted drafts
+            s = self.spec_decay
+            t.spec_token = per_token if t.spec_token is None else s * t.spec_token + (1 - s) * per_token
             t.draft_step = ema(t.draft_step, draft_s / k)
             if t.k != k:
                 t.verify_k, t.k = None, k
