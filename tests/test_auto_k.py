@@ -61,8 +61,11 @@ def test_batch_bucket():
     assert [batch_bucket(b) for b in (1, 2, 3, 4, 5, 9, 256)] == [1, 2, 4, 4, 8, 16, 256]
 
 
-def _feed(est: AutoK, batch: int, rounds: int, ar_s: float, draft_step_s: float, alpha: float, growth: float = 0.05):
-    """Drive the estimator like the engine would, with rounds whose outcomes follow alpha exactly."""
+def _feed(est: AutoK, batch: int, rounds: int, ar_s: float, draft_step_s: float, alpha: float, growth: float = 0.05,
+          outcome=None):
+    """Drive the estimator like the engine would. Each speculative round of K drafts costs draft_step_s K and a
+    verify of ar_s (1 + growth K); its (accepted, rejections) are ``outcome(K)``, by default in the ratio
+    alpha : (1 - alpha) exactly."""
     ks = []
     for _ in range(rounds):
         k = est.next_k(batch)
@@ -70,8 +73,8 @@ def _feed(est: AutoK, batch: int, rounds: int, ar_s: float, draft_step_s: float,
         if k == 0:
             est.observe(batch, 0, 0.0, ar_s)
             continue
-        acc = round(alpha / (1 - alpha) * 4 * batch)   # accepted:rejections = alpha:(1 - alpha)
-        est.observe(batch, k, draft_step_s * k, ar_s * (1 + growth * k), accepted=acc, rejections=4 * batch)
+        acc, rej = outcome(k) if outcome else (round(alpha / (1 - alpha) * 4 * batch), 4 * batch)
+        est.observe(batch, k, draft_step_s * k, ar_s * (1 + growth * k), accepted=acc, rejections=rej)
     return ks
 
 
@@ -162,17 +165,8 @@ def _feed_few_drafting_rows(est: AutoK, rounds: int, batch: int = 8, drafting: i
     """Rounds where only ``drafting`` of the batch's rows draft (the others asked for num_draft_tokens=0):
     the model's E(alpha, K) per row holds for those rows only, so it expects a gain (about 1.3x at K = 2)
     while such a round commits about 10 tokens for 8 rows in 1.6 AR steps' time (about 0.8x AR)."""
-    ar = 1e-3
-    ks = []
-    for _ in range(rounds):
-        k = est.next_k(batch)
-        ks.append(k)
-        if k == 0:
-            est.observe(batch, 0, 0.0, ar)
-            continue
-        accepted = round(drafting * sum(alpha ** i for i in range(1, k + 1)))
-        est.observe(batch, k, 0.2e-3 * k, ar * (1 + 0.1 * k), accepted=accepted, rejections=drafting // 2)
-    return ks
+    return _feed(est, batch, rounds, 1e-3, 0.2e-3, alpha, growth=0.1,
+                 outcome=lambda k: (round(drafting * sum(alpha ** i for i in range(1, k + 1))), drafting // 2))
 
 
 def test_autok_decodes_plainly_where_speculation_measurably_loses():

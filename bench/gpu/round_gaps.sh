@@ -12,17 +12,11 @@ export PYTHONPATH=$PWD/backend${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOK
 OUT=${OUT:-/tmp/gaps}; mkdir -p "$OUT"
 PY=${SYS_PY:-python3}
 P="$PY bench/gpu/profile_step.py --gaps"
-run() {  # name timeout args...
-  local name=$1 t=$2; shift 2
-  echo "=== $name"
-  timeout "$t" $P "$@" > "$OUT/gaps_$name.log" 2>&1; echo "exit $?"
-  grep -E "^(PROFILE|GRAPH|GPU IDLE|HOST WAITS)|^  +[0-9.]+  " "$OUT/gaps_$name.log" | cut -c1-200
-  grep -A22 "^HOST (cProfile" "$OUT/gaps_$name.log" | grep -E "^ +[0-9]" | head -12 | cut -c1-160
-}
-run sim_sync_b16_2048 150 --target synthetic:llama-8b --draft synthetic:llama-1b --mode sync --k 4 --b 16 \
+source bench/gpu/gaps_run.sh
+gaps_run sim_sync_b16_2048 150 --target synthetic:llama-8b --draft synthetic:llama-1b --mode sync --k 4 --b 16 \
   --prompt-len 2048 --steps 10 --simulate-acceptance 0.7
-run real_sync_b16_2048 120 --target synthetic:llama-8b --draft synthetic:llama-1b --mode sync --k 4 --b 16 \
+gaps_run real_sync_b16_2048 120 --target synthetic:llama-8b --draft synthetic:llama-1b --mode sync --k 4 --b 16 \
   --prompt-len 2048 --steps 10
-run async_rule_b8 100 --target synthetic:llama-1b --draft synthetic:llama-1b --mode async --k 4 --b 8 --prompt-len 128
-run sync_b8 80 --target synthetic:llama-1b --draft synthetic:llama-1b --mode sync --k 4 --b 8 --prompt-len 128
+gaps_run async_rule_b8 100 --target synthetic:llama-1b --draft synthetic:llama-1b --mode async --k 4 --b 8 --prompt-len 128
+gaps_run sync_b8 80 --target synthetic:llama-1b --draft synthetic:llama-1b --mode sync --k 4 --b 8 --prompt-len 128
 echo "=== round_gaps done in $SECONDS s"

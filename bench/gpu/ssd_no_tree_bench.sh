@@ -2,7 +2,7 @@
 # SSD when the build rule drafts like sync (no trees), against sync and AR in the same run (~2 min): the
 # SmolLM2 shape with the shipped draft's shape (synthetic:smollm2-135m-4l; random weights, so every round
 # misses and the rule turns to no-tree rounds), K = 2, b = 1 and 16, the bench's prompts and 2048-token
-# prompts. Then the async round's gap profile at b = 1 (bench/gpu/profile_step.py --gaps). Logs: $OUT.
+# prompts. Then the async and sync rounds' gap profiles at b = 1 (bench/gpu/profile_step.py --gaps). Logs: $OUT.
 set -u
 export PYTHONPATH=$PWD/backend${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/ssd_no_tree}; mkdir -p "$OUT"
@@ -13,8 +13,8 @@ echo "=== short prompts"
 timeout 200 $B --output_len 128 2>&1 | tee "$OUT/bench_short.log" | grep -E "^(mode|ar|sync|async) "
 echo "=== 2048-token prompts"
 timeout 200 $B --output_len 64 --prompt-len 2048 2>&1 | tee "$OUT/bench_2048.log" | grep -E "^(mode|ar|sync|async) "
-echo "=== gaps, async b=1"
-timeout 90 $PY bench/gpu/profile_step.py --gaps --device "$DEV" --target synthetic:smollm2-135m --prompt-len 128 \
-  --draft synthetic:smollm2-135m-4l --k 2 --mode async --b 1 > "$OUT/gaps_async_b1.log" 2>&1
-grep -E "^(PROFILE|GRAPH|GPU IDLE|HOST WAITS)|^  +[0-9.]+  " "$OUT/gaps_async_b1.log" | cut -c1-200
+P="$PY bench/gpu/profile_step.py --gaps --device $DEV --target synthetic:smollm2-135m --prompt-len 128"
+source bench/gpu/gaps_run.sh
+gaps_run async_b1 90 --draft synthetic:smollm2-135m-4l --k 2 --mode async --b 1
+gaps_run sync_b1 60 --draft synthetic:smollm2-135m-4l --k 2 --mode sync --b 1
 echo "=== ssd_no_tree_bench done in $SECONDS s"
