@@ -177,3 +177,39 @@ def test_autok_decodes_plainly_where_speculation_measurably_loses():
     assert sum(1 for k in ks_model if k) > len(ks_model) // 2
     with pytest.raises(ValueError, match="max_loss"):
         AutoK(k_max=4, max_loss=1.0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rounds_after_plain_stretches_draft_in_one_loop_program(tiny_llama, tiny_llama_draft, mode):
+    """After a stretch of plain steps (auto K chose 0) the draft has several committed tokens to catch up
+    on. They are written by one forward first, so the round's K-step loop still runs as one program (a
+    CUDA graph on GPUs; graphs "padded" here) from a 1-token catch-up, instead of capturing a loop graph per
+    catch-up length or drafting step by step. Greedy output stays AR's."""
+    from tiny import PROMPTS
+
+    from specdec import LLM, SamplingParams
+    from specdec.draft import loop
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar").generate(PROMPTS[:2], params)]
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode=mode, k=3, k_policy="auto", graphs="padded")
+    schedule = iter([3, 0, 0, 0, 0, 0] * 20)                      # a round, then five plain steps
+    llm.engine.auto_k.next_k = lambda batch, metrics=None: next(schedule)
+    lens = []
+    shorten = loop.shorten_catch_up
+
+    def spy(runner, catch_up, ks):
+        lens.append(max(len(f.tokens) for f, k in zip(catch_up, ks) if k and not f.dummy))
+        out = shorten(runner, catch_up, ks)
+        assert max(len(f.tokens) for f in out) <= loop.LOOP_CATCH_UP
+        return out
+
+    loop.shorten_catch_up = spy
+    try:
+        outs = llm.generate(PROMPTS[:2], params)
+        graph = (llm.engine.drafter.core.runner if mode == "async" else llm.engine.drafter.runner).graph
+    finally:
+        loop.shorten_catch_up = shorten
+        llm.close()
+    assert [o.token_ids for o in outs] == ref
+    assert max(lens) > loop.LOOP_CATCH_UP                          # long catch-ups happened ...
+    assert graph.loops == len(lens)                                # ... and every loop ran as one program

@@ -9,17 +9,26 @@ When the draft's runner has CUDA graphs (runner/cuda_graphs.py) and the catch-up
 whole loop — K forwards and their sampling — is ONE graph replay fed by one host-to-device copy
 (:meth:`GraphRunner.loop`); otherwise it runs step by step. Every row runs every step (rows
 already done are placeholder rows that write nowhere), so shapes stay fixed.
+
+A catch-up longer than ``LOOP_CATCH_UP`` tokens (the tokens plain steps committed while the draft was idle:
+k_policy auto decoding without drafts, a row that asked for none) is written to the draft's KV by one
+forward first, and the loop starts from its last token. Otherwise each length would be a loop graph of its
+own (captured in the middle of serving), or too long for one and drafted step by step eagerly: the likely
+cause of auto K's mean draft time of 5.25 ms (against ~0.6) and its graph captures inside a timed run on an
+H100 (BENCHMARKS.md, seventh session; not yet confirmed on a GPU).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..layers.sampling import fit_vocab, probs_from_logits, sample_from_probs
 from ..runner.feed import Feed
 from ..spec.saguaro import saguaro_rescale
+
+LOOP_CATCH_UP = 2          # catch-up tokens the loop itself runs (1: the newest token; 2: after a full accept)
 
 
 @dataclass
@@ -81,6 +90,7 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
     draft's device (zeros past ks[b]), q [B, K, V] (None for a greedy sampler) and each step's top
     token ids [B, K, W] (None unless ``sampler.top_width`` > 1)."""
     K = max(ks, default=0)
+    catch_up = shorten_catch_up(runner, catch_up, ks)
     graph = getattr(runner, "graph", None)
     if K > 0 and graph is not None and graph.fits_loop(catch_up, K):
         return graph.loop(catch_up, ends, ks, sampler, vocab_size)
@@ -104,3 +114,17 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
             tops.append(sampler.tops(logits))
         prev = tok
     return tokens, probs, (torch.stack(tops, dim=1) if tops else None)
+
+
+def shorten_catch_up(runner, catch_up: list[Feed], ks: list[int]) -> list[Feed]:
+    """Write the K/V of every catch-up longer than LOOP_CATCH_UP but its last token with one forward (no
+    logits), and return the feeds the loop runs: those rows reduced to their last token."""
+    long = [b for b, f in enumerate(catch_up) if ks[b] > 0 and not f.dummy and len(f.tokens) > LOOP_CATCH_UP]
+    if not long:
+        return catch_up
+    runner.forward([Feed(catch_up[b].seq_id, catch_up[b].tokens[:-1], catch_up[b].start, num_logits=0) for b in long])
+    out = list(catch_up)
+    for b in long:
+        f = catch_up[b]
+        out[b] = replace(f, tokens=f.tokens[-1:], start=f.start + len(f.tokens) - 1)
+    return out
