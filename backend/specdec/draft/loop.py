@@ -29,6 +29,13 @@ from ..runner.feed import Feed
 from ..spec.saguaro import saguaro_rescale
 
 LOOP_CATCH_UP = 2          # catch-up tokens the loop itself runs (1: the newest token; 2: after a full accept)
+_catch_up_forwards = 0
+
+
+def catch_up_forwards() -> int:
+    """Long catch-ups written before a draft loop in this process so far (:func:`shorten_catch_up`). A round
+    that ran one paid for the plain steps before it: its time is not a steady-state round's (auto K)."""
+    return _catch_up_forwards
 
 
 @dataclass
@@ -122,6 +129,8 @@ def shorten_catch_up(runner, catch_up: list[Feed], ks: list[int]) -> list[Feed]:
     long = [b for b, f in enumerate(catch_up) if ks[b] > 0 and not f.dummy and len(f.tokens) > LOOP_CATCH_UP]
     if not long:
         return catch_up
+    global _catch_up_forwards
+    _catch_up_forwards += 1
     runner.forward([Feed(catch_up[b].seq_id, catch_up[b].tokens[:-1], catch_up[b].start, num_logits=0) for b in long])
     out = list(catch_up)
     for b in long:

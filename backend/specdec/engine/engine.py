@@ -28,6 +28,7 @@ import torch
 
 from ..config import EngineConfig, SamplingParams
 from ..draft.channel import ChannelError
+from ..draft.loop import catch_up_forwards
 from ..draft.slot import DraftContext, DraftSlot
 from ..layers.sampling import SamplingRows, sample_from_probs
 from ..runner.feed import Feed
@@ -87,6 +88,7 @@ class LLMEngine:
         self.pipeline = ARPipeline(self.runner, self.max_model_len, self.generator)
         self.auto_k = self._auto_k(cfg.spec)
         self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
+        self._catch_ups = 0                 # the same for the draft's long catch-ups (draft/loop.py)
 
     @property
     def drafter(self):
@@ -239,6 +241,7 @@ class LLMEngine:
         # K this round: the configured one, or (k_policy auto) the one the measured costs favour, 0 = plain steps
         k_now = self.auto_k.next_k(len(sched.running), m) if self.auto_k and self.drafter else self.cfg.spec.k
         self._captures = captures()
+        self._catch_ups = catch_up_forwards()
         ks = {s.seq_id: self._k_for(s, k_now) for s in sched.running}
         for s in sched.make_room(ks):
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
@@ -351,7 +354,8 @@ class LLMEngine:
         if self.auto_k is not None:
             # this round's draft/verify times and acceptance (host numbers); a round that captured a graph
             # paid a one-time cost: its acceptance counts, its times do not
-            self.auto_k.after_step(m, timed=captures() == self._captures)
+            # a round that captured a graph or caught the draft up on plain steps is not a steady-state round
+            self.auto_k.after_step(m, timed=captures() == self._captures and catch_up_forwards() == self._catch_ups)
         return outs
 
     def _count_lookup(self, s: Sequence, hit: bool, tokens: int) -> None:

@@ -19,9 +19,10 @@ while it decodes plainly, so a draft that becomes useful again is noticed.
 
 The model can be wrong where its assumptions are (i.i.d. acceptance; a draft cost linear in K, while a
 round's draft has a fixed part; rows drafting fewer than K): on an H100 at batch 16 it kept speculating
-at 0.47x AR (BENCHMARKS.md, seventh session). So :class:`AutoK` also keeps what speculative rounds
-measurably cost per committed token, and decodes plainly while that is more than ``max_loss`` above a
-plain step's cost per token, whatever the model says (the probes keep both figures fresh).
+at 0.47x AR (BENCHMARKS.md, seventh session). So :class:`AutoK` also keeps what speculative rounds of
+each K measurably cost per committed token, and never picks a K whose cost is more than ``max_loss``
+above a plain step's cost per token, whatever the model says: it takes the model's best K among the
+others, or decodes plainly (the probes run the model's own choice, which keeps its figure fresh).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class _Costs:
     draft_step: float | None = None    # one draft step (a round's draft time / its K)
     verify_k: float | None = None      # a verify forward, and the K it had
     k: int = 0
-    spec_token: float | None = None    # a speculative round's time (draft + verify) per committed token
+    spec: dict = field(default_factory=dict)   # K -> [round time (draft + verify), committed tokens]: EMAs
 
 
 @dataclass
@@ -89,13 +90,14 @@ class AutoK:
 
     k_max: the configured K (an upper bound); decay: EMA weight of the past per timed step;
     alpha_decay: the same per observed draft token (accepted or rejection);
-    probe_every: while K is 0, every this many rounds one round speculates with the last useful K
-    (or k_max) to refresh alpha and c; min_gain: see :func:`choose_k`; prior_alpha / prior_weight:
-    the acceptance assumed before any round (as prior_weight pseudo-tokens); default_growth: g
-    until an AR step and a verify step of the same bucket have been timed; max_loss: plain steps
+    probe_every: while K is 0, every this many rounds two rounds speculate with the model's K (or the
+    last useful one, or k_max) to refresh alpha and the costs (the first catches the draft up, the
+    second is timed); min_gain: see :func:`choose_k`; prior_alpha / prior_weight: the acceptance
+    assumed before any round (as prior_weight pseudo-tokens); default_growth: g until an AR step and
+    a verify step of the same bucket have been timed; max_loss: plain steps
     whenever speculative rounds measurably cost more than (1 + max_loss)x a plain step per committed
-    token (:meth:`measured_loss`); spec_decay: EMA weight of the past for that cost (low, so one
-    probe round moves it)."""
+    token (:meth:`measured_loss`); spec_decay: EMA weight of the past for that cost (lower than
+    ``decay``, so that a probe moves it)."""
 
     k_max: int
     decay: float = 0.9
@@ -106,12 +108,13 @@ class AutoK:
     prior_weight: float = 4.0
     default_growth: float = 0.06
     max_loss: float = 0.03
-    spec_decay: float = 0.5
+    spec_decay: float = 0.8
     _acc: float = field(default=0.0, init=False)
     _rej: float = field(default=0.0, init=False)
     _costs: dict = field(default_factory=dict, init=False)
     _since_probe: int = field(default=0, init=False)
     _last_useful: int = field(default=0, init=False)
+    _probe: tuple = field(default=(0, 0), init=False)     # (K, rounds left) of a probe in progress
     _seen: tuple | None = field(default=None, init=False, repr=False)
     last_choice: int = field(default=-1, init=False)
 
@@ -149,31 +152,47 @@ class AutoK:
         """K for the next round of a batch of ``batch`` rows. With the engine's ``metrics``, the
         counters are noted so that :meth:`after_step` can observe the round."""
         c, g = self.costs(batch)
-        if c is None:                       # not measured yet: speculate (to time the draft) or decode (to time AR)
+        k_model = 0
+        if self._probe[1]:                  # a probe's second round: the first one caught the draft up on the
+            k, left = self._probe           # plain steps before it (not a steady-state time), this one is timed
+            self._probe = (k, left - 1)
+        elif c is None:                       # not measured yet: speculate (to time the draft) or decode (to time AR)
             t = self._costs.get(batch_bucket(batch))
             k = self.k_max if t is None or t.draft_step is None else 0
         else:
-            k = choose_k(self.alpha, c, self.k_max, g, self.min_gain)
-            if k and self.measured_loss(batch):
-                k = 0
+            k_model = choose_k(self.alpha, c, self.k_max, g, self.min_gain)
+            k = self._best_without_loss(batch, c, g) if k_model else 0
         if k:
             self._last_useful, self._since_probe = k, 0
         else:
             self._since_probe += 1
             if self._since_probe >= self.probe_every:
                 self._since_probe = 0
-                k = self._last_useful or self.k_max
+                k = k_model or self._last_useful or self.k_max
+                self._probe = (k, 1)
         self.last_choice = k
         self._seen = None if metrics is None else (batch, k, _counters(metrics, k))
         return k
 
-    def measured_loss(self, batch: int) -> bool:
-        """Whether speculative rounds of this batch bucket measurably cost more per committed token than plain
-        steps, by more than ``max_loss`` (False until both were timed)."""
+    def measured_loss(self, batch: int, k: int) -> bool:
+        """Whether speculative rounds of K = ``k`` in this batch bucket measurably cost more per committed token
+        than plain steps, by more than ``max_loss`` (False until both were timed)."""
         t = self._costs.get(batch_bucket(batch))
-        if t is None or t.ar is None or t.spec_token is None:
+        if t is None or t.ar is None or k not in t.spec:
             return False
-        return t.spec_token * (1.0 - self.max_loss) > t.ar / batch
+        seconds, tokens = t.spec[k]
+        return seconds / tokens * (1.0 - self.max_loss) > t.ar / batch
+
+    def _best_without_loss(self, batch: int, c: float, g: float) -> int:
+        """The K the model rates best among those not measured as a loss (:meth:`measured_loss`); 0 when the
+        model rates none above ``min_gain``. Ties go to the smaller K, as in :func:`choose_k`."""
+        rated = sorted(((speedup(self.alpha, k, c, g), -k) for k in range(1, self.k_max + 1)), reverse=True)
+        for s, neg_k in rated:
+            if s <= self.min_gain:
+                break
+            if not self.measured_loss(batch, -neg_k):
+                return -neg_k
+        return 0
 
     def observe(self, batch: int, k: int, draft_s: float, verify_s: float, accepted: int = 0, rejections: int = 0,
                 timed: bool = True) -> None:
@@ -191,9 +210,11 @@ class AutoK:
                 t.ar = ema(t.ar, verify_s)
             return
         if timed:
-            per_token = (draft_s + verify_s) / (batch + accepted)     # every row commits 1 + its accepted drafts
-            s = self.spec_decay
-            t.spec_token = per_token if t.spec_token is None else s * t.spec_token + (1 - s) * per_token
+            # time and committed tokens (every row: 1 + its accepted drafts) are averaged apart: the mean of
+            # per-round ratios is biased (a round that rejects everything weighs as much as one that accepts all)
+            now = (draft_s + verify_s, batch + accepted)
+            s, old = self.spec_decay, t.spec.get(k)
+            t.spec[k] = list(now) if old is None else [s * o + (1 - s) * n for o, n in zip(old, now)]
             t.draft_step = ema(t.draft_step, draft_s / k)
             if t.k != k:
                 t.verify_k, t.k = None, k
