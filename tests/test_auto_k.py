@@ -213,3 +213,13 @@ def test_rounds_after_plain_stretches_draft_in_one_loop_program(tiny_llama, tiny
     assert [o.token_ids for o in outs] == ref
     assert max(lens) > loop.LOOP_CATCH_UP                          # long catch-ups happened ...
     assert graph.loops == len(lens)                                # ... and every loop ran as one program
+
+
+def test_a_k_measured_as_a_loss_gives_way_to_the_next_best():
+    est = AutoK(k_max=2)
+    est.observe(1, 0, 0.0, 1e-3)                                            # a plain step: 1 ms
+    est.observe(1, 2, 0.1e-3, 1.1e-3, accepted=8, rejections=2)             # K=2 pays: 1.2 ms for 9 tokens
+    assert est.next_k(1) == 2
+    est._costs[1].spec[2] = [10e-3, 1.0]                                    # measured: 10 ms per token at K=2
+    assert est.measured_loss(1, 2) and not est.measured_loss(1, 1)
+    assert est.next_k(1) == 1                                               # the model's next best, not AR
