@@ -77,6 +77,7 @@ def batch_bucket(batch: int) -> int:
 class _Costs:
     """EMAs of one batch bucket's step times (seconds)."""
     ar: float | None = None            # a plain target step (no drafts)
+    ar_token: float | None = None      # ... per row (the batch in a bucket varies: 9-16 rows share one)
     draft_step: float | None = None    # one draft step (a round's draft time / its K)
     verify_k: float | None = None      # a verify forward, and the K it had
     k: int = 0
@@ -178,10 +179,10 @@ class AutoK:
         """Whether speculative rounds of K = ``k`` in this batch bucket measurably cost more per committed token
         than plain steps, by more than ``max_loss`` (False until both were timed)."""
         t = self._costs.get(batch_bucket(batch))
-        if t is None or t.ar is None or k not in t.spec:
+        if t is None or t.ar_token is None or k not in t.spec:
             return False
         seconds, tokens = t.spec[k]
-        return seconds / tokens * (1.0 - self.max_loss) > t.ar / batch
+        return seconds / tokens * (1.0 - self.max_loss) > t.ar_token
 
     def _best_without_loss(self, batch: int, c: float, g: float) -> int:
         """The K the model rates best among those not measured as a loss (:meth:`measured_loss`); 0 when the
@@ -208,6 +209,7 @@ class AutoK:
         if k == 0:
             if timed:
                 t.ar = ema(t.ar, verify_s)
+                t.ar_token = ema(t.ar_token, verify_s / batch)
             return
         if timed:
             # time and committed tokens (every row: 1 + its accepted drafts) are averaged apart: the mean of
