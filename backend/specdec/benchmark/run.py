@@ -145,7 +145,8 @@ def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profi
     steps = max(m["decode_steps"], 1)
     round_ms = 1e3 * m["decode_time"] / steps
     ssd = drafter_summary() if callable(drafter_summary) else {}
-    trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds", "device_rounds") if k in ssd}   # this run's
+    # this run's SSD rounds of each kind
+    trees = {k: ssd[k] - ssd0.get(k, 0) for k in ("tree_rounds", "sync_rounds", "device_rounds") if k in ssd}
     return {
         "completed": sum(o.finish_reason is not None for o in outs), "requests": len(prompt_ids),
         "failures": failures, "output_tokens": tokens, "wall_s": wall,

@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 SHADOW_EVERY = 8            # rounds drafted like sync on the device: the shadow fork on every Nth only
 
 
+def shadow_fork(drafted: list[int], candidates: list[list[int]], width: int) -> list[list[int]]:
+    """The shadow fork of a row drafted without a tree: at each depth i, the draft's top ``width``
+    candidates (``candidates[i]``) without the drafted token, at most ``width - 1`` of them (the branches
+    a tree would have forked there)."""
+    return [[c for c in candidates[i] if c != d][: width - 1] for i, d in enumerate(drafted)]
+
+
 class ProtocolError(RuntimeError):
     """The target's request does not match what the draft knows (a bug on one side)."""
 
@@ -107,8 +114,7 @@ class DraftCore:
         self._round: dict | None = None      # the round in progress (for the build rule's round times)
         self.tree: TreeBuilder | None = None
         self._unsettled: _Unsettled | None = None
-        self._eligible = 0                  # rounds that could have been drafted on the device
-        self.device_rounds = 0              # ... and were
+        self.device_rounds = 0              # rounds drafted like sync with their tokens left on the device
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -311,12 +317,7 @@ class DraftCore:
             probs = torch.zeros((len(need), K, self.cfg.vocab_size), dtype=torch.float32, device=self.device)
             for i, b in enumerate(need):
                 probs[i, : want[b]] = q[b]
-        for b, s in enumerate(seqs):
-            s.status, s.num_draft = RowStatus(int(status[b])), want[b]
-            self.counts[s.status] += 1
-        self._round = {"t": time.perf_counter(), "batch": B, "built": False, "jit": bool(jit_rows),
-                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice(),
-                       "captures": captures()}
+        self._record_round(seqs, want, status, jit=bool(jit_rows))
         if self.cfg.async_mode:
             self._pending = [(msg.seq_ids[b], tokens[b, : want[b]].tolist(), RowStatus(int(status[b])))
                              for b in range(B) if want[b] > 0]
@@ -341,9 +342,7 @@ class DraftCore:
         top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
         catch_up = [Feed(sid, s.tokens[s.kv_valid:], s.kv_valid) if w else Feed(sid, [0], 0, dummy=True)
                     for sid, s, w in zip(msg.seq_ids, seqs, want)]
-        self._eligible += 1
-        shadow = self._eligible % SHADOW_EVERY == 1                  # this round samples the hit rate
-        width = max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1 if shadow else 0
+        width = self._shadow_width() if self.device_rounds % SHADOW_EVERY == 0 else 0   # sample the hit rate
         toks, probs, tops = draft_loop(self.runner, catch_up, [len(s.tokens) for s in seqs], list(want),
                                        self._loop_sampler(seqs, K, top, width), self.cfg.vocab_size)
         self.device_rounds += 1
@@ -351,13 +350,9 @@ class DraftCore:
         self._unsettled = _Unsettled(host, event, list(msg.seq_ids), list(want), width if tops is not None else 0)
         status = np.full(B, int(RowStatus.NONE), dtype=np.int64)
         status[drafted] = int(RowStatus.JIT)
-        for s, w, st in zip(seqs, want, status):
-            s.status, s.num_draft = RowStatus(int(st)), w
-            self.counts[s.status] += 1
-            if w:
-                s.kv_valid = len(s.tokens)
-        self._round = {"t": time.perf_counter(), "batch": B, "built": False, "jit": True, "hits": False,
-                       "prefill": False, "choice": self._last_choice(), "captures": captures()}
+        for b in drafted:
+            seqs[b].kv_valid = len(seqs[b].tokens)
+        self._record_round(seqs, want, status, jit=True)
         self._pending = [(msg.seq_ids[b], None, RowStatus.JIT) for b in drafted]     # tokens: from _settle
         self.adaptive.jit_s.add(time.perf_counter() - t0)
         return DeviceRound(status, toks, probs)
@@ -379,10 +374,24 @@ class DraftCore:
                 continue
             drafted[sid] = row[:w]
             s.spec = row[: w - 1]
-            if u.width:                             # the candidates at each depth, the drafted token left out
-                s.shadow = [[c for c in row[K + i * u.width: K + (i + 1) * u.width] if c != row[i]][: u.width - 1]
-                            for i in range(w)]
+            if u.width:
+                s.shadow = shadow_fork(row[:w], [row[K + i * u.width: K + (i + 1) * u.width] for i in range(w)],
+                                       u.width)
         self._pending = [(sid, drafted.get(sid) if d is None else d, st) for sid, d, st in self._pending]
+
+    def _shadow_width(self) -> int:
+        """Candidates per depth the shadow fork takes: the widest the JIT's fan-out would fork, plus the drafted one."""
+        return max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1
+
+    def _record_round(self, seqs: list[DraftSeq], want: list[int], status: np.ndarray, jit: bool) -> None:
+        """How each row's speculation of the round now answered was produced, and the round's start (for the
+        build rule's round times)."""
+        for s, w, st in zip(seqs, want, status):
+            s.status, s.num_draft = RowStatus(int(st)), w
+            self.counts[s.status] += 1
+        self._round = {"t": time.perf_counter(), "batch": len(seqs), "built": False, "jit": jit,
+                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice(),
+                       "captures": captures()}
 
     def _end_round(self, batch: int) -> None:
         """The round that ends now: its time goes to the build rule under its kind."""
@@ -455,7 +464,7 @@ class DraftCore:
         K = max(want[b] for b in rows)
         catch_up = [Feed(msg.seq_ids[b], seqs[b].tokens[seqs[b].kv_valid:], seqs[b].kv_valid) for b in rows]
         # the shadow fork: top candidates at each depth (the drafted token is removed on the host)
-        width = max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1 if self.tree is not None else 0
+        width = self._shadow_width() if self.tree is not None else 0
         toks, probs, tops = draft_loop(self.runner, catch_up, [len(s.tokens) for s in act], [want[b] for b in rows],
                                        self._loop_sampler(act, K, top, width), self.cfg.vocab_size)
         R, Kj = toks.shape
@@ -466,8 +475,7 @@ class DraftCore:
             tokens[b, : want[b]] = both[r, : want[b]]
             s.kv_valid, s.spec = len(s.tokens), tokens[b, : want[b] - 1].tolist()
             if tops is not None:
-                cand = both[r, Kj:].reshape(Kj, -1)
-                s.shadow = [[int(c) for c in cand[i] if c != tokens[b, i]][: width - 1] for i in range(want[b])]
+                s.shadow = shadow_fork(tokens[b, : want[b]].tolist(), both[r, Kj:].reshape(Kj, -1).tolist(), width)
             if s.temperature > 0:
                 q[b] = probs[r, : want[b]]
         self.adaptive.jit_s.add(time.perf_counter() - t0)

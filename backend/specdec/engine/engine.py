@@ -352,9 +352,9 @@ class LLMEngine:
         m.decode_steps += 1
         m.decode_time += timer.now() - w0
         if self.auto_k is not None:
-            # this round's draft/verify times and acceptance (host numbers); a round that captured a graph
-            # paid a one-time cost: its acceptance counts, its times do not
-            # a round that captured a graph or caught the draft up on plain steps is not a steady-state round
+            # this round's draft/verify times and acceptance (host numbers); a round that captured a graph or
+            # caught the draft up on plain steps (draft/loop.py) paid a one-off cost: its acceptance counts, its
+            # times do not
             self.auto_k.after_step(m, timed=captures() == self._captures and catch_up_forwards() == self._catch_ups)
         return outs
 
