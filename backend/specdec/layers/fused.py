@@ -60,8 +60,9 @@ def enable_compile(device="cuda", dtype=None) -> bool:
     fused_rope_write = rope_write.HAVE_TRITON and torch.device(device).type == "cuda"
     eager = (rms_norm, add_rms_norm, rotary, silu_mul)
     try:
+        _raise_recompile_limit()
         opts = dict(dynamic=True, fullgraph=True)
-        compiled = [torch.compile(fn, **opts) for fn in eager]
+        compiled = [_falls_back(torch.compile(fn, **opts), fn) for fn in eager]
         dtype = dtype or torch.bfloat16
         x = torch.randn(3, 64, device=device, dtype=dtype)
         w = torch.ones(64, device=device, dtype=dtype)
@@ -78,3 +79,36 @@ def enable_compile(device="cuda", dtype=None) -> bool:
     _compiled = True
     log.info("elementwise ops compiled with torch.compile")
     return True
+
+
+# Each compiled function is specialised per dtype, per 0/1-sized dimension and per model width: a process that
+# builds several engines (a target and its draft, tests, the bench's backend sweep) passes torch's default of 8
+# variants, and with fullgraph=True the ninth is a hard error (seen on an H100: head dims 64 and 128 in bf16 and
+# fp16, attention_backends_engine.py).
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limit() -> None:
+    import torch._dynamo
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):             # the name before torch 2.6: cache_size_limit
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
+
+
+def _falls_back(compiled, eager):
+    """compiled, or eager from its first failure on: a compile error at a new shape must not fail a request."""
+    state = {"fn": compiled}
+
+    def call(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as e:
+            if state["fn"] is eager:
+                raise
+            log.warning("torch.compile of %s failed at a new shape (%s: %s); it runs eagerly from now on",
+                        eager.__name__, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            state["fn"] = eager
+            return eager(*args)
+    call.__name__ = eager.__name__
+    return call
