@@ -164,21 +164,16 @@ def varlen_checks(dev, dtype, backends) -> dict:
 
 
 def suggest_table(rows, backends) -> list[str]:
-    """Per (B, Q, ctx): backends ordered by the geometric mean over shapes of time / the fastest's time."""
+    """Per (head dim, B, Q, ctx): the backends whose error is in bounds, fastest first (ties: the earlier in
+    `backends`), then SDPA if it is not among them."""
     lines = []
-    for B in BATCHES:
-        for Q in QUERIES:
-            for ctx in CONTEXTS:
-                case = [r for r in rows if (r["B"], r["Q"], r["ctx"]) == (B, Q, ctx) and r.get("us")]
-                score = {}
-                for b in backends:
-                    ratios = [r["us"][b] / min(r["us"][x] for x in backends if x in r["us"]) for r in case
-                              if b in r["us"] and r["rel_err"].get(b, 1) <= MAX_REL_ERR]
-                    if case and len(ratios) == len(case):
-                        score[b] = math.exp(sum(map(math.log, ratios)) / len(ratios))
-                if score:
-                    order = tuple(sorted(score, key=score.get)) + tuple(b for b in ("sdpa",) if b not in score)
-                    lines.append(f"    ({B}, {Q}, {ctx}): {order!r},")
+    for r in rows:
+        if not r.get("us"):
+            continue
+        ok = [b for b in backends if b in r["us"] and r["rel_err"].get(b, 1) <= MAX_REL_ERR]
+        order = tuple(sorted(ok, key=lambda b: (round(r["us"][b], 1), backends.index(b))))
+        order += tuple(b for b in ("sdpa",) if b not in order)
+        lines.append(f"    ({SHAPES[r['shape']][2]}, {r['B']}, {r['Q']}, {r['ctx']}): {order!r},")
     return lines
 
 
@@ -192,7 +187,7 @@ def main():
     dev = torch.device("cuda", torch.cuda.current_device())
     dtype = torch.bfloat16
     props = torch.cuda.get_device_properties(dev)
-    backends = ["sdpa", "triton"] + (["flash_attn"] if flash_attention.available() else [])
+    backends = ["triton", "sdpa"] + (["flash_attn"] if flash_attention.available() else [])
     cfgs = [tuple(int(x) for x in c.split("x")) for c in a.triton_configs.split(",") if c]
     t0 = time.time()
     bw = copy_bandwidth(dev)
@@ -230,7 +225,7 @@ def main():
     print("\nSuggested TABLE for backend/specdec/layers/attention_choice.py "
           f"(made by bench/gpu/attention_table.py on {props.name}):")
     print(f'TABLE_SOURCE = "bench/gpu/attention_table.py on {props.name}, {time.strftime("%Y-%m-%d")}"')
-    print("TABLE: dict[tuple[int, int, int], tuple[str, ...]] = {")
+    print("TABLE: dict[tuple[int, int, int, int], tuple[str, ...]] = {")
     print("\n".join(suggest_table(rows, backends)))
     print("}")
     print(f"total {time.time() - t0:.0f} s")

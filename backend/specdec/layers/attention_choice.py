@@ -22,42 +22,62 @@ import torch
 
 TRITON_MAX_QUERIES = 32      # queries per sequence up to which the Triton kernel serves a step (auto, triton)
 
-# Made by bench/gpu/attention_table.py (it prints a replacement for the lines below).
-# triton vs sdpa: MEASURED on one H200 (attention_table.py --quick, 2026-12-07, BENCHMARKS.md): the rewritten
-# Triton kernel beat SDPA in all 8 rows measured (8B shape; batch 1/16, context 512/8192, 1/5 queries), by
-# 2.6-7.7x; the full table on one H100 (2026-12-07: 8B and 1B shapes, batch 1/8/16/64, context 512/2048/8192,
-# 1/5 queries, 48 rows) confirms it in every row, 1.3-10x (BENCHMARKS.md). flash_attn's place in each entry
-# is still PROVISIONAL (flash-attn-4 was not installed on those machines; hand-seeded from one H100 run of the
-# old kernel, FIELD-NOTES.md). auto only picks flash_attn when it imports, so without it these entries resolve
-# to the measured order.
-# key: (batch bucket, queries per sequence, context bucket) -> backends, fastest first
-TABLE_SOURCE = ("triton vs sdpa measured on H200 (--quick rows) and H100 (full table), 2026-12-07; "
-                "flash_attn positions provisional")
-TABLE: dict[tuple[int, int, int], tuple[str, ...]] = {
-    (1, 1, 512): ("flash_attn", "triton", "sdpa"),
-    (1, 1, 2048): ("triton", "flash_attn", "sdpa"),
-    (1, 1, 8192): ("triton", "sdpa", "flash_attn"),
-    (1, 5, 512): ("flash_attn", "triton", "sdpa"),
-    (1, 5, 2048): ("triton", "flash_attn", "sdpa"),
-    (1, 5, 8192): ("triton", "flash_attn", "sdpa"),
-    (8, 1, 512): ("flash_attn", "triton", "sdpa"),
-    (8, 1, 2048): ("flash_attn", "triton", "sdpa"),
-    (8, 1, 8192): ("triton", "flash_attn", "sdpa"),
-    (8, 5, 512): ("flash_attn", "triton", "sdpa"),
-    (8, 5, 2048): ("flash_attn", "triton", "sdpa"),
-    (8, 5, 8192): ("triton", "flash_attn", "sdpa"),
-    (16, 1, 512): ("flash_attn", "triton", "sdpa"),
-    (16, 1, 2048): ("flash_attn", "triton", "sdpa"),
-    (16, 1, 8192): ("flash_attn", "triton", "sdpa"),
-    (16, 5, 512): ("flash_attn", "triton", "sdpa"),
-    (16, 5, 2048): ("flash_attn", "triton", "sdpa"),
-    (16, 5, 8192): ("flash_attn", "triton", "sdpa"),
-    (64, 1, 512): ("flash_attn", "triton", "sdpa"),
-    (64, 1, 2048): ("flash_attn", "triton", "sdpa"),
-    (64, 1, 8192): ("flash_attn", "triton", "sdpa"),
-    (64, 5, 512): ("flash_attn", "triton", "sdpa"),
-    (64, 5, 2048): ("flash_attn", "triton", "sdpa"),
-    (64, 5, 8192): ("flash_attn", "triton", "sdpa"),
+# Made by bench/gpu/attention_table.py (it prints a replacement for the lines below), MEASURED on one H100 80GB
+# HBM3 (2026-12-07, eighth session; BENCHMARKS.md): every backend's us per call inside a CUDA graph, bf16, page 16,
+# 32 query / 8 KV heads, head dim 128 (8B shape) and 64 (1B shape); flash-attn-4 4.0.0b36. Ordered by measured
+# time (ties: triton). Where flash-attn-4 leads it does so by 1-20 %; where triton leads, by up to 4x (batch 1,
+# long contexts: flash-attn-4 has no split-KV on SM90).
+# key: (head dim bucket, batch bucket, queries per sequence, context bucket) -> backends, fastest first
+TABLE_SOURCE = "bench/gpu/attention_table.py on NVIDIA H100 80GB HBM3, 2026-12-07"
+TABLE: dict[tuple[int, int, int, int], tuple[str, ...]] = {
+    (128, 1, 1, 512): ('triton', 'flash_attn', 'sdpa'),
+    (128, 1, 5, 512): ('triton', 'flash_attn', 'sdpa'),
+    (128, 1, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (128, 1, 5, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (128, 1, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 1, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 8, 1, 512): ('flash_attn', 'triton', 'sdpa'),
+    (128, 8, 5, 512): ('flash_attn', 'triton', 'sdpa'),
+    (128, 8, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (128, 8, 5, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (128, 8, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 8, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 16, 1, 512): ('flash_attn', 'triton', 'sdpa'),
+    (128, 16, 5, 512): ('flash_attn', 'triton', 'sdpa'),
+    (128, 16, 1, 2048): ('flash_attn', 'triton', 'sdpa'),
+    (128, 16, 5, 2048): ('flash_attn', 'triton', 'sdpa'),
+    (128, 16, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 16, 5, 8192): ('flash_attn', 'triton', 'sdpa'),
+    (128, 64, 1, 512): ('triton', 'flash_attn', 'sdpa'),
+    (128, 64, 5, 512): ('flash_attn', 'triton', 'sdpa'),
+    (128, 64, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (128, 64, 5, 2048): ('flash_attn', 'triton', 'sdpa'),
+    (128, 64, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (128, 64, 5, 8192): ('flash_attn', 'triton', 'sdpa'),
+    (64, 1, 1, 512): ('triton', 'flash_attn', 'sdpa'),
+    (64, 1, 5, 512): ('triton', 'flash_attn', 'sdpa'),
+    (64, 1, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 1, 5, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 1, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 1, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 8, 1, 512): ('triton', 'flash_attn', 'sdpa'),
+    (64, 8, 5, 512): ('flash_attn', 'triton', 'sdpa'),
+    (64, 8, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 8, 5, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 8, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 8, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 16, 1, 512): ('flash_attn', 'triton', 'sdpa'),
+    (64, 16, 5, 512): ('flash_attn', 'triton', 'sdpa'),
+    (64, 16, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 16, 5, 2048): ('flash_attn', 'triton', 'sdpa'),
+    (64, 16, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 16, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 1, 512): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 5, 512): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 1, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 5, 2048): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 1, 8192): ('triton', 'flash_attn', 'sdpa'),
+    (64, 64, 5, 8192): ('triton', 'flash_attn', 'sdpa'),
 }
 
 ALIASES = {"torch": "sdpa"}
@@ -97,12 +117,14 @@ def nearest(x: int, buckets) -> int:
     return min(sorted(buckets), key=lambda b: (abs(math.log(b) - lx), -b))
 
 
-def table_order(num_seqs: int, queries_per_seq: int, max_kv: int) -> tuple[str, ...]:
+def table_order(num_seqs: int, queries_per_seq: int, max_kv: int, head_dim: int | None = None) -> tuple[str, ...]:
+    """The TABLE entry nearest this step's shape (head dim unknown: the largest measured)."""
     keys = TABLE.keys()
-    b = nearest(num_seqs, {k[0] for k in keys})
-    q = nearest(queries_per_seq, {k[1] for k in keys})
-    c = nearest(max_kv, {k[2] for k in keys})
-    return TABLE.get((b, q, c), KERNELS)
+    d = nearest(head_dim, {k[0] for k in keys}) if head_dim else max(k[0] for k in keys)
+    b = nearest(num_seqs, {k[1] for k in keys})
+    q = nearest(queries_per_seq, {k[2] for k in keys})
+    c = nearest(max_kv, {k[3] for k in keys})
+    return TABLE.get((d, b, q, c), KERNELS)
 
 
 def resolve_backend(requested: str, device: torch.device | str, num_seqs: int, queries_per_seq: int, max_kv: int,
@@ -127,7 +149,7 @@ def resolve_backend(requested: str, device: torch.device | str, num_seqs: int, q
         return "flash_attn"
     if torch.device(device).type != "cuda" or not few:
         return "sdpa"
-    for choice in table_order(num_seqs, queries_per_seq, max_kv):
+    for choice in table_order(num_seqs, queries_per_seq, max_kv, head_dim):
         if choice == "flash_attn" and graphed and flash_attention.available() and \
                 (head_dim is None or flash_attention.supports(None, head_dim)):
             return choice
