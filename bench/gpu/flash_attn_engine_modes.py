@@ -1,5 +1,5 @@
-"""attention_backend=flash_attn through the engine in each mode, printing the traceback of the first failure: AR (graphs off, then
-on), sync and SSD on a tiny Llama (head dim 64, bf16), printing the Python traceback of the first failure."""
+"""attention_backend=flash_attn through the engine in each mode on a tiny Llama (head dim 64, bf16): AR with graphs
+off, then on, sync and SSD; prints each mode's first tokens, or the Python traceback of the first failure."""
 import faulthandler
 import sys
 import tempfile
