@@ -8,7 +8,9 @@ OUT=${OUT:-/tmp/smollm2_k_policy}; mkdir -p "$OUT"
 P=${P:-/tmp/persist} SITE=${SITE:-/tmp/site} PY=${PY:-python3}
 source bench/gpu/smollm2_park.sh
 [ "$SMOL_READY" = 1 ] || exit 0
-[ -f drafts/smollm2-135m-draft/model.safetensors ] || { mkdir -p drafts/smollm2-135m-draft && cp .carry/draft/* drafts/smollm2-135m-draft/; }
+# always over what is there: an ignored drafts/ folder survives between calls on a warm machine
+[ -f .carry/draft/model.safetensors ] && mkdir -p drafts/smollm2-135m-draft && cp .carry/draft/* drafts/smollm2-135m-draft/
+md5sum drafts/smollm2-135m-draft/model.safetensors
 export PYTHONPATH=$PWD/backend:$SITE PYTHONUNBUFFERED=1 SPECDEC_CACHE=$P/cache TOKENIZERS_PARALLELISM=false
 B="$PY -m specdec.cli --log-level INFO bench --target smollm2-135m --device cuda:0 --dtype bfloat16 --sweep b=1,16"
 run() {   # name timeout args...
