@@ -223,3 +223,36 @@ def test_a_k_measured_as_a_loss_gives_way_to_the_next_best():
     est._costs[1].spec[2] = [10e-3, 1.0]                                    # measured: 10 ms per token at K=2
     assert est.measured_loss(1, 2) and not est.measured_loss(1, 1)
     assert est.next_k(1) == 1                                               # the model's next best, not AR
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_auto_k_plain_steps_run_overlapped_like_ar(tiny_llama, tiny_llama_draft, temperature):
+    """Where auto K chooses 0, the step runs through AR's overlapped pipeline (engine/overlap.py), not a
+    round with a host sync per step: the fallback is AR's own speed (on an H100 the synchronous plain steps
+    were slower than AR's, so auto K measured AR as dearer than it is). Its time reaches AutoK as a plain
+    step's; outputs stay AR's, greedy and seeded-sampled."""
+    from tiny import PROMPTS
+
+    from specdec import LLM, SamplingParams
+    params = SamplingParams(max_tokens=40, ignore_eos=True, temperature=temperature, seed=5)
+    ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar", graphs="padded").generate(PROMPTS[:2], params)]
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=3, k_policy="auto", graphs="padded")
+    est, pipe = llm.engine.auto_k, llm.engine.pipeline
+    schedule = iter([3] + [0] * 8 + [2] + [0] * 200)
+    est.next_k = lambda batch, metrics=None: next(schedule)
+    plain, advances = [], []
+    observe_plain, advance = est.plain_step, pipe.advance
+    est.plain_step = lambda batch, seconds, timed=True: (plain.append(timed), observe_plain(batch, seconds, timed))
+    pipe.advance = lambda seqs: (advances.append(len(seqs)), advance(seqs))[1]
+    try:
+        outs = llm.generate(PROMPTS[:2], params)
+    finally:
+        llm.close()
+    if temperature == 0.0:
+        assert [o.token_ids for o in outs] == ref
+    else:                                  # a seeded row draws the same tokens overlapped or not
+        assert [len(o.token_ids) for o in outs] == [40, 40]
+    assert len(advances) == len(plain) > 20                     # every plain step went through the pipeline
+    assert plain.count(False) >= 2 and plain.count(True) > 15   # the first of each stretch is not a steady time
+    assert est._costs[2].ar is not None                         # AR's time per step came from those steps
+    assert sum(o.stats["rounds"] for o in outs) > 0

@@ -138,16 +138,28 @@ class LLMEngine:
         if admitted:
             return self._drain() + self._prefill(admitted)
         running = self.scheduler.running
-        if running and self.cfg.overlap and ARPipeline.usable(self.runner, self.drafter, running):
+        k_now = self._next_k(running) if running else 0
+        if running and k_now == 0 and self.cfg.overlap and ARPipeline.usable(self.runner, running) \
+                and not self._wants_hidden():
             return self._decode_overlapped()
         outs = self._drain()
         if not self.scheduler.running:
             return outs
         try:
-            return outs + self._decode()
+            return outs + self._decode(k_now)
         except ChannelError as e:          # nothing was committed yet: redo the round in AR mode
             self._draft_failed(e)
-            return outs + self._decode()
+            return outs + self._decode(0)
+
+    def _next_k(self, running) -> int:
+        """K for the next round: 0 without a drafter, the configured K, or (k_policy auto) the one the measured
+        costs favour, 0 = plain steps. Plain steps of a speculative engine run overlapped like AR's
+        (engine/overlap.py): auto K's fallback is AR's own speed, and its plain-step times are AR's."""
+        if self.drafter is None:
+            return 0
+        if self.auto_k is None:
+            return self.cfg.spec.k
+        return self.auto_k.next_k(len(running), self.metrics)
 
     # --- overlapped AR steps (engine/overlap.py) -------------------------------------------------
     def _decode_overlapped(self) -> list[StepOutput]:
@@ -156,11 +168,16 @@ class LLMEngine:
         for s in self.scheduler.make_room({s.seq_id: 1 for s in self.scheduler.running}):   # room for 2 steps
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
             m.preemptions += 1
+        steady, captured = self.pipeline.inflight is not None, captures()
         step, tokens = self.pipeline.advance(list(self.scheduler.running))
         outs = self._commit_ar(step.seqs, tokens)
         m.decode_steps += 1
         m.verify_steps += 1
-        m.decode_time += self.timer.now() - w0
+        dt = self.timer.now() - w0
+        m.decode_time += dt
+        if self.auto_k is not None and self.drafter is not None:
+            # a plain step of auto K: one step's time once the pipeline is full (the first launches two)
+            self.auto_k.plain_step(len(step.seqs), dt, timed=steady and captures() == captured)
         return outs
 
     def _drain(self) -> list[StepOutput]:
@@ -236,10 +253,9 @@ class LLMEngine:
         """The drafter reads the target's hidden states (EAGLE, draft/eagle.py)."""
         return self.drafter is not None and getattr(self.drafter, "wants_hidden", False)
 
-    def _decode(self) -> list[StepOutput]:
+    def _decode(self, k_now: int) -> list[StepOutput]:
+        """One round of K = ``k_now`` drafts per row (0: a plain step that is not overlapped)."""
         sched, m = self.scheduler, self.metrics
-        # K this round: the configured one, or (k_policy auto) the one the measured costs favour, 0 = plain steps
-        k_now = self.auto_k.next_k(len(sched.running), m) if self.auto_k and self.drafter else self.cfg.spec.k
         self._captures = captures()
         self._catch_ups = catch_up_forwards()
         ks = {s.seq_id: self._k_for(s, k_now) for s in sched.running}

@@ -17,8 +17,8 @@ the plain path's sampler and its uniform draws (one per row and step, from the r
 seeded request), so a seeded request gives the same tokens either way. A row's draw for a step that is
 dropped (it stopped at the step before) comes after its last token and changes nothing.
 
-Used for rounds where no row drafts and the runner's steps are padded static-buffer steps (CUDA graphs
-on GPU). Anything else — an admission, a preemption, a drafter attaching — first drains the step in
+Used for rounds where no row drafts (plain decoding, or k_policy auto choosing K = 0 with a drafter that
+needs no target hidden states) and the runner's steps are padded static-buffer steps (CUDA graphs on GPU). Anything else — an admission, a preemption, a drafter attaching — first drains the step in
 flight (:meth:`ARPipeline.drain`).
 """
 from __future__ import annotations
@@ -47,10 +47,11 @@ class ARPipeline:
         self.inflight: InFlight | None = None
 
     @staticmethod
-    def usable(runner, drafter, seqs) -> bool:
+    def usable(runner, seqs) -> bool:
+        """Whether the runner's steps for these rows are padded static-buffer steps (the caller checks that
+        no row drafts this round)."""
         graph = getattr(runner, "graph", None)
-        return (drafter is None and graph is not None and getattr(runner, "tp", None) is None
-                and len(seqs) <= graph.max_batch)
+        return graph is not None and getattr(runner, "tp", None) is None and len(seqs) <= graph.max_batch
 
     def _launch(self, seqs, prev: InFlight | None) -> InFlight:
         """One AR step for ``seqs``: row b feeds the token step ``prev`` produced for it (on the device),

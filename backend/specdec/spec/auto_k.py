@@ -225,6 +225,12 @@ class AutoK:
         self._acc = w * self._acc + accepted
         self._rej = w * self._rej + rejections
 
+    def plain_step(self, batch: int, seconds: float, timed: bool = True) -> None:
+        """The round :meth:`next_k` was last asked for ran as a plain step outside the engine's round counters
+        (overlapped, engine/overlap.py) and took ``seconds``: observe it as such."""
+        self._seen = None
+        self.observe(batch, 0, 0.0, seconds, timed=timed)
+
     def after_step(self, metrics, timed: bool = True) -> None:
         """:meth:`observe` the round that :meth:`next_k` was last asked for, from the changes of the
         engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (a row that drafted
