@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# SmolLM2-135M (real weights) with the shipped draft: AR vs sync under k_policy=auto (with --log-level INFO: the
-# K' each round chose, the shapes captured) and under fixed K=2 and 3, plus SSD at K=2, at b=1 and b=16, chat
-# prompts and 2048-token prompts. Needs the weights parked (bench/gpu/smollm2_park.sh) and the shipped draft
-# carried as .carry/draft (copied into drafts/ here). Logs and JSON: $OUT.
+# SmolLM2-135M (real weights) with the shipped draft: AR, sync at fixed K=2 and 3, sync under k_policy=auto (with
+# --log-level INFO: the shapes captured), SSD at K=2, each in its own process, at b=1 and b=16, chat prompts and
+# 2048-token prompts; and AR then sync in one process (the layout that measured sync slower). RUNS picks a subset
+# (names below; all of them take ~12 minutes: two calls). Needs the weights parked (bench/gpu/smollm2_park.sh) and
+# the shipped draft carried as .carry/draft (copied into drafts/ here). Logs and JSON: $OUT.
 set -u
 OUT=${OUT:-/tmp/smollm2_k_policy}; mkdir -p "$OUT"
 P=${P:-/tmp/persist} SITE=${SITE:-/tmp/site} PY=${PY:-python3}
@@ -13,15 +14,23 @@ source bench/gpu/smollm2_park.sh
 md5sum drafts/smollm2-135m-draft/model.safetensors
 export PYTHONPATH=$PWD/backend:$SITE PYTHONUNBUFFERED=1 SPECDEC_CACHE=$P/cache TOKENIZERS_PARALLELISM=false
 B="$PY -m specdec.cli --log-level INFO bench --target smollm2-135m --device cuda:0 --dtype bfloat16 --sweep b=1,16"
+RUNS=${RUNS:-ar_chat sync_chat_k2 sync_chat_k3 ar_then_sync_k2 auto_chat async_chat_k2 ar_2048 sync_2048_k2}
 run() {   # name timeout args...
   local n=$1 t=$2; shift 2
+  [[ " $RUNS " == *" $n "* ]] || return 0
   echo "=== $n"
   timeout "$t" $B "$@" --json "$OUT/$n.json" > "$OUT/$n.log" 2>&1; echo "exit $?"
-  grep -E "^(mode|ar|sync|async) |captur" "$OUT/$n.log" | head -12
+  grep -E "^(mode|ar|sync|async) |captures inside" "$OUT/$n.log" | head -12
 }
-run auto_chat 150 --chat --numseqs 16 --output_len 128 --modes ar,sync --k 4 --k-policy auto
-run fixed_chat_k2 150 --chat --numseqs 16 --output_len 128 --modes ar,sync,async --k 2
-run fixed_chat_k3 120 --chat --numseqs 16 --output_len 128 --modes sync --k 3
-run fixed_2048 150 --prompt-len 2048 --numseqs 16 --output_len 64 --modes ar,sync --k 2
-grep -h "K'\|k_policy\|chose" "$OUT/auto_chat.log" | sort | uniq -c | sort -rn | head -12
+C="--chat --numseqs 16 --output_len 128"
+# each mode in its own process: a sync run in a process that had run AR first measured 1.2-1.3x slower verify and
+# draft phases than a sync-only process (eighth session); ar_then_sync repeats that layout to check it
+run ar_chat 90 $C --modes ar
+run sync_chat_k2 120 $C --modes sync --k 2
+run sync_chat_k3 120 $C --modes sync --k 3
+run ar_then_sync_k2 150 $C --modes ar,sync --k 2
+run auto_chat 150 $C --modes sync --k 4 --k-policy auto
+run async_chat_k2 120 $C --modes async --k 2
+run ar_2048 90 --prompt-len 2048 --numseqs 16 --output_len 64 --modes ar
+run sync_2048_k2 120 --prompt-len 2048 --numseqs 16 --output_len 64 --modes sync --k 2
 echo "=== smollm2_k_policy done in $SECONDS s"
