@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SamplingParams
-from ..runner.graph_tools import captures
+from ..runner.graph_tools import MIN_KV_BUCKET, captures
 from .floor import floor_tok_s, measure_bandwidth, weight_bytes
 from .prompts import load_prompts
 
@@ -113,11 +113,44 @@ def _profiled(engine, sink: list):
     engine._prefill = wrap(engine._prefill, "prefill")
 
 
-# Warm-up passes before a timed run, at most: a pass that captures no CUDA graph ends the warm-up. One pass is not
-# always enough: rows finishing at different rounds, SSD's build rule and SIMULATED outcomes meet step shapes (batch
-# bucket, catch-up length, context bucket, tree rows) that a pass may not have met, and each capture (10-200 ms) in a
-# timed run of a dozen rounds swamps its per-round figures (BENCHMARKS.md, fourth session).
+# Warm-up passes of the timed run's own requests before it, at most: a pass that captures no CUDA graph ends the
+# warm-up. They follow warm_graphs (every batch, context and draft-count key), for what that grid does not hold:
+# sampled rows, SSD's trees, SIMULATED outcomes, prompts short enough to prefill in a graph. Each capture (10-200 ms)
+# in a timed run of a dozen rounds swamps its per-round figures (BENCHMARKS.md, fourth session).
 WARMUP_PASSES = 3
+
+
+def has_graphs(eng) -> bool:
+    """The engine runs static-buffer programs (CUDA graphs, or graphs "padded", whose keys count as captures)."""
+    return any(getattr(r, "graph", None) is not None for r in eng.runners)
+
+
+def longest_context(prompt_ids, output_len: int, k: int) -> int:
+    """The most positions a step of the run spans: the longest prompt and its output, plus a round's look-ahead
+    (K draft steps and the verify's bonus position; an overlapped AR step runs one token ahead)."""
+    return max(len(p) for p in prompt_ids) + output_len + k + 2
+
+
+def warm_graphs(eng, context: int, batch: int) -> None:
+    """Run every greedy step key a run of up to ``batch`` rows and ``context`` positions can meet (CUDA: capture
+    it; padded: count it). Which keys a run meets depends on its rounds (acceptance, rows finishing apart, auto K's
+    choices), so passes of its own requests can leave some to the timed run: on an H100, auto K's per-K' passes
+    left 3 captures in it. So: the engine's warm-up grid (every batch bucket x context bucket x draft count K..0,
+    engine/warmup.py), with auto K off so each count drafts exactly that many (auto K picks any K' below it), and
+    the draft's K/V-only catch-ups after auto K's plain steps on placeholder rows."""
+    from ..engine.warmup import warm_up
+    top = MIN_KV_BUCKET                   # the grid's context buckets are powers of two: up to the one holding context
+    while top < context:
+        top *= 2
+    auto, eng.auto_k = eng.auto_k, None
+    try:
+        warm_up(eng, max_context=top, cuda_only=False)
+    finally:
+        eng.auto_k = auto                 # its estimates so far: the grid's dummy prompts did not reach them
+    if auto is not None:
+        for r in eng.runners[1:]:         # the drafts'
+            if getattr(r, "graph", None) is not None:
+                r.graph.warm_kv_writes(batch, context)
 
 
 def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profile: list | None) -> dict:
@@ -236,11 +269,8 @@ def bench_mode(a, mode: str, on_report=None) -> dict:
             _apply(eng, sweep_key, val)
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s %s=%s", mode, k, b, temp, sweep_key, val)
-        if eng.auto_k is not None and device.type == "cuda":
-            # auto K picks any K' <= K per round, and each K' (with its 1- and 2-token catch-ups, which only
-            # real prompts reach) has its own graphs: one pass at each K' first, or the timed run captures them
-            for kk in range(k or eng.cfg.spec.k, 0, -1):
-                run_once(llm, prompt_ids, a.output_len, temp, kk, None)
+        if has_graphs(eng):
+            warm_graphs(eng, longest_context(prompt_ids, a.output_len, eng.k), b)
         for _ in range(WARMUP_PASSES):          # same shapes: graphs captured before timing, until a pass adds none
             if run_once(llm, prompt_ids, a.output_len, temp, k, None)["graph_captures"] == 0:
                 break

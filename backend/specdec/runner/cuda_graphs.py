@@ -2,7 +2,8 @@
 
 Decode (1 query per row), verify (K+1 queries per row) and the draft's steps all have few
 queries per sequence. They run as a *uniform padded batch*: B rows x Q queries, B rounded up
-to a batch bucket, Q exact, and the attention span rounded up to a KV bucket (a power of two).
+to a batch bucket, Q exact (but where its value depends on the rounds before, below), and the
+attention span rounded up to a KV bucket (a power of two).
 Every input lives in one static buffer (ids, RoPE positions, storage positions, slots, block
 tables, per-row ints); a step copies its host arrays into it (ONE host-to-device copy from a
 pinned staging ring) and replays the graph captured for its key the first time that key was
@@ -11,16 +12,21 @@ and their outputs are dropped.
 
 Three kinds of graphs:
 
-* :meth:`GraphRunner.forward`: one forward, key (B bucket, Q, KV bucket); it returns logits.
+* :meth:`GraphRunner.forward`: one forward, key (B bucket, Q, KV bucket); it returns logits. A
+  forward that asks for no logits (K/V writes: a draft's catch-up) runs at Q = max_q.
 * the same with an *epilogue*, key + the epilogue's name: work on the padded logits captured in
   the same graph (verification's greedy acceptance, engine/verify_step.py), so a verify round is
   one replay and one readback.
-* :meth:`GraphRunner.loop`: the draft loop (draft/loop.py), key (B bucket, catch-up queries,
-  steps, KV bucket, sampler): K forwards and their sampling, each step fed by the previous
-  step's tokens on the device, in one graph.
+* :meth:`GraphRunner.loop`: the draft loop (draft/loop.py), key (B bucket, catch-up queries (at
+  least LOOP_QUERIES), steps, KV bucket, sampler): K forwards and their sampling, each step fed by
+  the previous step's tokens on the device, in one graph.
+
+So the keys a run of greedy rows meets, whatever its rounds accept, lie in a grid of batch bucket x
+context bucket x draft count that a warm-up can run through first (benchmark/run.py warm_graphs).
 
 With ``capture=False`` the same padded programs run eagerly: that is how CPU tests check them
-against the variable-length path.
+against the variable-length path. Each key's first run there counts as a capture
+(graph_tools.captures), so a CPU run shows where a GPU run would capture.
 
 Tensor parallelism: the static buffer is the payload of the step message (tp_step.py). Rank 0
 writes [header | buffer] in its one copy and broadcasts it; each worker replays the graph the
@@ -37,9 +43,15 @@ import torch
 
 from ..transfer import upload
 from . import tp_step
-from .graph_tools import StagingRing, batch_buckets, capture, kv_bucket, pad_rows
+from .feed import Feed
+from .graph_tools import StagingRing, batch_buckets, capture, count_capture, kv_bucket, kv_buckets, pad_rows
 
 log = logging.getLogger(__name__)
+
+# queries of a draft loop's step 0, at least: its catch-up is 1 token, or 2 after a round that accepted every draft
+# (draft/loop.py writes longer ones first: LOOP_CATCH_UP), and both run at 2, so the key does not depend on the
+# round before, which no warm-up can schedule
+LOOP_QUERIES = 2
 
 
 class GraphRunner:
@@ -63,6 +75,7 @@ class GraphRunner:
         self.buf = self.msg[self.head:]
         self._ring = StagingRing(self.msg)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object, list[torch.Tensor]]] = {}
+        self.padded_keys: set[tuple] = set()    # without capture: the keys run so far (each counted as a capture)
         self.pool = None
         self.replays = 0
         self.loops = 0                       # draft loops run as one program (graph or padded)
@@ -148,7 +161,7 @@ class GraphRunner:
             return self._forward_hidden(feeds, device_tokens, epilogue)
         r = self.r
         bs = r.blocks.block_size
-        B, Q = len(feeds), max(len(f.tokens) for f in feeds)
+        B, Q = len(feeds), self._queries(feeds)
         Bb = next(b for b in self.buckets if b >= B)
         KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
         NB = KV // bs
@@ -176,6 +189,24 @@ class GraphRunner:
             return out[: len(rows)]
         idx = upload(rows, r.device, torch.long)
         return out[idx]
+
+    def _queries(self, feeds) -> int:
+        """Queries per row of a forward. One that asks for no logits only writes K/V (a draft catching up on the
+        plain steps before its round, draft/loop.shorten_catch_up; a short prompt's draft prefill): its length is
+        that of the stretch before it, so it runs at max_q, one graph per batch and context bucket, which
+        :meth:`warm_kv_writes` can run before they are met."""
+        if not any(f.num_logits for f in feeds):
+            return self.max_q
+        return max(len(f.tokens) for f in feeds)
+
+    def warm_kv_writes(self, batch: int, context: int) -> None:
+        """Run (on CUDA: capture) the K/V-only forward of every batch bucket up to ``batch``'s and every context
+        bucket up to ``context``'s, on placeholder rows: where and when a draft catches up after plain steps
+        depends on k_policy=auto's choices, so no run of real requests is sure to meet them all first."""
+        top = next(b for b in self.buckets if b >= batch)
+        for Bb in (b for b in self.buckets if b <= top):
+            for kv in kv_buckets(context, self.r.blocks.block_size, self.max_kv):
+                self.r.forward([Feed(0, [0] * self.max_q, kv - self.max_q, num_logits=0, dummy=True)] * Bb)
 
     def _forward_hidden(self, feeds, device_tokens, epilogue):
         """forward() that also returns the hidden states (the EAGLE drafter's hook): the graph of key
@@ -242,7 +273,7 @@ class GraphRunner:
         blocks = self.r.blocks
         bs = blocks.block_size
         B, K = len(catch_up), max(ks)
-        Q0 = max(len(f.tokens) for f in catch_up)
+        Q0 = max(LOOP_QUERIES, max(len(f.tokens) for f in catch_up))
         Bb = next(b for b in self.buckets if b >= B)
         for b, f in enumerate(catch_up):      # room for every step's K/V before the layout reads tables
             if not f.dummy and ks[b] > 1:
@@ -302,6 +333,10 @@ class GraphRunner:
         """Run ``program`` for ``key``: eagerly without capture, else replay its graph (captured the first
         time). A loop's ``sampler`` reads its per-row ``inputs`` from the graph's static copies of them."""
         if not self.capture:
+            if key not in self.padded_keys:  # where a GPU would capture: counted, so the CPU shows it too
+                self.padded_keys.add(key)
+                count_capture()
+                log.info("%s: padded graph %s run first (a GPU captures here)", self.r.name, key)
             return program(sampler.bind(inputs)) if sampler is not None else program()
         if key not in self.graphs:
             static = [t.clone() for t in inputs] if sampler is not None else []

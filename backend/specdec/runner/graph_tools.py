@@ -23,6 +23,16 @@ def kv_bucket(n: int, block_size: int, max_kv: int) -> int:
     return min(-(-p // block_size) * block_size, max_kv)
 
 
+def kv_buckets(n: int, block_size: int, max_kv: int) -> list[int]:
+    """The context buckets of steps over 1 .. n positions (:func:`kv_bucket` of each), smallest first."""
+    p = MIN_KV_BUCKET
+    out = {kv_bucket(p, block_size, max_kv)}
+    while p < n:
+        p *= 2
+        out.add(kv_bucket(p, block_size, max_kv))
+    return sorted(out)
+
+
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """t [n, ...] -> [rows, ...] for a batch bucket: padding rows repeat row 0 (their results are dropped)."""
     if t.shape[0] == rows:
@@ -59,17 +69,24 @@ _captured = 0
 
 
 def captures() -> int:
-    """Graphs captured in this process so far. A capture is a one-time cost (three runs of the program in
-    Python, compiles, instantiation: ~10-200 ms); a timing that spans one is not a steady-state time."""
+    """Graphs captured in this process so far, and with graphs "padded" (no capture) the keys first run, which
+    a GPU would have captured there: so CPU runs show where captures land. A capture is a one-time cost (three
+    runs of the program in Python, compiles, instantiation: ~10-200 ms); a timing that spans one is not a
+    steady-state time."""
     return _captured
+
+
+def count_capture() -> None:
+    """One more capture (or, padded, one key first run) for :func:`captures`."""
+    global _captured
+    _captured += 1
 
 
 def capture(program, device: torch.device, pool=None, thread_local: bool = False):
     """(graph, outputs) of ``program`` captured on a side stream after two warm-up runs (compiles,
     workspaces). thread_local: tensor parallelism, where NCCL's watchdog thread queries events while
     we capture; "thread_local" keeps its calls from invalidating this thread's capture."""
-    global _captured
-    _captured += 1
+    count_capture()
     cur = torch.cuda.current_stream(device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(cur)
