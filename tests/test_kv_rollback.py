@@ -23,8 +23,8 @@ def run_poisoned(llm, prompts, target_offset, draft_offset=None):
     eng = llm.engine
     original = eng._decode
 
-    def decode():
-        outs = original()
+    def decode(k_now):
+        outs = original(k_now)
         for s in eng.scheduler.running:
             poison(eng.runner, s, len(s) - 1 + target_offset)
             if draft_offset is not None:
