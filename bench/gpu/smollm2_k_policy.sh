@@ -2,7 +2,7 @@
 # SmolLM2-135M (real weights) with the shipped draft: AR, sync at fixed K=2 and 3, sync under k_policy=auto (with
 # --log-level INFO: the shapes captured), SSD at K=2, each in its own process, at b=1 and b=16, chat prompts and
 # 2048-token prompts; and AR then sync in one process (the layout that measured sync slower). RUNS picks a subset
-# (names below; all of them take ~12 minutes: two calls). Needs the weights parked (bench/gpu/smollm2_park.sh) and
+# (names below; all of them take ~15-20 minutes with the warm-up grid: three calls). Needs the weights parked (bench/gpu/smollm2_park.sh) and
 # the shipped draft carried as .carry/draft (copied into drafts/ here). Logs and JSON: $OUT.
 set -u
 OUT=${OUT:-/tmp/smollm2_k_policy}; mkdir -p "$OUT"
@@ -25,12 +25,12 @@ run() {   # name timeout args...
 C="--chat --numseqs 16 --output_len 128"
 # each mode in its own process: a sync run in a process that had run AR first measured 1.2-1.3x slower verify and
 # draft phases than a sync-only process (eighth session); ar_then_sync repeats that layout to check it
-run ar_chat 90 $C --modes ar
-run sync_chat_k2 120 $C --modes sync --k 2
-run sync_chat_k3 120 $C --modes sync --k 3
-run ar_then_sync_k2 150 $C --modes ar,sync --k 2
-run auto_chat 150 $C --modes sync --k 4 --k-policy auto
-run async_chat_k2 120 $C --modes async --k 2
-run ar_2048 90 --prompt-len 2048 --numseqs 16 --output_len 64 --modes ar
-run sync_2048_k2 120 --prompt-len 2048 --numseqs 16 --output_len 64 --modes sync --k 2
+run ar_chat 120 $C --modes ar
+run sync_chat_k2 160 $C --modes sync --k 2
+run sync_chat_k3 160 $C --modes sync --k 3
+run ar_then_sync_k2 220 $C --modes ar,sync --k 2
+run auto_chat 200 $C --modes sync --k 4 --k-policy auto
+run async_chat_k2 160 $C --modes async --k 2
+run ar_2048 120 --prompt-len 2048 --numseqs 16 --output_len 64 --modes ar
+run sync_2048_k2 160 --prompt-len 2048 --numseqs 16 --output_len 64 --modes sync --k 2
 echo "=== smollm2_k_policy done in $SECONDS s"
