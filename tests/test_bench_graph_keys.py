@@ -78,7 +78,7 @@ def test_warm_graphs_alone_holds_every_key_of_any_auto_k_schedule(tiny_llama, ba
               max_model_len=256)
     eng = llm.engine
     eng.scheduler.max_batch_size = batch
-    warm_graphs(eng, longest_context(prompts, params.max_tokens, eng.k), batch)
+    warm_graphs(eng, longest_context(prompts, params.max_tokens, eng.k))
     schedule = iter([k for j in range(8) for k in (3, 2, 1, *[0] * j)] * 10)
     eng.auto_k.next_k = lambda b, metrics=None: next(schedule)
     c0 = graph_tools.captures()

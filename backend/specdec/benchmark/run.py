@@ -131,26 +131,19 @@ def longest_context(prompt_ids, output_len: int, k: int) -> int:
     return max(len(p) for p in prompt_ids) + output_len + k + 2
 
 
-def warm_graphs(eng, context: int, batch: int) -> None:
-    """Run every greedy step key a run of up to ``batch`` rows and ``context`` positions can meet (CUDA: capture
-    it; padded: count it). Which keys a run meets depends on its rounds (acceptance, rows finishing apart, auto K's
-    choices), so passes of its own requests can leave some to the timed run: on an H100, auto K's per-K' passes
-    left 3 captures in it. So: the engine's warm-up grid (every batch bucket x context bucket x draft count K..0,
-    engine/warmup.py), with auto K off so each count drafts exactly that many (auto K picks any K' below it), and
-    the draft's K/V-only catch-ups after auto K's plain steps on placeholder rows."""
+def warm_graphs(eng, context: int) -> None:
+    """Run every greedy step key a run of the engine's batch size and ``context`` positions can meet (CUDA: capture
+    it; padded: count it): engine/warmup.py's grid of batch bucket x context bucket x draft count K..0 (with auto K
+    off, and the drafts' catch-up writes after its plain steps). Which keys a run of its own requests meets depends
+    on its rounds (acceptance, rows finishing apart, auto K's choices): on an H100, passes of them left 3 captures
+    to the timed run."""
     from ..engine.warmup import warm_up
     top = MIN_KV_BUCKET                   # the grid's context buckets are powers of two: up to the one holding context
     while top < context:
         top *= 2
-    auto, eng.auto_k = eng.auto_k, None
-    try:
-        warm_up(eng, max_context=top, cuda_only=False)
-    finally:
-        eng.auto_k = auto                 # its estimates so far: the grid's dummy prompts did not reach them
-    if auto is not None:
-        for r in eng.runners[1:]:         # the drafts'
-            if getattr(r, "graph", None) is not None:
-                r.graph.warm_kv_writes(batch, context)
+    auto = eng.auto_k
+    warm_up(eng, max_context=top, cuda_only=False)
+    eng.auto_k = auto                     # its estimates so far: the grid's dummy prompts did not reach them
 
 
 def run_once(llm, prompt_ids, output_len: int, temp: float, k: int | None, profile: list | None) -> dict:
@@ -270,7 +263,7 @@ def bench_mode(a, mode: str, on_report=None) -> dict:
         eng.scheduler.max_batch_size = b
         log.info("warm-up: mode=%s k=%s b=%d temp=%s %s=%s", mode, k, b, temp, sweep_key, val)
         if has_graphs(eng):
-            warm_graphs(eng, longest_context(prompt_ids, a.output_len, eng.k), b)
+            warm_graphs(eng, longest_context(prompt_ids, a.output_len, eng.k))
         for _ in range(WARMUP_PASSES):          # same shapes: graphs captured before timing, until a pass adds none
             if run_once(llm, prompt_ids, a.output_len, temp, k, None)["graph_captures"] == 0:
                 break

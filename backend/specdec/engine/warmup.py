@@ -6,6 +6,9 @@ into its first users' inter-token latency: on one H100 the 8B+1B pair served by 
 of 130 ms at concurrency 4 against a p50 of 13 ms, with 36 captures inside the measured window
 (BENCHMARKS.md). :func:`warm_up` runs short greedy requests of dummy tokens through the engine at
 every batch bucket, context bucket and draft count, so the steps users meet first are already captured.
+Under k_policy auto it runs each draft count with auto K off (auto K would pick lower ones: on an H100 the
+bench's capped passes left 3 captures to its timed run), then the drafts' K/V-only catch-up forwards that
+follow auto K's plain steps (runner/cuda_graphs.py warm_kv_writes).
 
 Which shapes: for every batch bucket, every context bucket from 64 up to ``max_context`` (a prompt that
 fills half of the bucket, so the run stays inside it) and every draft count k from K down to 0 (the
@@ -66,6 +69,29 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
     c0, t0 = captures(), time.perf_counter()
     lens = prompt_lens or prompt_lengths(max_context, engine.max_model_len, rounds * (K + 1) + 1)
     shapes = 0
+    auto, engine.auto_k = engine.auto_k, None      # k_policy auto: each count drafts exactly k (auto picks lower ones)
+    try:
+        shapes = _run_shapes(engine, lens, K, rounds, vocab)
+    finally:
+        engine.auto_k = auto
+    if auto is not None:                           # the drafts' catch-ups after auto K's plain steps
+        for r in engine.runners[1:]:
+            if getattr(r, "graph", None) is not None:
+                r.graph.warm_kv_writes(engine.scheduler.max_batch_size, min(max_context, engine.max_model_len))
+    engine.metrics.reset()
+    engine.reset_auto_k()                          # dummy prompts' acceptance and timings must not steer K
+    leaked = free0 - engine.runner.num_free_blocks
+    if leaked:
+        log.warning("warm-up left %d KV blocks in use", leaked)
+    done = {"shapes": shapes, "captures": captures() - c0, "seconds": time.perf_counter() - t0}
+    log.info("warm-up: %d batch/context/k shapes, %d CUDA graphs captured in %.1f s", done["shapes"],
+             done["captures"], done["seconds"])
+    return done
+
+
+def _run_shapes(engine, lens: list[int], K: int, rounds: int, vocab: int) -> int:
+    """The requests of :func:`warm_up`: every prompt length x draft count x batch bucket; returns the shapes run."""
+    shapes = 0
     for length in lens:
         for k in range(K, -1, -1) if K else [None]:
             n = rounds * ((k or 0) + 1) + 1
@@ -79,12 +105,4 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
                 while engine.has_unfinished():
                     engine.step()
                 shapes += 1
-    engine.metrics.reset()
-    engine.reset_auto_k()                          # dummy prompts' acceptance and timings must not steer K
-    leaked = free0 - engine.runner.num_free_blocks
-    if leaked:
-        log.warning("warm-up left %d KV blocks in use", leaked)
-    done = {"shapes": shapes, "captures": captures() - c0, "seconds": time.perf_counter() - t0}
-    log.info("warm-up: %d batch/context/k shapes, %d CUDA graphs captured in %.1f s", done["shapes"],
-             done["captures"], done["seconds"])
-    return done
+    return shapes
