@@ -72,6 +72,17 @@ def parent_gone(parent_pid: int | None) -> bool:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free right now: each socket stays bound until all are picked (ports picked one
+    after another may repeat, and a server given the same port twice fails to start)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..processes import free_port
+from ..processes import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Ports:
 
     @classmethod
     def free(cls, host: str = "127.0.0.1") -> "Ports":
-        return cls(free_port(host), free_port(host), free_port(host))
+        return cls(*free_ports(3, host))
 
 
 class TritonServer:
