@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import SamplingParams
-from ..runner.graph_tools import MIN_KV_BUCKET, captures
+from ..runner.graph_tools import captures, kv_bucket
 from .floor import floor_tok_s, measure_bandwidth, weight_bytes
 from .prompts import load_prompts
 
@@ -138,11 +138,8 @@ def warm_graphs(eng, context: int) -> None:
     on its rounds (acceptance, rows finishing apart, auto K's choices): on an H100, passes of them left 3 captures
     to the timed run."""
     from ..engine.warmup import warm_up
-    top = MIN_KV_BUCKET                   # the grid's context buckets are powers of two: up to the one holding context
-    while top < context:
-        top *= 2
     auto = eng.auto_k
-    warm_up(eng, max_context=top, cuda_only=False)
+    warm_up(eng, max_context=kv_bucket(context, 1, eng.max_model_len), cuda_only=False)   # up to context's bucket
     eng.auto_k = auto                     # its estimates so far: the grid's dummy prompts did not reach them
 
 
