@@ -275,7 +275,8 @@ class EngineConfig:
         "padded (the graphs' static-buffer path without capture: CPU tests)"))
     attention_backend: str = field(default="auto", metadata=_help("attention: auto | flash_attn | triton | sdpa"))
     overlap: bool = field(default=True, metadata=_help(
-        "overlapped AR steps: launch the next from the device's tokens before reading this one (greedy, graphs)"))
+        "overlapped steps: launch the next AR step (or greedy sync round) from the device's outcome before "
+        "reading this one (graphs)"))
     tensor_parallel_size: int = field(default=1, metadata=_help("ranks of the target (the draft is never split)"))
     devices: list[str] | None = field(default=None, metadata=_help("one device per target rank (devices[0] == device)"))
     cache: CacheConfig = field(default_factory=CacheConfig)

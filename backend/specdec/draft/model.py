@@ -55,13 +55,35 @@ class ModelDrafter(Drafter):
             probs = None if probs is None else probs.to(self.target_device, non_blocking=True)
         return Proposal(tokens, probs, list(ks))
 
-    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
-        """Keep the draft K/V that matches committed tokens; with kv_append=False, drop the drafts' K/V."""
+    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int) -> Proposal:
+        """Greedy drafts for a round launched before the round in flight has reached the host
+        (engine/spec_overlap.py). Each row's length is len(s) + shift[b] (device [B]; at most ``most``
+        more than the host knows), its two newest tokens ``tokens0`` [B, 2] (device): step 0 feeds them
+        (the older one's K/V is written again, the same token), then ks[b] steps, as one graph replay.
+        The draft holds K/V for every position before those two: the loop of the round in flight wrote
+        them (``draft_cached`` is set when each round is committed: :meth:`commit`)."""
+        catch_up = [Feed(s.seq_id, [0, 0], len(s) - 2) for s in seqs]
+        tokens, _, _ = self.runner.graph.loop(catch_up, [len(s) for s in seqs], ks, LoopSampler(greedy=True),
+                                              self.vocab_size, device_tokens=tokens0, shift=(shift, most))
+        return Proposal(tokens, None, list(ks))
+
+    def moves(self) -> bool:
+        """Whether :meth:`propose_moved` can run: the loop is a static-buffer program here, on the target's device,
+        and the drafts' K/V is kept."""
+        g = getattr(self.runner, "graph", None)
+        return (g is not None and g.head == 0 and self.kv_append and self.runner.device == self.target_device
+                and self.vocab_size <= self.runner.vocab_size)
+
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:
+        """Keep the draft K/V that matches committed tokens; with kv_append=False, drop the drafts' K/V.
+        in_flight: a later round is already running on this row (engine/spec_overlap.py): its loop wrote the
+        K/V past the draft tokens this round tried, so nothing is truncated (the blocks stay the row's)."""
         if num_draft == 0:
             return
-        keep = old_len + accepted if self.kv_append else old_len
-        seq.draft_cached = min(seq.draft_cached, keep)
-        self.runner.truncate(seq.seq_id, seq.draft_cached)
+        # the loop wrote d_1..d_{K-1} at old_len .. old_len + K - 2: those up to the first rejected one are committed
+        seq.draft_cached = old_len + min(accepted, num_draft - 1) if self.kv_append else old_len
+        if not in_flight:
+            self.runner.truncate(seq.seq_id, seq.draft_cached)
 
     def free(self, seq) -> None:
         self.runner.free(seq.seq_id)

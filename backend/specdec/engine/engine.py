@@ -43,6 +43,7 @@ from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
 from .overlap import ARPipeline
+from .spec_overlap import SpecPipeline
 from .metrics import EngineMetrics, Timer
 from .scheduler import Scheduler
 from .sequence import Sequence
@@ -86,6 +87,7 @@ class LLMEngine:
         self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len, self.generator)
+        self.spec_pipeline = SpecPipeline(self.runner, self.max_model_len, self.timer)
         self.auto_k = self._auto_k(cfg.spec)
         self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
         self._catch_ups = 0                 # the same for the draft's long catch-ups (draft/loop.py)
@@ -142,6 +144,8 @@ class LLMEngine:
         if running and k_now == 0 and self.cfg.overlap and ARPipeline.usable(self.runner, running) \
                 and not self._wants_hidden():
             return self._decode_overlapped()
+        if running and k_now > 0 and self._spec_overlaps(running, k_now):
+            return self._decode_spec_overlapped(k_now)
         outs = self._drain()
         if not self.scheduler.running:
             return outs
@@ -164,13 +168,16 @@ class LLMEngine:
     # --- overlapped AR steps (engine/overlap.py) -------------------------------------------------
     def _decode_overlapped(self) -> list[StepOutput]:
         """Launch the next AR step from the device's tokens, then commit the one before it."""
+        outs = self._drain_spec()
+        if not self.scheduler.running:
+            return outs
         m, w0 = self.metrics, self.timer.now()
         for s in self.scheduler.make_room({s.seq_id: 1 for s in self.scheduler.running}):   # room for 2 steps
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
             m.preemptions += 1
         steady, captured = self.pipeline.inflight is not None, captures()
         step, tokens = self.pipeline.advance(list(self.scheduler.running))
-        outs = self._commit_ar(step.seqs, tokens)
+        outs += self._commit_ar(step.seqs, tokens)
         m.decode_steps += 1
         m.verify_steps += 1
         dt = self.timer.now() - w0
@@ -181,9 +188,48 @@ class LLMEngine:
         return outs
 
     def _drain(self) -> list[StepOutput]:
-        """Commit the overlapped step in flight, if any."""
+        """Commit the overlapped step or round in flight, if any."""
+        return self._drain_ar() + self._drain_spec()
+
+    def _drain_ar(self) -> list[StepOutput]:
         done = self.pipeline.drain()
         return [] if done is None else self._commit_ar(done[0].seqs, done[1])
+
+    # --- overlapped speculative rounds (engine/spec_overlap.py) -----------------------------------
+    def _spec_overlaps(self, running, k_now: int) -> bool:
+        """Greedy sync rounds of a fixed K overlap (auto K times each round on its own, SIMULATED outcomes
+        and drafters that read hidden states take the plain round)."""
+        if not self.cfg.overlap or self.auto_k is not None or self.simulator is not None or self._wants_hidden():
+            return False
+        return self.spec_pipeline.usable(self.drafter, running, k_now)
+
+    def _decode_spec_overlapped(self, k: int) -> list[StepOutput]:
+        """Launch the next round from the device's outcome of the round in flight, then commit that one."""
+        outs = self._drain_ar()
+        sched, m, w0 = self.scheduler, self.metrics, self.timer.now()
+        for s in sched.make_room({s.seq_id: 2 * (k + 1) for s in sched.running}):   # room for two rounds
+            log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
+            m.preemptions += 1
+        if not sched.running:
+            return outs
+        rnd, rows = self.spec_pipeline.advance(self.drafter, list(sched.running), k)
+        return outs + self._commit_round(rnd, rows, w0, in_flight=True)
+
+    def _drain_spec(self) -> list[StepOutput]:
+        done = self.spec_pipeline.drain()
+        return [] if done is None else self._commit_round(done[0], done[1], self.timer.now(), in_flight=False)
+
+    def _commit_round(self, rnd, rows: list[list[int]], w0: float, in_flight: bool) -> list[StepOutput]:
+        """Commit an overlapped round's outcome rows [accepted, recovery, d_1..d_K] (rows that stopped, were
+        preempted or aborted since it was launched are dropped)."""
+        keep = [b for b, s in enumerate(rnd.seqs) if s.running]
+        if not keep:
+            return []
+        seqs = [rnd.seqs[b] for b in keep]
+        k = rnd.k
+        return self._finish_round(seqs, None, [k] * len(seqs), [rows[b][2: 2 + k] for b in keep],
+                                  [rows[b][0] for b in keep], [rows[b][1] for b in keep], (*rnd.marks, w0),
+                                  in_flight=in_flight)
 
     def _commit_ar(self, seqs, tokens: list[int]) -> list[StepOutput]:
         outs = []
@@ -324,9 +370,11 @@ class LLMEngine:
         drafts = [flat[2 * B + b * Kv: 2 * B + b * Kv + num[b]] for b in range(B)]
         return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0), hidden)
 
-    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None) -> list[StepOutput]:
+    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None, in_flight=False) -> list[StepOutput]:
         """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats.
-        hidden: per-row features of the verify feed (EAGLE): the committed ones go to the drafter."""
+        hidden: per-row features of the verify feed (EAGLE): the committed ones go to the drafter.
+        in_flight: the next round is already running (engine/spec_overlap.py): its K/V lies past this
+        round's, so no row is rolled back."""
         m, timer = self.metrics, self.timer
         t0, t1, t2, w0 = marks
         if any(num):
@@ -346,9 +394,12 @@ class LLMEngine:
             if hidden is not None:            # features of positions old_len - 1 .. old_len - 1 + acc
                 self.drafter.observe(s, old_len - 1, hidden[b][: acc[b] + 1])
             if num[b]:
-                self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
-                self.drafter.commit(s, old_len, acc[b], num[b])
-                if prop.status is not None and prop.status[b] is not RowStatus.NONE:
+                if in_flight:
+                    self.drafter.commit(s, old_len, acc[b], num[b], in_flight=True)
+                else:
+                    self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
+                    self.drafter.commit(s, old_len, acc[b], num[b])
+                if prop is not None and prop.status is not None and prop.status[b] is not RowStatus.NONE:
                     self._count_lookup(s, prop.status[b] is RowStatus.HIT, 1 + acc[b])
                 s.stats.rounds += 1
                 s.stats.drafted += num[b]

@@ -74,6 +74,7 @@ class GraphRunner:
         self.msg = torch.zeros(size, dtype=torch.long, device=dev) if tp is None else tp.reserve(size)
         self.buf = self.msg[self.head:]
         self._ring = StagingRing(self.msg)
+        self.shift = torch.zeros(max_batch, dtype=torch.long, device=dev)   # per-row position shifts (_shifted)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object, list[torch.Tensor]]] = {}
         self.padded_keys: set[tuple] = set()    # without capture: the keys run so far (each counted as a capture)
         self.pool = None
@@ -153,17 +154,19 @@ class GraphRunner:
         self._ring.copy_to(self.msg, host)
 
     # --- one forward ------------------------------------------------------------------------
-    def forward(self, feeds, device_tokens=None, epilogue=None, hidden: bool = False):
+    def forward(self, feeds, device_tokens=None, epilogue=None, hidden: bool = False, shift=None):
         """Logits [rows the feeds ask for, V]; with ``epilogue`` (engine/verify_step.py), its output
         over the padded logits [Bb, Q, V] instead, computed inside the same graph. ``hidden``: also
-        the final hidden states, one [len(f.tokens), H] per feed (copied out of the graph's output)."""
+        the final hidden states, one [len(f.tokens), H] per feed (copied out of the graph's output).
+        ``shift``: (device [B] int64, its largest possible value): each row's positions move by its
+        device value (:meth:`_set_shift`); the caller has grown the block tables to cover it."""
         if hidden:
             return self._forward_hidden(feeds, device_tokens, epilogue)
         r = self.r
         bs = r.blocks.block_size
         B, Q = len(feeds), self._queries(feeds)
         Bb = next(b for b in self.buckets if b >= B)
-        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds))
+        KV = self.kv_bucket(max(f.start + len(f.tokens) for f in feeds) + (shift[1] if shift else 0))
         NB = KV // bs
         ids, pos, qpos, slots, tables, rows = self._layout(feeds, Bb, Q, NB)
         m = Bb * Q
@@ -179,12 +182,17 @@ class GraphRunner:
         if device_tokens is not None:         # tokens sampled on the device: no host round trip
             dt, col0 = device_tokens
             self.buf[:m].view(Bb, Q)[:B, col0:col0 + dt.shape[1]].copy_(dt[:, : Q - col0])
+        if shift is not None:
+            self._set_shift(shift[0], Bb)
         if self.head:
             r.tp.broadcast()                  # the workers run the same shape from the same buffer
         if epilogue is not None:
-            key = (Bb, Q, KV, epilogue.name)
-            return self._replay(key, lambda: self._run_epilogue(Bb, Q, KV, epilogue))[:B]
-        out = self.execute((Bb, Q, KV))
+            key = (Bb, Q, KV, epilogue.name) + (("shift",) if shift else ())
+            return self._replay(key, lambda: self._run_epilogue(Bb, Q, KV, epilogue, shift is not None))[:B]
+        if shift is not None:
+            out = self._replay((Bb, Q, KV, "shift"), lambda: self._run(Bb, Q, KV, True))
+        else:
+            out = self.execute((Bb, Q, KV))
         if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
             return out[: len(rows)]
         idx = upload(rows, r.device, torch.long)
@@ -256,29 +264,52 @@ class GraphRunner:
         b = self.buf
         return (b[:m], b[m:2 * m], b[2 * m:3 * m].view(Bb, Q), b[4 * m:4 * m + Bb * NB].view(Bb, NB), b[3 * m:4 * m])
 
-    def _run(self, Bb: int, Q: int, KV: int) -> torch.Tensor:
+    # --- positions that move on the device (engine/spec_overlap.py) ------------------------------
+    def _set_shift(self, shift: torch.Tensor, Bb: int) -> None:
+        """Load [B] per-row position shifts (device int64) into the static shift buffer; padded rows get 0."""
+        B = shift.shape[0]
+        self.shift[:B].copy_(shift)
+        if Bb > B:
+            self.shift[B:Bb].zero_()
+
+    def _shifted(self, qpos: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor):
+        """Storage positions [Bb, Q] moved by each row's shift, and their slots looked up in the block tables
+        on the device; queries whose host slot is the sentinel (padding) keep it."""
+        Bb, bs = qpos.shape[0], self.r.blocks.block_size
+        p = qpos + self.shift[:Bb, None]
+        blk = tables.gather(1, torch.div(p, bs, rounding_mode="floor").clamp(max=tables.shape[1] - 1))
+        return p, torch.where(slots == self.r.blocks.sentinel_slot, slots, blk * bs + p % bs)
+
+    def _run(self, Bb: int, Q: int, KV: int, shifted: bool = False) -> torch.Tensor:
         ids, pos, qpos, tables, slots = self._views(Bb, Q, KV)
+        if shifted:
+            qpos, slots = self._shifted(qpos, slots.view(Bb, Q), tables)
+            pos, slots = qpos.reshape(-1), slots.reshape(-1)
         return self.r.model.forward_padded(ids, pos, qpos, tables, slots, self.r.kv_caches, KV, self.r.attn_backend)
 
-    def _run_epilogue(self, Bb: int, Q: int, KV: int, epilogue) -> torch.Tensor:
+    def _run_epilogue(self, Bb: int, Q: int, KV: int, epilogue, shifted: bool = False) -> torch.Tensor:
         m, NB = Bb * Q, KV // self.r.blocks.block_size
         ints = self.buf[4 * m + Bb * NB: 4 * m + Bb * NB + Bb]
-        logits = self._run(Bb, Q, KV)
+        logits = self._run(Bb, Q, KV, shifted)
         return epilogue(logits.view(Bb, Q, -1), self.buf[:m].view(Bb, Q), ints)
 
     # --- the draft loop ---------------------------------------------------------------------
     @torch.inference_mode()
-    def loop(self, catch_up, ends: list[int], ks: list[int], sampler, vocab_size: int):
-        """draft/loop.draft_loop as one graph: tokens [B, K], q [B, K, V] (None when greedy), tops [B, K, W]."""
+    def loop(self, catch_up, ends: list[int], ks: list[int], sampler, vocab_size: int, device_tokens=None,
+             shift=None):
+        """draft/loop.draft_loop as one graph: tokens [B, K], q [B, K, V] (None when greedy), tops [B, K, W].
+        ``device_tokens`` [B, n]: the first n step-0 tokens of each row, on the device; ``shift``: as in
+        :meth:`forward` (every position of a row, step 0's and the later steps', moves by its value)."""
         blocks = self.r.blocks
         bs = blocks.block_size
         B, K = len(catch_up), max(ks)
+        extra = shift[1] if shift else 0
         Q0 = max(LOOP_QUERIES, max(len(f.tokens) for f in catch_up))
         Bb = next(b for b in self.buckets if b >= B)
         for b, f in enumerate(catch_up):      # room for every step's K/V before the layout reads tables
-            if not f.dummy and ks[b] > 1:
-                blocks.ensure(f.seq_id, ends[b] - 1 + ks[b])
-        KV = self.kv_bucket(max(max(f.start + len(f.tokens), e - 1 + K) for f, e in zip(catch_up, ends)))
+            if not f.dummy and (ks[b] > 1 or extra):
+                blocks.ensure(f.seq_id, ends[b] - 1 + ks[b] + extra)
+        KV = self.kv_bucket(max(max(f.start + len(f.tokens), e - 1 + K) for f, e in zip(catch_up, ends)) + extra)
         NB = KV // bs
         ids, pos, _, slots, tables, rows = self._layout(catch_up, Bb, Q0, NB)
         last = np.zeros(Bb, dtype=np.int64)
@@ -295,13 +326,18 @@ class GraphRunner:
                 later_slots[i - 1, b] = table[p // bs] * bs + p % bs
         self._stage(np.concatenate([ids.ravel(), pos.ravel(), slots.ravel(), last, later_pos.ravel(),
                                     later_slots.ravel(), tables.ravel()]))
-        key = ("loop", Bb, Q0, K, KV, vocab_size, sampler.key())
+        if device_tokens is not None:
+            self.buf[:Bb * Q0].view(Bb, Q0)[:B, :device_tokens.shape[1]].copy_(device_tokens)
+        if shift is not None:
+            self._set_shift(shift[0], Bb)
+        key = ("loop", Bb, Q0, K, KV, vocab_size, sampler.key()) + (("shift",) if shift else ())
         inputs = [pad_rows(t, Bb) for t in sampler.tensors()]            # per-row sampling tensors [Bb, ...]
-        tokens, probs, tops = self._replay(key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s), inputs, sampler)
+        tokens, probs, tops = self._replay(
+            key, lambda s: self._run_loop(Bb, Q0, K, KV, vocab_size, s, shift is not None), inputs, sampler)
         self.loops += 1
         return tokens[:B], (None if probs is None else probs[:B]), (None if tops is None else tops[:B])
 
-    def _run_loop(self, Bb: int, Q0: int, K: int, KV: int, vocab_size: int, sampler):
+    def _run_loop(self, Bb: int, Q0: int, K: int, KV: int, vocab_size: int, sampler, shifted: bool = False):
         from ..layers.sampling import fit_vocab
         m, NB = Bb * Q0, KV // self.r.blocks.block_size
         b = self.buf
@@ -313,12 +349,18 @@ class GraphRunner:
         o += Bb + 2 * (K - 1) * Bb
         tables = b[o:o + Bb * NB].view(Bb, NB)
         model, kv, backend = self.r.model, self.r.kv_caches, self.r.attn_backend
-        logits = model.forward_padded(ids0, pos0, pos0.view(Bb, Q0), tables, slots0, kv, KV, backend)[last]
+        qpos0 = pos0.view(Bb, Q0)
+        if shifted:
+            qpos0, slots0 = self._shifted(qpos0, slots0.view(Bb, Q0), tables)
+            pos0, slots0 = qpos0.reshape(-1), slots0.reshape(-1)
+        logits = model.forward_padded(ids0, pos0, qpos0, tables, slots0, kv, KV, backend)[last]
         toks, qs, tops = [], [], []
         for i in range(K):
             if i > 0:
-                p = later_pos[i - 1]
-                logits = model.forward_padded(toks[-1], p, p.view(Bb, 1), tables, later_slots[i - 1], kv, KV, backend)
+                p, sl = later_pos[i - 1].view(Bb, 1), later_slots[i - 1].view(Bb, 1)
+                if shifted:
+                    p, sl = self._shifted(p, sl, tables)
+                logits = model.forward_padded(toks[-1], p.reshape(-1), p, tables, sl.reshape(-1), kv, KV, backend)
             logits = fit_vocab(logits, vocab_size)
             tok, q = sampler.sample(logits, i)
             toks.append(tok)

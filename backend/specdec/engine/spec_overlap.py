@@ -1,0 +1,126 @@
+"""Overlapped speculative rounds: the GPU never waits for the host between greedy sync rounds.
+
+A round (draft loop, then the verify with its greedy outcome) depends on the round before through
+three things, all on the device: the accepted count ``acc`` and the recovery token ``rec`` of each
+row, and the draft tokens. So round r+1 is launched from round r's outcome on the device *before*
+the host reads round r, as engine/overlap.py does for plain steps:
+
+* each row's length after round r is the host's length (rounds up to r-1 committed) plus
+  ``acc + 1``, known on the device only: the runners take it as a per-row position *shift*
+  (runner/cuda_graphs.py ``_shifted``): positions move on the device and their slots are looked
+  up in block tables that the host grew beforehand to cover the longest outcome;
+* the draft loop's step 0 feeds each row's two newest tokens (the last accepted draft, or the
+  round's first token when none was accepted, then ``rec``) at the two newest positions
+  (draft/model.py ``propose_moved``); the verify feeds ``rec`` then the new drafts.
+
+While the GPU runs round r+1 the host waits for round r's readback (a pinned copy and an event),
+commits it, checks stop conditions and returns its outputs. K/V written by round r+1 lies past
+what round r committed, so committing round r truncates nothing (the engine truncates when the
+last round in flight is committed). A row that stops at round r wastes its round r+1, whose
+outputs are dropped; its blocks go back to the pool, and GPU work is stream-ordered, so nothing
+reuses them before round r+1 has run.
+
+Used for rounds where every row is greedy and asks for the same K >= 1 drafts of a model drafter in
+this process (its loop a static-buffer program on the target's device), with room for two rounds
+before max_model_len; anything else drains the round in flight first (:meth:`SpecPipeline.drain`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layers.sampling import SamplingRows
+from ..runner.feed import Feed
+from ..spec.round_k import request_k
+from ..spec.verify import GreedyRound
+from ..transfer import upload
+
+
+@dataclass(slots=True)
+class RoundInFlight:
+    seqs: list                    # row order of the round
+    k: int                        # drafts per row
+    first: torch.Tensor           # [B] the verify's first token per row (the newest committed one at launch)
+    out: torch.Tensor             # [B, 2 + K] on the device: accepted, recovery token, d_1..d_K
+    host: torch.Tensor            # pinned copy of out, valid once ``ready`` has completed
+    ready: object                 # a CUDA event (None on CPU: the copy was synchronous)
+    marks: tuple                  # timer marks before the draft loop, between it and the verify, after the verify
+
+
+class SpecPipeline:
+    def __init__(self, runner, max_model_len: int, timer):
+        self.runner, self.max_model_len, self.timer = runner, max_model_len, timer
+        self.drafter = None
+        self.inflight: RoundInFlight | None = None
+
+    def usable(self, drafter, seqs, k: int) -> bool:
+        """Whether the next rounds of these rows can overlap: every row greedy, asking for k >= 1 drafts, with
+        room for two rounds before max_model_len; static-buffer programs for the target's verify and the
+        draft's loop. A row near its max_tokens still drafts k (the commit stops it where it must; the plain
+        round would draft fewer there): one such row does not hold the whole batch back."""
+        g = getattr(self.runner, "graph", None)
+        moves = getattr(drafter, "moves", None)
+        if k < 1 or g is None or g.head or moves is None or not moves() or len(seqs) > g.max_batch:
+            return False
+        room = 2 * (k + 1)
+        return all(s.params.greedy and request_k(k, s.params.num_draft_tokens) == k
+                   and len(s) + room < self.max_model_len for s in seqs)
+
+    def advance(self, drafter, seqs, k: int) -> tuple[RoundInFlight, list[list[int]]]:
+        """Launch the next round for ``seqs`` (running rows, in flight or not), then wait for the round before
+        it. Returns that earlier round and its outcome rows [accepted, recovery, d_1..d_K] for the engine."""
+        self.drafter = drafter
+        prev = self.inflight
+        if prev is None:
+            prev = self._launch(seqs, k, None)
+        self.inflight = self._launch(seqs, k, prev)
+        return prev, self._read(prev)
+
+    def drain(self) -> tuple[RoundInFlight, list[list[int]]] | None:
+        """The round in flight and its outcome (waiting for it), or None; nothing is in flight after."""
+        prev, self.inflight = self.inflight, None
+        return None if prev is None else (prev, self._read(prev))
+
+    @torch.inference_mode()
+    def _launch(self, seqs, k: int, prev: RoundInFlight | None) -> RoundInFlight:
+        dev = self.runner.device
+        B = len(seqs)
+        feeds = [Feed(s.seq_id, [0] * (k + 1), len(s) - 1, num_logits=k + 1) for s in seqs]
+        t0 = self.timer.mark()
+        if prev is None:                  # from the host's state: the usual proposal (any catch-up)
+            first = upload([s.last_token for s in seqs], dev, torch.long)
+            drafts = self.drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None)).tokens
+            shift = None
+        else:
+            out, pfirst = prev.out, prev.first
+            if [id(s) for s in seqs] != [id(s) for s in prev.seqs]:     # rows left (stopped, preempted)
+                row = {id(s): i for i, s in enumerate(prev.seqs)}
+                idx = upload([row[id(s)] for s in seqs], dev, torch.long)
+                out, pfirst = out.index_select(0, idx), pfirst.index_select(0, idx)
+            acc, first = out[:, 0], out[:, 1]
+            verified = torch.cat([pfirst[:, None], out[:, 2:]], dim=1)   # [last, d_1..d_K'] of the previous round
+            tokens0 = torch.stack([verified.gather(1, acc[:, None]).squeeze(1), first], dim=1)
+            most = prev.k + 1
+            shift = (acc + 1, most)
+            for s in seqs:                # the target's blocks for the longest outcome, before the layout
+                self.runner.blocks.ensure(s.seq_id, len(s) + most + k)
+            drafts = self.drafter.propose_moved(seqs, [k] * B, tokens0, *shift).tokens
+        t1 = self.timer.mark()
+        dev_tokens = (torch.cat([first[:, None], drafts[:, :k]], dim=1), 0)
+        res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)   # [B, 2 + k]
+        t2 = self.timer.mark()
+        cuda = res.device.type == "cuda"
+        host = torch.empty(res.shape, dtype=res.dtype, pin_memory=cuda)
+        host.copy_(res, non_blocking=cuda)
+        ready = None
+        if cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return RoundInFlight(list(seqs), k, first, res, host, ready, (t0, t1, t2))
+
+    @staticmethod
+    def _read(r: RoundInFlight) -> list[list[int]]:
+        if r.ready is not None:
+            r.ready.synchronize()         # host sync: this round's outcome (the next round is already queued)
+        return r.host.tolist()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Overlapped greedy sync rounds (engine/spec_overlap.py) against plain sync rounds (--no-overlap) and AR, each in
+# its own process, synthetic shapes (no weights to carry), bf16, CUDA graphs. RUNS picks a subset:
+#   smol_4l   SmolLM2 shape + the shipped draft's shape (4 layers, random weights: every draft rejected, tau 1),
+#             K=2, b=1 and 16, the bench's prompts: ar / sync overlapped / sync plain
+#   smol_self SmolLM2 shape, draft = target (identical weights: every draft accepted), K=2, b=1 and 16
+#   smol_2048 the smol_4l pair at 2048-token prompts
+#   b1_self   the 1B shape, draft = target, K=4, b=1 (issue 16: the overhead-bound worst case, >= 1.0x AR)
+#   gaps      profile_step.py --gaps, the smol_4l pair at b=1, overlapped and plain (GPU busy per round)
+# Logs and JSON in $OUT; the rows that matter are printed.
+set -u
+export PYTHONPATH=$PWD/backend${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/spec_overlap}; mkdir -p "$OUT"
+PY=${SYS_PY:-python3}; DEV=${DEV:-cuda:0}; DT=${DT:-bfloat16}
+RUNS=${RUNS:-smol_4l smol_self gaps smol_2048 b1_self}
+B="$PY -m specdec.cli --log-level INFO bench --device $DEV --dtype $DT --numseqs 16"
+SMOL="--target synthetic:smollm2-135m"
+one() {   # name timeout args...: one bench process
+  local n=$1 t=$2; shift 2
+  echo "--- $n"
+  timeout "$t" $B "$@" --json "$OUT/$n.json" > "$OUT/$n.log" 2>&1; echo "exit $?"
+  grep -E "^(mode|ar|sync|async) |captures inside" "$OUT/$n.log" | head -8
+}
+on() { [[ " $RUNS " == *" $1 "* ]]; }
+if on smol_4l; then
+  C="$SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 128"
+  one smol_4l_ar 150 $C --modes ar
+  one smol_4l_sync_overlap 150 $C --modes sync
+  one smol_4l_sync_plain 150 $C --modes sync --no-overlap
+fi
+if on smol_self; then
+  C="$SMOL --draft synthetic:smollm2-135m --k 2 --sweep b=1,16 --output_len 128"
+  one smol_self_sync_overlap 150 $C --modes sync
+  one smol_self_sync_plain 150 $C --modes sync --no-overlap
+fi
+if on gaps; then
+  P="$PY bench/gpu/profile_step.py --gaps --device $DEV $SMOL --prompt-len 128 --steps 60"
+  source bench/gpu/gaps_run.sh
+  gaps_run sync_overlap_b1 90 --draft synthetic:smollm2-135m-4l --k 2 --mode sync --b 1
+  gaps_run sync_plain_b1 90 --draft synthetic:smollm2-135m-4l --k 2 --mode sync --b 1 --no-overlap
+fi
+if on smol_2048; then
+  C="$SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 64 --prompt-len 2048"
+  one smol_2048_ar 150 $C --modes ar
+  one smol_2048_sync_overlap 150 $C --modes sync
+  one smol_2048_sync_plain 150 $C --modes sync --no-overlap
+fi
+if on b1_self; then
+  C="--target synthetic:llama-1b --draft synthetic:llama-1b --k 4 --b 1 --output_len 128"
+  one b1_self_ar 150 $C --modes ar
+  one b1_self_sync_overlap 150 $C --modes sync
+  one b1_self_sync_plain 150 $C --modes sync --no-overlap
+fi
+echo "=== spec_overlap done in $SECONDS s"

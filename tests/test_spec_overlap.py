@@ -1,0 +1,108 @@
+"""Overlapped speculative rounds (engine/spec_overlap.py): round r+1 is launched from round r's outcome on the
+device (positions shifted on the device, step 0 fed from the device) before the host reads round r. Greedy
+output stays the target's (and the plain rounds'); a draft identical to the target still accepts every draft
+(its positions and tokens are right); stops the host learns late drop the round after; every KV block of
+target and draft comes back. graphs="padded" runs
+the static-buffer programs that CUDA graphs capture."""
+from __future__ import annotations
+
+import pytest
+from tiny import PROMPTS
+
+from specdec import LLM, SamplingParams
+from specdec.engine import spec_overlap
+
+
+def _free_all(llm) -> bool:
+    eng = llm.engine
+    runners = [eng.runner] + ([eng.draft.runner] if eng.draft.runner is not None else [])
+    return all(r.num_free_blocks == r.blocks.num_blocks for r in runners)
+
+
+@pytest.fixture
+def moved(monkeypatch):
+    """Counts the rounds launched from the device's outcome of the round before."""
+    n = [0]
+    launch = spec_overlap.SpecPipeline._launch
+
+    def counting(self, seqs, k, prev):
+        n[0] += prev is not None
+        return launch(self, seqs, k, prev)
+
+    monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
+    return n
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("which", ["unrelated", "identical"])
+def test_overlapped_rounds_equal_plain_rounds(tiny_llama, tiny_llama_draft, moved, which, k):
+    draft = tiny_llama_draft if which == "unrelated" else tiny_llama
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=8, graphs="off")
+    base = ref.generate(PROMPTS, SamplingParams(max_tokens=40, ignore_eos=True))
+    # per-row lengths and stop tokens the host only learns after the next round was launched
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, stop_token_ids=[o.token_ids[17]] if i % 3 == 1 else [])
+              for i, (n, o) in enumerate(zip((40, 3, 40, 25, 12, 40, 31, 40), base))]
+    want = ref.generate(PROMPTS, params)
+    plain = LLM(str(tiny_llama), mode="sync", draft=str(draft), k=k, max_batch_size=8, graphs="padded", overlap=False)
+    fast = LLM(str(tiny_llama), mode="sync", draft=str(draft), k=k, max_batch_size=8, graphs="padded")
+    a = plain.generate(PROMPTS, params)
+    n0 = moved[0]
+    b = fast.generate(PROMPTS, params)
+    assert moved[0] - n0 >= 5, "the rounds did not overlap"
+    assert [o.token_ids for o in b] == [o.token_ids for o in want] == [o.token_ids for o in a]
+    assert [o.finish_reason for o in b] == [o.finish_reason for o in want]
+    assert any(o.finish_reason == "stop" for o in b)
+    fm = fast.engine.metrics
+    if which == "identical":                      # right positions and tokens on the device: every draft accepted
+        assert fm.accepted == fm.drafted > 0
+    fast.engine.step()                            # drains a round still in flight
+    assert fast.engine.spec_pipeline.inflight is None and _free_all(fast) and _free_all(plain)
+
+
+def test_overlapped_rounds_with_admission_abort_and_text_stop(tiny_llama, tiny_llama_draft, moved):
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=4, graphs="off")
+    llm = LLM(str(tiny_llama), mode="sync", draft=str(tiny_llama), k=2, max_batch_size=4, graphs="padded")
+    eng = llm.engine
+    first = eng.add_request(PROMPTS[0], SamplingParams(max_tokens=60, ignore_eos=True))
+    for _ in range(5):
+        eng.step()
+    assert eng.spec_pipeline.inflight is not None
+    later = eng.add_request(PROMPTS[1], SamplingParams(max_tokens=30, ignore_eos=True))   # joins mid-flight
+    for _ in range(4):
+        eng.step()
+    eng.abort(first)
+    while not later.finished:
+        eng.step()
+    eng.step()
+    expect = ref.generate([PROMPTS[1]], SamplingParams(max_tokens=30, ignore_eos=True))[0].token_ids
+    assert later.output_ids == expect and first.finish_reason == "abort"
+    assert _free_all(llm)
+    text = ref.generate([PROMPTS[2]], SamplingParams(max_tokens=40, ignore_eos=True))[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    if stop.strip():
+        want = ref.generate([PROMPTS[2]], SamplingParams(max_tokens=40, ignore_eos=True, stop=[stop]))[0]
+        got = llm.generate([PROMPTS[2]], SamplingParams(max_tokens=40, ignore_eos=True, stop=[stop]))[0]
+        assert (got.text, got.token_ids, got.finish_reason) == (want.text, want.token_ids, want.finish_reason)
+    assert moved[0] > 0
+    eng.step()
+    assert _free_all(llm)
+
+
+def test_overlapped_rounds_under_preemption(tiny_llama, tiny_llama_draft, moved):
+    """A pool too small for every sequence: rows preempted while a round is in flight resume with the same output."""
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=8, graphs="off").generate(
+        PROMPTS, SamplingParams(max_tokens=40, ignore_eos=True))
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=2, max_batch_size=8, graphs="padded",
+              num_kv_blocks=14, block_size=8)
+    outs = llm.generate(PROMPTS, SamplingParams(max_tokens=40, ignore_eos=True))
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+    assert llm.metrics.preemptions > 0 and moved[0] > 0
+    llm.engine.step()
+    assert _free_all(llm)
+
+
+def test_sampled_rows_take_the_plain_round(tiny_llama, tiny_llama_draft, moved):
+    """Only all-greedy batches overlap: a sampled row sends the batch through the plain round."""
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=2, max_batch_size=4, graphs="padded")
+    llm.generate(PROMPTS[:2], SamplingParams(max_tokens=20, ignore_eos=True, temperature=0.8, seed=1))
+    assert moved[0] == 0 and _free_all(llm)
