@@ -106,3 +106,17 @@ def test_sampled_rows_take_the_plain_round(tiny_llama, tiny_llama_draft, moved):
     llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="sync", k=2, max_batch_size=4, graphs="padded")
     llm.generate(PROMPTS[:2], SamplingParams(max_tokens=20, ignore_eos=True, temperature=0.8, seed=1))
     assert moved[0] == 0 and _free_all(llm)
+
+
+def test_auto_k_rounds_overlap(tiny_llama, moved):
+    """k_policy auto: its speculative rounds overlap too (each observed when committed, a step after its
+    launch); with a draft identical to the target it keeps drafting, and the output stays AR's."""
+    params = SamplingParams(max_tokens=48, ignore_eos=True)
+    ref = LLM(str(tiny_llama), mode="ar", graphs="off").generate(PROMPTS[:3], params)
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="sync", k=3, k_policy="auto", graphs="padded")
+    outs = llm.generate(PROMPTS[:3], params)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+    est = llm.engine.auto_k
+    assert moved[0] > 0 and est.alpha > 0.9 and est.costs(3)[0] is not None
+    llm.engine.step()
+    assert _free_all(llm)

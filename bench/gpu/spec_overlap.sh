@@ -7,6 +7,9 @@
 #   smol_2048 the smol_4l pair at 2048-token prompts
 #   b1_self   the 1B shape, draft = target, K=4, b=1 (issue 16: the overhead-bound worst case, >= 1.0x AR)
 #   gaps      profile_step.py --gaps, the smol_4l pair at b=1, overlapped and plain (GPU busy per round)
+#   real      SmolLM2 real weights + the shipped draft (parked: bench/gpu/smollm2_park.sh; .carry/draft), chat prompts:
+#             ar / sync K=2 overlapped / sync K=2 plain / sync K=3 overlapped / k_policy auto (K <= 4), b=1 and 16
+#   real_2048 the same at 2048-token prompts: ar / sync K=2 overlapped / k_policy auto
 # Logs and JSON in $OUT; the rows that matter are printed.
 set -u
 export PYTHONPATH=$PWD/backend${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -50,5 +53,26 @@ if on b1_self; then
   one b1_self_ar 150 $C --modes ar
   one b1_self_sync_overlap 150 $C --modes sync
   one b1_self_sync_plain 150 $C --modes sync --no-overlap
+fi
+if on real || on real_2048; then
+  P=${P:-/tmp/persist} SITE=${SITE:-/tmp/site}
+  source bench/gpu/smollm2_park.sh
+  [ -f .carry/draft/model.safetensors ] && mkdir -p drafts/smollm2-135m-draft && cp .carry/draft/* drafts/smollm2-135m-draft/
+  md5sum drafts/smollm2-135m-draft/model.safetensors
+  export PYTHONPATH=$PYTHONPATH:$SITE SPECDEC_CACHE=$P/cache
+fi
+if on real && [ "${SMOL_READY:-0}" = 1 ]; then
+  C="--target smollm2-135m --chat --output_len 128 --sweep b=1,16"
+  one real_ar 150 $C --modes ar
+  one real_sync_k2_overlap 150 $C --modes sync --k 2
+  one real_sync_k2_plain 150 $C --modes sync --k 2 --no-overlap
+  one real_sync_k3_overlap 150 $C --modes sync --k 3
+  one real_auto 200 $C --modes sync --k 4 --k-policy auto
+fi
+if on real_2048 && [ "${SMOL_READY:-0}" = 1 ]; then
+  C="--target smollm2-135m --prompt-len 2048 --output_len 64 --sweep b=1,16"
+  one real_2048_ar 150 $C --modes ar
+  one real_2048_sync_k2_overlap 150 $C --modes sync --k 2
+  one real_2048_auto 200 $C --modes sync --k 4 --k-policy auto
 fi
 echo "=== spec_overlap done in $SECONDS s"

@@ -42,11 +42,11 @@ from ..transfer import upload
 from .build import build_target, start_tensor_parallel
 from .commit import commit_tokens
 from .detokenizer import IncrementalDetokenizer
-from .overlap import ARPipeline
-from .spec_overlap import SpecPipeline
 from .metrics import EngineMetrics, Timer
+from .overlap import ARPipeline
 from .scheduler import Scheduler
 from .sequence import Sequence
+from .spec_overlap import SpecPipeline
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class LLMEngine:
         self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len, self.generator)
-        self.spec_pipeline = SpecPipeline(self.runner, self.max_model_len, self.timer)
+        self.spec_pipeline = SpecPipeline(self.runner, self.max_model_len, cfg.spec.k, self.timer)
         self.auto_k = self._auto_k(cfg.spec)
         self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
         self._catch_ups = 0                 # the same for the draft's long catch-ups (draft/loop.py)
@@ -144,8 +144,9 @@ class LLMEngine:
         if running and k_now == 0 and self.cfg.overlap and ARPipeline.usable(self.runner, running) \
                 and not self._wants_hidden():
             return self._decode_overlapped()
-        if running and k_now > 0 and self._spec_overlaps(running, k_now):
-            return self._decode_spec_overlapped(k_now)
+        k_over = self._overlapped_k(running, k_now) if running and k_now > 0 else 0
+        if k_over:
+            return self._decode_spec_overlapped(k_over)
         outs = self._drain()
         if not self.scheduler.running:
             return outs
@@ -196,32 +197,48 @@ class LLMEngine:
         return [] if done is None else self._commit_ar(done[0].seqs, done[1])
 
     # --- overlapped speculative rounds (engine/spec_overlap.py) -----------------------------------
-    def _spec_overlaps(self, running, k_now: int) -> bool:
-        """Greedy sync rounds of a fixed K overlap (auto K times each round on its own, SIMULATED outcomes
-        and drafters that read hidden states take the plain round)."""
-        if not self.cfg.overlap or self.auto_k is not None or self.simulator is not None or self._wants_hidden():
-            return False
-        return self.spec_pipeline.usable(self.drafter, running, k_now)
+    def _overlapped_k(self, running, k_now: int) -> int:
+        """K of an overlapped round, or 0: greedy sync rounds overlap (SIMULATED outcomes and drafters that read
+        hidden states take the plain round)."""
+        if not self.cfg.overlap or self.simulator is not None or self._wants_hidden():
+            return 0
+        return self.spec_pipeline.round_k(self.drafter, running, k_now)
 
     def _decode_spec_overlapped(self, k: int) -> list[StepOutput]:
         """Launch the next round from the device's outcome of the round in flight, then commit that one."""
         outs = self._drain_ar()
         sched, m, w0 = self.scheduler, self.metrics, self.timer.now()
-        for s in sched.make_room({s.seq_id: 2 * (k + 1) for s in sched.running}):   # room for two rounds
+        for s in sched.make_room({s.seq_id: self.cfg.spec.k + 2 + k for s in sched.running}):   # two rounds
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
             m.preemptions += 1
         if not sched.running:
             return outs
+        steady, marks = self.spec_pipeline.inflight is not None, (captures(), catch_up_forwards())
         rnd, rows = self.spec_pipeline.advance(self.drafter, list(sched.running), k)
-        return outs + self._commit_round(rnd, rows, w0, in_flight=True)
+        live = [r[0] for s, r in zip(rnd.seqs, rows) if s.running]    # rows that stopped before it: wasted work
+        outs += self._commit_round(rnd, rows, w0, in_flight=True)
+        if self.auto_k is not None and live:
+            # the round committed now ran beside the one just launched: its cost is this step's wall time once
+            # one round is launched per step (the first launches two) and nothing was captured meanwhile
+            self.auto_k.spec_round(len(live), rnd.k, self.timer.seconds(rnd.marks[0], rnd.marks[1]),
+                                   self.timer.now() - w0, sum(live), sum(a < rnd.k for a in live),
+                                   timed=steady and marks == (captures(), catch_up_forwards()))
+        return outs
 
     def _drain_spec(self) -> list[StepOutput]:
         done = self.spec_pipeline.drain()
-        return [] if done is None else self._commit_round(done[0], done[1], self.timer.now(), in_flight=False)
+        if done is None:
+            return []
+        rnd, rows = done
+        live = [r[0] for s, r in zip(rnd.seqs, rows) if s.running]    # rows that stopped before it: wasted work
+        outs = self._commit_round(rnd, rows, self.timer.now(), in_flight=False)
+        if self.auto_k is not None and live:  # its acceptance counts; its time (no step of its own) does not
+            self.auto_k.observe(len(live), rnd.k, 0.0, 0.0, sum(live), sum(a < rnd.k for a in live), timed=False)
+        return outs
 
     def _commit_round(self, rnd, rows: list[list[int]], w0: float, in_flight: bool) -> list[StepOutput]:
         """Commit an overlapped round's outcome rows [accepted, recovery, d_1..d_K] (rows that stopped, were
-        preempted or aborted since it was launched are dropped)."""
+        preempted or aborted since it was launched are dropped; k_policy auto observes the round apart)."""
         keep = [b for b, s in enumerate(rnd.seqs) if s.running]
         if not keep:
             return []
@@ -229,7 +246,7 @@ class LLMEngine:
         k = rnd.k
         return self._finish_round(seqs, None, [k] * len(seqs), [rows[b][2: 2 + k] for b in keep],
                                   [rows[b][0] for b in keep], [rows[b][1] for b in keep], (*rnd.marks, w0),
-                                  in_flight=in_flight)
+                                  in_flight=in_flight, observe=False)
 
     def _commit_ar(self, seqs, tokens: list[int]) -> list[StepOutput]:
         outs = []
@@ -370,7 +387,8 @@ class LLMEngine:
         drafts = [flat[2 * B + b * Kv: 2 * B + b * Kv + num[b]] for b in range(B)]
         return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0), hidden)
 
-    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None, in_flight=False) -> list[StepOutput]:
+    def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None, in_flight=False,
+                      observe=True) -> list[StepOutput]:
         """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats.
         hidden: per-row features of the verify feed (EAGLE): the committed ones go to the drafter.
         in_flight: the next round is already running (engine/spec_overlap.py): its K/V lies past this
@@ -418,7 +436,7 @@ class LLMEngine:
             outs.append(out)
         m.decode_steps += 1
         m.decode_time += timer.now() - w0
-        if self.auto_k is not None:
+        if self.auto_k is not None and observe:
             # this round's draft/verify times and acceptance (host numbers); a round that captured a graph or
             # caught the draft up on plain steps (draft/loop.py) paid a one-off cost: its acceptance counts, its
             # times do not
@@ -466,6 +484,8 @@ class LLMEngine:
         spec = dataclasses.replace(self.cfg.spec, **changes)
         dataclasses.replace(self.cfg, spec=spec)           # validates the combination (e.g. sampler_x needs async)
         self.cfg.spec = self.draft.ctx.config.spec = spec
+        self._drain()                                      # what is still in flight holds finished rows only
+        self.spec_pipeline.k_max = spec.k
         self.reset_auto_k()
         self.draft.configure(spec)
         self.simulator = make_simulator(spec, self.runner.vocab_size, self.cfg.seed)

@@ -49,23 +49,28 @@ class RoundInFlight:
 
 
 class SpecPipeline:
-    def __init__(self, runner, max_model_len: int, timer):
-        self.runner, self.max_model_len, self.timer = runner, max_model_len, timer
+    def __init__(self, runner, max_model_len: int, k_max: int, timer):
+        self.runner, self.max_model_len, self.k_max, self.timer = runner, max_model_len, k_max, timer
         self.drafter = None
         self.inflight: RoundInFlight | None = None
 
-    def usable(self, drafter, seqs, k: int) -> bool:
-        """Whether the next rounds of these rows can overlap: every row greedy, asking for k >= 1 drafts, with
-        room for two rounds before max_model_len; static-buffer programs for the target's verify and the
-        draft's loop. A row near its max_tokens still drafts k (the commit stops it where it must; the plain
-        round would draft fewer there): one such row does not hold the whole batch back."""
+    def round_k(self, drafter, seqs, k_now: int) -> int:
+        """The K of an overlapped round for these rows, or 0 where they cannot overlap. They can when every
+        row is greedy and asks for the same K >= 1 drafts (the engine's K now, or its request's own fewer:
+        warm-up requests do, so the graphs of overlapped rounds are captured per K), with room for two rounds
+        before max_model_len, and the target's verify and the draft's loop are static-buffer programs. A row
+        near its max_tokens still drafts K (the commit stops it where it must; the plain round would draft
+        fewer there): one such row does not hold the whole batch back."""
         g = getattr(self.runner, "graph", None)
         moves = getattr(drafter, "moves", None)
-        if k < 1 or g is None or g.head or moves is None or not moves() or len(seqs) > g.max_batch:
-            return False
-        room = 2 * (k + 1)
-        return all(s.params.greedy and request_k(k, s.params.num_draft_tokens) == k
-                   and len(s) + room < self.max_model_len for s in seqs)
+        if k_now < 1 or g is None or g.head or moves is None or not moves() or len(seqs) > g.max_batch:
+            return 0
+        ks = {request_k(k_now, s.params.num_draft_tokens) for s in seqs}
+        k = ks.pop()
+        if ks or k < 1 or k > self.k_max:
+            return 0
+        room = 2 * (self.k_max + 1)
+        return k if all(s.params.greedy and len(s) + room < self.max_model_len for s in seqs) else 0
 
     def advance(self, drafter, seqs, k: int) -> tuple[RoundInFlight, list[list[int]]]:
         """Launch the next round for ``seqs`` (running rows, in flight or not), then wait for the round before
@@ -101,7 +106,7 @@ class SpecPipeline:
             acc, first = out[:, 0], out[:, 1]
             verified = torch.cat([pfirst[:, None], out[:, 2:]], dim=1)   # [last, d_1..d_K'] of the previous round
             tokens0 = torch.stack([verified.gather(1, acc[:, None]).squeeze(1), first], dim=1)
-            most = prev.k + 1
+            most = self.k_max + 1             # not prev.k + 1: a graph's context bucket must not depend on it
             shift = (acc + 1, most)
             for s in seqs:                # the target's blocks for the longest outcome, before the layout
                 self.runner.blocks.ensure(s.seq_id, len(s) + most + k)

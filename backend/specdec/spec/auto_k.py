@@ -231,6 +231,14 @@ class AutoK:
         self._seen = None
         self.observe(batch, 0, 0.0, seconds, timed=timed)
 
+    def spec_round(self, batch: int, k: int, draft_s: float, round_s: float, accepted: int, rejections: int,
+                   timed: bool = True) -> None:
+        """A speculative round of ``k`` drafts that ran overlapped (engine/spec_overlap.py): the round committed
+        now was launched a step before the one :meth:`next_k` was last asked for, so it is observed here
+        (``round_s``: the step's wall time, one round in steady state; ``draft_s``: the draft loop's device time)."""
+        self._seen = None
+        self.observe(batch, k, draft_s, max(0.0, round_s - draft_s), accepted, rejections, timed=timed)
+
     def after_step(self, metrics, timed: bool = True) -> None:
         """:meth:`observe` the round that :meth:`next_k` was last asked for, from the changes of the
         engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (a row that drafted
