@@ -15,7 +15,7 @@ from specdec import LLM
 from specdec.config import SamplingParams
 from specdec.triton.cancel import CancelInbox, notify_cancelled
 from specdec.triton.service import ErrorKind, RequestError, TargetService
-from specdec.triton.stream_text import Chunk, decode_chunk
+from specdec.triton.stream_text import Chunk
 
 
 class Handle:
@@ -75,7 +75,7 @@ def _wait(handles, timeout_s=60):
 
 
 def _text(tok, h: Handle) -> str:
-    return "".join(decode_chunk(tok, c.window, c.context_length, c.final, c.max_chars) for c in h.chunks)
+    return "".join(c.text for c in h.chunks)
 
 
 def test_concurrent_streams_match_generate_and_free_blocks(llm, service, reference):
@@ -170,9 +170,9 @@ def test_handle_never_asks_is_cancelled_after_its_final(monkeypatch):
             return False
     r = Request()
     h = _Handle(r, 3, None)
-    h.send(Chunk([5], 0, 1, False), False)
+    h.send(Chunk("a", 1, False), False)
     assert h.is_cancelled() is False and r.asked == 1
-    h.send(Chunk([5, 6], 1, 1, True, finish_reason="stop"), True)
+    h.send(Chunk("b", 1, True, finish_reason="stop"), True)
     assert h.is_cancelled() is False and r.asked == 1
 
 

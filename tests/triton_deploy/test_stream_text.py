@@ -1,8 +1,8 @@
-"""The target/postprocessing text protocol without Triton: chunks of ids render to the engine's text.
+"""The target's text chunks without Triton: they concatenate to the engine's text.
 
-Invariant: concatenating ``decode_chunk`` over the chunks a :class:`ChunkTracker` makes equals the
-engine's own text (what ``LLM.generate`` returns), for any split of multi-byte characters, with
-stop strings (held-back and cut text), and in non-streaming mode.
+Invariant: concatenating the texts of the chunks a :class:`ChunkTracker` makes equals the engine's
+own text (what ``LLM.generate`` returns), for any split of multi-byte characters, with stop strings
+(held-back and cut text), and in non-streaming mode; one chunk per round while streaming.
 """
 from __future__ import annotations
 
@@ -11,32 +11,30 @@ import random
 import pytest
 
 from specdec.config import SamplingParams
+from specdec.engine.commit import commit_tokens
 from specdec.engine.detokenizer import IncrementalDetokenizer
 from specdec.engine.engine import StepOutput
 from specdec.engine.sequence import Sequence
-from specdec.triton.stream_text import ChunkTracker, decode_chunk
+from specdec.triton.stream_text import ChunkTracker
 
 MULTIBYTE = "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c\u8a9e \U0001F600 hello \U0001F600\U0001F600 \u00e9\u00e9"
 
 
-def _render(tok, chunks) -> str:
-    return "".join(decode_chunk(tok, c.window, c.context_length, c.final, c.max_chars) for c in chunks)
+def _render(chunks) -> str:
+    return "".join(c.text for c in chunks)
 
 
 def _fake_rounds(tok, ids: list[int], sizes: list[int]):
-    """StepOutputs as the engine makes them without stop strings: one detokenizer push per round."""
-    seq = Sequence([1], SamplingParams(max_tokens=len(ids)))
+    """StepOutputs as the engine makes them (commit_tokens: the round's ids and text delta), rounds of these sizes."""
+    seq = Sequence([1], SamplingParams(max_tokens=len(ids), ignore_eos=True))
     seq.detok = IncrementalDetokenizer(tok)
     pos = 0
     for n in sizes:
         new = ids[pos:pos + n]
         pos += len(new)
-        final = pos >= len(ids)
-        seq.output_ids.extend(new)
-        seq.detok.push(new, final=final)
-        seq.emitted_chars = len(seq.detok.text)
-        yield StepOutput(seq, new, "", final)
-        if final:
+        emitted, delta, reason = commit_tokens(seq, new, set(), 10 ** 6)
+        yield StepOutput(seq, emitted, delta, reason is not None)
+        if reason is not None:
             return
 
 
@@ -49,13 +47,19 @@ def test_any_split_of_multibyte_text(tiny_llama, seed):
     rng = random.Random(seed)
     sizes = [rng.randint(1, 4) for _ in ids]
     tracker = ChunkTracker()
-    chunks = [c for out in _fake_rounds(tok, ids, sizes) if (c := tracker.on_step(out)) is not None]
-    assert _render(tok, chunks) == tok.decode(ids) == MULTIBYTE
+    outs = list(_fake_rounds(tok, ids, sizes))
+    chunks = [c for out in outs if (c := tracker.on_step(out)) is not None]
+    assert len(chunks) == len(outs)                   # one chunk per round, "" while a character is incomplete
+    assert not any("\ufffd" in c.text for c in chunks)  # no half characters
+    assert _render(chunks) == tok.decode(ids) == MULTIBYTE
     assert sum(c.num_new_tokens for c in chunks) == len(ids)
+    assert [c.final for c in chunks].count(True) == 1 and chunks[-1].final
 
 
 def _run_engine(engine, prompts, params, stream=True):
     seqs = [engine.add_request(p, params) for p in prompts]
+    for s in seqs:
+        s.stream_text = stream             # as TargetService._add does
     trackers = {s.seq_id: ChunkTracker(stream) for s in seqs}
     chunks = {s.seq_id: [] for s in seqs}
     while engine.has_unfinished():
@@ -77,7 +81,7 @@ def test_engine_streams_render_to_engine_text(tiny_llama, mode, draft):
         seqs, chunks = _run_engine(llm.engine, prompts, params)
         for s in seqs:
             cs = chunks[s.seq_id]
-            assert _render(tok, cs) == s.detok.text
+            assert _render(cs) == s.detok.text
             assert [c.final for c in cs].count(True) == 1 and cs[-1].final
             assert sum(c.num_new_tokens for c in cs) == len(s.output_ids)
 
@@ -95,7 +99,7 @@ def test_stop_strings_hold_back_and_cut(tiny_llama):
             continue
         params = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True, stop=[stop, "zzz-never"])
         seqs, chunks = _run_engine(llm.engine, [prompt], params)
-        assert _render(tok, chunks[seqs[0].seq_id]) == seqs[0].detok.text == full[:full.index(stop)]
+        assert _render(chunks[seqs[0].seq_id]) == seqs[0].detok.text == full[:full.index(stop)]
         checked += 1
         if checked == 8:
             break
@@ -109,12 +113,6 @@ def test_non_streaming_is_one_chunk(tiny_llama):
     seqs, chunks = _run_engine(llm.engine, [tok.encode(MULTIBYTE)], SamplingParams(temperature=0.0, max_tokens=30),
                                stream=False)
     cs = chunks[seqs[0].seq_id]
-    assert len(cs) == 1 and cs[0].final and cs[0].context_length == 0
-    assert _render(tok, cs) == seqs[0].detok.text
-
-
-def test_decode_chunk_rejects_a_bad_context_length(tiny_llama):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    with pytest.raises(ValueError, match="context_length=5"):
-        decode_chunk(tok, [1, 2], 5, False)
+    assert len(cs) == 1 and cs[0].final and cs[0].num_new_tokens == len(seqs[0].output_ids)
+    assert _render(cs) == seqs[0].detok.text == llm.generate([tok.encode(MULTIBYTE)], SamplingParams(
+        temperature=0.0, max_tokens=30))[0].text

@@ -5,8 +5,9 @@ Request path through ``model_repository/``::
     client --text_input, max_tokens, ...--> ensemble
       preprocessing  (schema.py, preprocessing.py)  text -> input_ids + validated sampling_parameters JSON
       target         (service.py, target.py)        engine thread + response thread; one response per round
-                                                     carrying the round's token ids plus a few earlier ids
-      postprocessing (stream_text.py)                ids -> text delta; deltas concatenate to the full text
+                                                     carrying the engine's text delta of the round (stream_text.py)
+      postprocessing (postprocessing.py)             passes each chunk on unchanged (no copy); reports cancelled
+                                                     chunks to the target (cancel.py)
     <--text_output, num_output_tokens, acceptance_rate, ...--
 
 ``draft.py`` hosts a draft model in its own Triton model (its own GPU) that the target reaches

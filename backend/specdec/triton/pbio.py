@@ -16,19 +16,23 @@ def pb():
 
 
 def getter(request):
-    """``get(name) -> numpy array | None`` for one request (what schema.parse_request reads)."""
-    pb_utils = pb()
+    """``get(name) -> numpy array | None`` for one request (what schema.parse_request reads).
 
-    def get(name: str):
-        t = pb_utils.get_input_tensor_by_name(request, name)
-        return None if t is None else t.as_numpy()
-    return get
+    The inputs are read once: ``pb_utils.get_input_tensor_by_name`` builds the request's whole input
+    list again on every call, and parse_request asks for each of the ~19 names."""
+    arrays = {t.name(): t.as_numpy() for t in request.inputs()}
+    return arrays.get
 
 
 def tensor(name: str, values, dtype) -> object:
     """A [1, n] output tensor (every model here has max_batch_size 1, so outputs carry a batch dim)."""
     arr = np.asarray(values, dtype=dtype).reshape(1, -1)
     return pb().Tensor(name, arr)
+
+
+def scalar_tensor(name: str, value, dtype) -> object:
+    """A [1, 1] output tensor holding one number."""
+    return pb().Tensor(name, np.array([[value]], dtype=dtype))
 
 
 def string_tensor(name: str, text: str):

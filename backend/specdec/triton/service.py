@@ -77,6 +77,7 @@ class _Active:
     tracker: ChunkTracker
     want_stats: bool
     secret: str = ""
+    cancel_key: str | None = None  # where postprocessing reports its cancellation (cancel.py); None without an inbox
     rounds: int = 0               # engine outputs (= responses) so far
 
 
@@ -240,7 +241,11 @@ class TargetService:
         except ValueError as e:
             self._final(sub.handle, RequestError(ErrorKind.INVALID_ARG, str(e)))
             return
-        self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, new_secret())
+        if not sub.stream:
+            seq.stream_text = False      # nobody reads its deltas: the engine decodes the text once, at the end
+        secret = new_secret()
+        key = None if self.cancel_inbox is None else self.cancel_inbox.key(seq.seq_id, secret)
+        self._active[seq.seq_id] = _Active(sub.handle, seq, ChunkTracker(sub.stream), sub.want_stats, secret, key)
 
     def _check_cancelled(self) -> None:
         """Abort the requests that the cancel thread found cancelled."""
@@ -270,7 +275,7 @@ class TargetService:
                 # Inside the ensemble the final message is a data response: an error from this step
                 # while postprocessing steps are in flight leaves the ensemble request in flight
                 # forever in Triton 2.51 (its ensemble scheduler stops counting steps after an error).
-                self._final(a.handle, Chunk([], 0, 0, True, finish_reason="cancelled"))
+                self._final(a.handle, Chunk("", 0, True, finish_reason="cancelled"))
 
     def _emit(self, out) -> None:
         a = self._active.get(out.seq.seq_id)
@@ -286,8 +291,7 @@ class TargetService:
             chunk.finish_reason = out.seq.finish_reason
         if a.want_stats:
             chunk.stats = out.seq.stats.as_dict()
-        if self.cancel_inbox is not None:
-            chunk.cancel_key = self.cancel_inbox.key(out.seq.seq_id, a.secret)
+        chunk.cancel_key = a.cancel_key
         if out.finished:
             self._final(a.handle, chunk)
         else:

@@ -1,11 +1,11 @@
 """The ``target`` Triton model: hosts the engine (scheduler + target model) on its instance's device.
 
 Inputs (from preprocessing): ``input_ids`` INT32 [-1], ``sampling_parameters`` STRING [1] (JSON of
-:class:`~.schema.GenerationRequest`). Outputs, one response per engine round (see stream_text.py):
-``output_ids`` INT32 [-1], ``context_length`` INT32, ``is_final`` BOOL, ``max_chars`` INT32,
+:class:`~.schema.GenerationRequest`). Outputs, one response per engine round (see stream_text.py),
+under the ensemble's own names: ``text_output`` (the engine's text delta of the round),
 ``num_output_tokens`` UINT32, and on request ``num_input_tokens``, ``acceptance_rate``,
 ``total_accepted_draft_tokens``, ``total_draft_tokens``; ``finish_reason`` on the last one;
-``cancel_key`` (cancel.py) on every one.
+``cancel_key`` (cancel.py) on every one, which postprocessing keeps.
 """
 from __future__ import annotations
 
@@ -83,19 +83,16 @@ class _Handle:
         self.sender.send(pb_utils.InferenceResponse(output_tensors=self._tensors(message)), flags=flags)
 
     def _tensors(self, c: Chunk) -> list:
-        t = [pbio.tensor("output_ids", c.window, np.int32),
-             pbio.tensor("context_length", [c.context_length], np.int32),
-             pbio.tensor("is_final", [c.final], np.bool_),
-             pbio.tensor("max_chars", [c.max_chars], np.int32)]
+        t = [pbio.string_tensor("text_output", c.text)]
         req = self.req
         if req is None or req.return_num_output_tokens:
-            t.append(pbio.tensor("num_output_tokens", [c.num_new_tokens], np.uint32))
+            t.append(pbio.scalar_tensor("num_output_tokens", c.num_new_tokens, np.uint32))
         if req is not None and req.return_num_input_tokens:
-            t.append(pbio.tensor("num_input_tokens", [self.num_input_tokens], np.uint32))
+            t.append(pbio.scalar_tensor("num_input_tokens", self.num_input_tokens, np.uint32))
         if c.stats is not None:
-            t.append(pbio.tensor("acceptance_rate", [c.stats["acceptance_rate"]], np.float32))
-            t.append(pbio.tensor("total_accepted_draft_tokens", [c.stats["accepted"]], np.int32))
-            t.append(pbio.tensor("total_draft_tokens", [c.stats["drafted"]], np.int32))
+            t.append(pbio.scalar_tensor("acceptance_rate", c.stats["acceptance_rate"], np.float32))
+            t.append(pbio.scalar_tensor("total_accepted_draft_tokens", c.stats["accepted"], np.int32))
+            t.append(pbio.scalar_tensor("total_draft_tokens", c.stats["drafted"], np.int32))
         if c.finish_reason is not None:
             t.append(pbio.string_tensor("finish_reason", c.finish_reason))
         if c.cancel_key is not None:
@@ -145,9 +142,10 @@ class TargetModel:
         for request in requests:
             handle = _Handle(request, 0, None)
             try:
-                ids = pbio.pb().get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).tolist()
-                sp = pbio.pb().get_input_tensor_by_name(request, "sampling_parameters")
-                text = "{}" if sp is None else sp.as_numpy().reshape(-1)[0]
+                get = pbio.getter(request)
+                ids = get("input_ids").reshape(-1).tolist()
+                sp = get("sampling_parameters")
+                text = "{}" if sp is None else sp.reshape(-1)[0]
                 req = GenerationRequest.from_json(text.decode() if isinstance(text, bytes) else text)
                 params = req.sampling_params()
             except ValueError as e:
