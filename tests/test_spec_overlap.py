@@ -120,3 +120,33 @@ def test_auto_k_rounds_overlap(tiny_llama, moved):
     assert moved[0] > 0 and est.alpha > 0.9 and est.costs(3)[0] is not None
     llm.engine.step()
     assert _free_all(llm)
+
+
+def test_device_fed_step_zero_is_the_two_newest_committed_tokens(tiny_llama, monkeypatch):
+    """Each overlapped draft loop starts from the two newest committed tokens at the two newest positions, both
+    known only on the device at launch: checked against each row's final tokens, with a draft that accepts some
+    drafts and rejects others (self:1), so both the accepted-draft and the no-accepted-draft cases occur. (The
+    padded path keeps one output buffer per program, like a replayed graph, so a stale view would show here.)"""
+    from specdec.draft.model import ModelDrafter
+    seen = []
+    propose = ModelDrafter.propose_moved
+
+    def spy(self, seqs, ks, tokens0, shift, most):
+        seen.append([(s, len(s), int(shift[b]), tokens0[b].tolist()) for b, s in enumerate(seqs)])
+        return propose(self, seqs, ks, tokens0, shift, most)
+
+    monkeypatch.setattr(ModelDrafter, "propose_moved", spy)
+    llm = LLM(str(tiny_llama), draft="self:1", mode="sync", k=3, max_batch_size=4, graphs="padded")
+    outs = llm.generate(PROMPTS[:4], SamplingParams(max_tokens=40, ignore_eos=True))
+    full = {id(o): None for o in outs}
+    checked, shifts = 0, set()
+    for launch in seen:
+        for s, n, shift, pair in launch:
+            tokens = s.prompt_ids + s.output_ids
+            end = n + shift                       # the row's length after the round in flight at this launch
+            if end <= len(tokens):
+                assert pair == tokens[end - 2: end]
+                checked += 1
+                shifts.add(shift)
+    assert checked > 20 and {1, 4} <= shifts and len(shifts) >= 3, (checked, shifts)
+    assert full

@@ -27,9 +27,10 @@ def upload(values, device, dtype: torch.dtype | None = None) -> torch.Tensor:
 def download(t: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
     """A host copy of ``t``, started now without waiting: read it after ``event.synchronize()`` (the event
     marks the copy's end on the current stream). The host buffer is pinned (PyTorch's caching host
-    allocator, so no allocation per call once warm). Off CUDA: ``t`` itself and no event."""
+    allocator, so no allocation per call once warm). Off CUDA: a copy of ``t`` (it may be a buffer that the
+    next step rewrites, as a replayed graph's output is) and no event."""
     if t.device.type != "cuda":
-        return t, None
+        return t.to("cpu", copy=True), None
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     host.copy_(t, non_blocking=True)
     event = torch.cuda.Event()

@@ -30,7 +30,7 @@ import torch
 from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from ..spec.verify import GreedyRound
-from ..transfer import upload
+from ..transfer import download, upload
 
 
 @dataclass(slots=True)
@@ -75,13 +75,7 @@ class ARPipeline:
             out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]
         else:
             out = self._sampled(rows, feeds, dev_tokens)
-        cuda = out.device.type == "cuda"
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=cuda)
-        host.copy_(out, non_blocking=cuda)
-        ready = None
-        if cuda:
-            ready = torch.cuda.Event()
-            ready.record()
+        host, ready = download(out)
         return InFlight(list(seqs), out, host, ready)
 
     def _sampled(self, rows: SamplingRows, feeds, dev_tokens) -> torch.Tensor:

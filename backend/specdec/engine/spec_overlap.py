@@ -34,7 +34,7 @@ from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from ..spec.round_k import request_k
 from ..spec.verify import GreedyRound
-from ..transfer import upload
+from ..transfer import download, upload
 
 
 @dataclass(slots=True)
@@ -42,9 +42,10 @@ class RoundInFlight:
     seqs: list                    # row order of the round
     k: int                        # drafts per row
     first: torch.Tensor           # [B] the verify's first token per row (the newest committed one at launch)
-    out: torch.Tensor             # [B, 2 + K] on the device: accepted, recovery token, d_1..d_K
-    host: torch.Tensor            # pinned copy of out, valid once ``ready`` has completed
-    ready: object                 # a CUDA event (None on CPU: the copy was synchronous)
+    out: torch.Tensor             # [B, 2 + K] on the device: accepted, recovery token, d_1..d_K (the verify graph's
+                                  # output buffer: valid until that graph's next replay)
+    host: torch.Tensor            # host copy of out (transfer.download), valid once ``ready`` has completed
+    ready: object                 # a CUDA event (None on CPU: out itself)
     marks: tuple                  # timer marks before the draft loop, between it and the verify, after the verify
 
 
@@ -103,7 +104,8 @@ class SpecPipeline:
                 row = {id(s): i for i, s in enumerate(prev.seqs)}
                 idx = upload([row[id(s)] for s in seqs], dev, torch.long)
                 out, pfirst = out.index_select(0, idx), pfirst.index_select(0, idx)
-            acc, first = out[:, 0], out[:, 1]
+            # first is kept for the next launch: a copy, since the next replay of this graph rewrites its output
+            acc, first = out[:, 0], out[:, 1].clone()
             verified = torch.cat([pfirst[:, None], out[:, 2:]], dim=1)   # [last, d_1..d_K'] of the previous round
             tokens0 = torch.stack([verified.gather(1, acc[:, None]).squeeze(1), first], dim=1)
             most = self.k_max + 1             # not prev.k + 1: a graph's context bucket must not depend on it
@@ -115,13 +117,7 @@ class SpecPipeline:
         dev_tokens = (torch.cat([first[:, None], drafts[:, :k]], dim=1), 0)
         res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)   # [B, 2 + k]
         t2 = self.timer.mark()
-        cuda = res.device.type == "cuda"
-        host = torch.empty(res.shape, dtype=res.dtype, pin_memory=cuda)
-        host.copy_(res, non_blocking=cuda)
-        ready = None
-        if cuda:
-            ready = torch.cuda.Event()
-            ready.record()
+        host, ready = download(res)
         return RoundInFlight(list(seqs), k, first, res, host, ready, (t0, t1, t2))
 
     @staticmethod

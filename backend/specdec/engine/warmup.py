@@ -68,7 +68,6 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
     free0 = engine.runner.num_free_blocks
     c0, t0 = captures(), time.perf_counter()
     lens = prompt_lens or prompt_lengths(max_context, engine.max_model_len, rounds * (K + 1) + 1)
-    shapes = 0
     auto, engine.auto_k = engine.auto_k, None      # k_policy auto: each count drafts exactly k (auto picks lower ones)
     try:
         shapes = _run_shapes(engine, lens, K, rounds, vocab)

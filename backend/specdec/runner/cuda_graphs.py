@@ -77,6 +77,7 @@ class GraphRunner:
         self.shift = torch.zeros(max_batch, dtype=torch.long, device=dev)   # per-row position shifts (_shifted)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object, list[torch.Tensor]]] = {}
         self.padded_keys: set[tuple] = set()    # without capture: the keys run so far (each counted as a capture)
+        self.padded_out: dict[tuple, object] = {}   # ... and each one's output buffer (_as_static)
         self.pool = None
         self.replays = 0
         self.loops = 0                       # draft loops run as one program (graph or padded)
@@ -379,7 +380,8 @@ class GraphRunner:
                 self.padded_keys.add(key)
                 count_capture()
                 log.info("%s: padded graph %s run first (a GPU captures here)", self.r.name, key)
-            return program(sampler.bind(inputs)) if sampler is not None else program()
+            out = program(sampler.bind(inputs)) if sampler is not None else program()
+            return self._as_static(key, out)
         if key not in self.graphs:
             static = [t.clone() for t in inputs] if sampler is not None else []
             self._capture(key, (lambda: program(sampler.bind(static))) if sampler is not None else program, static)
@@ -389,6 +391,17 @@ class GraphRunner:
         graph.replay()
         self.replays += 1
         return out
+
+    def _as_static(self, key, out):
+        """Without capture, the output written into one buffer per key, as a replayed graph writes its static
+        output: a caller that keeps an output past the next run of the same key sees it change on the CPU too."""
+        keep = self.padded_out.get(key)
+        if keep is None:
+            self.padded_out[key] = out
+            return out
+        if isinstance(out, torch.Tensor):
+            return keep.copy_(out)
+        return type(out)(k.copy_(o) if o is not None else None for k, o in zip(keep, out))
 
     def _capture(self, key, program, static) -> None:
         graph, out = capture(program, self.r.device, self.pool, thread_local=bool(self.head))
