@@ -91,8 +91,10 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
     starts = torch.cumsum(q_lens_t, 0) - q_lens_t                          # [B] first row of each seq
     ar = torch.arange(max_q, dtype=torch.int64)
     valid = ar[None, :] < q_lens_t[:, None]                                 # [B, max_q]
-    q_index = torch.where(valid, starts[:, None] + ar[None, :], torch.zeros(()).long())
-    out_index = (torch.arange(B)[:, None] * max_q + ar[None, :])[valid]     # [T]
+    q_index = out_index = None                # every row max_q queries: the flat rows are the padded layout
+    if min(q_lens) < max_q:
+        q_index = torch.where(valid, starts[:, None] + ar[None, :], torch.zeros(()).long())
+        out_index = (torch.arange(B)[:, None] * max_q + ar[None, :])[valid]     # [T]
     mask = None
     is_causal = False
     if B == 1 and not has_custom and q_starts[0] + q_lens[0] == kv_lens[0]:
@@ -114,8 +116,8 @@ def build_context(q_lens: list[int], kv_lens: list[int], q_starts: list[int], bl
     return AttnContext(
         slot_mapping=upload(slot_mapping, device),
         block_tables=upload(tables, device),
-        q_index=upload(q_index, device),
-        out_index=upload(out_index, device),
+        q_index=None if q_index is None else upload(q_index, device),
+        out_index=None if out_index is None else upload(out_index, device),
         mask=None if mask is None else upload(mask, device),
         max_kv=max_kv, is_causal=is_causal,
     )
@@ -196,8 +198,9 @@ def torch_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     B = ctx.block_tables.shape[0]
     _, bs, kvh, d = k_cache.shape
     h = q.shape[1]
-    keys = k_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)   # [B, KVH, L, D]
-    vals = v_cache[ctx.block_tables].view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)
+    blocks = ctx.block_tables.reshape(-1)          # index_select: on the CPU 5x faster than k_cache[tables]
+    keys = k_cache.index_select(0, blocks).view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)   # [B, KVH, L, D]
+    vals = v_cache.index_select(0, blocks).view(B, -1, kvh, d)[:, : ctx.max_kv].transpose(1, 2)
     qb = q.view(B, -1, h, d) if ctx.q_index is None else q[ctx.q_index]                     # [B, Q, H, D]
     Q, g = qb.shape[1], h // kvh
     if ctx.is_causal or g == 1:
@@ -206,16 +209,20 @@ def torch_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         out = out.transpose(1, 2)                                                            # [B, Q, H, D]
     else:
         qg = qb.view(B, Q, kvh, g, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, Q * g, d)     # row = query * g + head
-        out = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=_grouped_mask(ctx, g), scale=scale)
+        out = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=_grouped_mask(ctx, g, q.dtype), scale=scale)
         out = out.view(B, kvh, Q, g, d).permute(0, 2, 1, 3, 4)                              # [B, Q, KVH, g, D]
     out = out.reshape(-1, h, d)
     return out if ctx.out_index is None else out[ctx.out_index]
 
 
-def _grouped_mask(ctx: AttnContext, g: int) -> torch.Tensor | None:
-    """The mask with each query row repeated g times; built once per forward, shared by all layers."""
+def _grouped_mask(ctx: AttnContext, g: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The mask with each query row repeated g times, as the additive mask SDPA would make of the boolean
+    one at every call (0 visible, -inf hidden: the same scores); built once per forward, shared by all
+    layers."""
     if ctx.mask is None:
         return None
-    if ctx.grouped is None or ctx.grouped[0] != g:
-        ctx.grouped = (g, ctx.mask.repeat_interleave(g, dim=2))
+    if ctx.grouped is None or ctx.grouped[0] != g or ctx.grouped[1].dtype != dtype:
+        mask = ctx.mask.repeat_interleave(g, dim=2)
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        ctx.grouped = (g, additive)
     return ctx.grouped[1]

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 import torch
 
+from ..layers import cpu_linear
 from ..layers.attention import build_context
 from ..transfer import upload
 from .block_manager import BlockManager
@@ -38,6 +39,8 @@ class PagedRunner:
         shape = (model.num_layers, 2, num_blocks + 1, block_size, a.num_kv_heads, a.head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)     # block num_blocks = sentinel
         self.kv_caches = list(self.kv.unbind(0))
+        if device.type == "cpu":              # the linears' weights packed once for oneDNN (layers/cpu_linear.py)
+            cpu_linear.pack_linears(model)
         self.graph = None
         self.attn_backend = "sdpa"           # the attention setting: set by runner/setup.py
         self.eager_fallbacks: dict[str, int] = {}
