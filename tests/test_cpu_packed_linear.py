@@ -73,3 +73,19 @@ def test_runner_packs_the_target_and_greedy_output_is_unchanged(tiny_llama):
     for m in mods:
         m.__class__ = nn.Linear
     assert [o.token_ids for o in llm.generate(prompts, params)] == got
+
+
+def test_a_model_over_the_memory_budget_keeps_plain_linears():
+    """The packed copies double the linears' weights: over the budget nothing is packed (and F.linear runs)."""
+    from torch import nn
+
+    from specdec.layers import cpu_linear
+    if not cpu_linear.available():
+        import pytest
+        pytest.skip("this torch has no oneDNN")
+    m = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 16))
+    assert cpu_linear.pack_linears(m, budget=(64 * 32 + 32 * 16) * 4 - 1) == 0
+    assert all(type(x) is nn.Linear for x in m)
+    assert cpu_linear.pack_linears(m, budget=(64 * 32 + 32 * 16) * 4) == 2
+    assert all(type(x) is cpu_linear.PackedLinear for x in m)
+    assert cpu_linear.memory_budget() > 0

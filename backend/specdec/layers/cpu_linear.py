@@ -12,7 +12,8 @@ These are torch's own ops, the ones its inductor freezing pass puts in place of 
 turns each eligible ``nn.Linear`` of a model into a :class:`PackedLinear` in place: the parameters stay
 what they were (state_dict, tied and shared weights, loaders and tensor-parallel shards see no change);
 the packed copy rides beside them. Memory: one more copy of every packed weight (SmolLM2-135M: 0.5 GiB
-in float32, the tied LM head counted once more).
+in float32, the tied LM head counted once more); a model whose copies would take more than a quarter of the
+machine's memory is not packed (:func:`memory_budget`).
 
 Only inference uses the packed copy: with autograd recording (training a draft), or after the weight
 changed (replaced, or written in place: its version counter moved), a call runs ``F.linear`` or packs
@@ -23,6 +24,7 @@ run the same layers.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -66,20 +68,34 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
 
-def pack_linears(model: nn.Module) -> int:
+def memory_budget() -> int:
+    """Bytes the packed copies may take: a quarter of this machine's physical memory (the copies double the
+    linears' weights; a model too large for that keeps F.linear)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):          # not POSIX: no cap known, no packing
+        return 0
+
+
+def pack_linears(model: nn.Module, budget: int | None = None) -> int:
     """Turn every float32 CPU ``nn.Linear`` of ``model`` into a :class:`PackedLinear` (idempotent: one
-    already packed, e.g. a layer a ``self:N`` draft shares with its target, is left alone). Returns the
-    number of layers packed now; 0 when this torch has no oneDNN."""
+    already packed, e.g. a layer a ``self:N`` draft shares with its target, is left alone), unless their
+    packed copies would take more than ``budget`` bytes (default :func:`memory_budget`). Returns the number
+    of layers packed now; 0 when this torch has no oneDNN or the model is over the budget."""
     if not available():
         return 0
-    n, nbytes = 0, 0
-    for mod in model.modules():
-        if type(mod) is not nn.Linear or mod.weight.device.type != "cpu" or mod.weight.dtype != torch.float32:
-            continue
+    mods = [m for m in model.modules()
+            if type(m) is nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    nbytes = sum(m.weight.numel() * 4 for m in mods)
+    budget = memory_budget() if budget is None else budget
+    if nbytes > budget:
+        log.warning("linear layers not packed for oneDNN: their copies would take %.0f MiB, over the %.0f MiB "
+                    "allowed (a quarter of this machine's memory); they run F.linear", nbytes / 2**20, budget / 2**20)
+        return 0
+    for mod in mods:
         mod.__class__ = PackedLinear
         mod.pack()
-        n += 1
-        nbytes += mod.weight.numel() * 4
+    n = len(mods)
     if n:
         log.info("%d linear layers packed for oneDNN on the CPU (%.0f MiB more)", n, nbytes / 2**20)
     return n
