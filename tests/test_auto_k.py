@@ -105,22 +105,24 @@ def test_autok_times_per_batch_bucket():
 
 
 def test_autok_reads_engine_metrics():
-    m = SimpleNamespace(draft_time=0.0, verify_time=0.0, accepted=0, rounds=0, tokens_per_round_hist=Counter())
+    m = SimpleNamespace(draft_time=0.0, decode_time=0.0, accepted=0, rounds=0, tokens_per_round_hist=Counter())
     est = AutoK(k_max=4)
     k = est.next_k(2, m)
     assert k == 4
-    m.draft_time, m.verify_time, m.accepted, m.rounds = 0.4e-3, 1.2e-3, 5, 2   # one row took 4 (+1), one took 1
+    # one row took 4 (+1), one took 1; the round's wall time 1.6 ms, its draft 0.4 of it
+    m.draft_time, m.decode_time, m.accepted, m.rounds = 0.4e-3, 1.6e-3, 5, 2
     m.tokens_per_round_hist.update({5: 1, 2: 1})
     est.after_step(m)
     assert est._acc == pytest.approx(est.alpha_decay ** 6 * 2.0 + 5)
     assert est._rej == pytest.approx(est.alpha_decay ** 6 * 2.0 + 1)
+    assert est._costs[2].spec[4] == pytest.approx([1.6e-3, 7])   # the wall time is the round's cost
     assert est.next_k(2, m) == 0                       # AR next, to time a plain step
-    m.verify_time += 1e-3
+    m.decode_time += 1e-3
     est.after_step(m)
     c, g = est.costs(2)
     assert c == pytest.approx(0.1e-3 / 1e-3) and g == pytest.approx((1.2 - 1) / 4)
     est.next_k(2, m)
-    m.verify_time = 0.0                                 # reset (bench): the round is skipped, not misread
+    m.decode_time = 0.0                                 # reset (bench): the round is skipped, not misread
     est.after_step(m)
     with pytest.raises(ValueError, match="k_max"):
         AutoK(k_max=0)

@@ -241,7 +241,8 @@ class AutoK:
 
     def after_step(self, metrics, timed: bool = True) -> None:
         """:meth:`observe` the round that :meth:`next_k` was last asked for, from the changes of the
-        engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (a row that drafted
+        engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (its draft time, and its
+        wall time as the round's cost) (a row that drafted
         fewer than K tokens and accepted them all counts as a rejection: alpha is a lower bound there).
         Reads host numbers only (no device sync)."""
         if self._seen is None:
@@ -249,11 +250,14 @@ class AutoK:
         batch, k, before = self._seen
         self._seen = None
         now = _counters(metrics, k)
-        d_draft, d_verify, d_acc, d_rounds, d_full = (a - b for a, b in zip(now, before))
-        if min(d_draft, d_verify, d_acc, d_rounds, d_full) < 0:       # the metrics were reset (bench)
+        d_draft, d_step, d_acc, d_rounds, d_full = (a - b for a, b in zip(now, before))
+        if min(d_draft, d_step, d_acc, d_rounds, d_full) < 0:         # the metrics were reset (bench)
             return
-        self.observe(batch, k, d_draft, d_verify, d_acc, d_rounds - d_full if k else 0, timed=timed)
+        # the round's whole wall time (decode_time), not its draft + verify phases: the host's work around them
+        # (the commit of every row, the draft's rollback) is a cost of the round too, and on a 2-core CPU at b=16 a
+        # speculative round's was ~12 ms against ~0.1 ms for a plain step (BENCHMARKS.md, ninth session)
+        self.observe(batch, k, d_draft, max(0.0, d_step - d_draft), d_acc, d_rounds - d_full if k else 0, timed=timed)
 
 
 def _counters(m, k: int) -> tuple:
-    return (m.draft_time, m.verify_time, m.accepted, m.rounds, m.tokens_per_round_hist.get(k + 1, 0))
+    return (m.draft_time, m.decode_time, m.accepted, m.rounds, m.tokens_per_round_hist.get(k + 1, 0))
