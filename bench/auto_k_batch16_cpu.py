@@ -2,7 +2,7 @@
 (a warm pass, then the timed one, per engine), and auto K with its probes switched off. Run from the repository root:
     PYTHONPATH=backend .venv/bin/python bench/auto_k_batch16_cpu.py
 """
-import time, sys
+import time
 from specdec import LLM, SamplingParams
 ps = [f"Tell me about topic number {i} in detail, please." for i in range(16)]
 P = SamplingParams(max_tokens=64, ignore_eos=True, chat=True)

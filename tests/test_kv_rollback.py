@@ -67,7 +67,7 @@ def _check_proposals(llm, draft_folder, sabotage: bool) -> int:
 
     eng.drafter.propose = rec_propose
     if sabotage:   # skip the draft's rollback: its cache keeps K/V of rejected drafts
-        eng.drafter.commit = lambda seq, old_len, acc, num: None
+        eng.drafter.commit = lambda seq, old_len, acc, num, in_flight=False: None
     llm.generate(PROMPTS[:4], GREEDY)
     draft = AutoModelForCausalLM.from_pretrained(draft_folder).eval()
     draft.generation_config.eos_token_id = None

@@ -25,9 +25,9 @@ def moved(monkeypatch):
     n = [0]
     launch = spec_overlap.SpecPipeline._launch
 
-    def counting(self, seqs, k, prev):
+    def counting(self, drafter, seqs, k, prev):
         n[0] += prev is not None
-        return launch(self, seqs, k, prev)
+        return launch(self, drafter, seqs, k, prev)
 
     monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
     return n

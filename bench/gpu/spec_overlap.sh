@@ -25,12 +25,13 @@ one() {   # name timeout args...: one bench process
   grep -E "^(mode|ar|sync|async) |captures inside" "$OUT/$n.log" | head -8
 }
 on() { [[ " $RUNS " == *" $1 "* ]]; }
-if on smol_4l; then
-  C="$SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 128"
-  one smol_4l_ar 150 $C --modes ar
-  one smol_4l_sync_overlap 150 $C --modes sync
-  one smol_4l_sync_plain 150 $C --modes sync --no-overlap
-fi
+three() { # name args...: AR, sync overlapped and sync plain rounds, each in its own process
+  local n=$1; shift
+  one "${n}_ar" 150 "$@" --modes ar
+  one "${n}_sync_overlap" 150 "$@" --modes sync
+  one "${n}_sync_plain" 150 "$@" --modes sync --no-overlap
+}
+on smol_4l && three smol_4l $SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 128
 if on smol_self; then
   C="$SMOL --draft synthetic:smollm2-135m --k 2 --sweep b=1,16 --output_len 128"
   one smol_self_sync_overlap 150 $C --modes sync
@@ -42,18 +43,8 @@ if on gaps; then
   gaps_run sync_overlap_b1 90 --draft synthetic:smollm2-135m-4l --k 2 --mode sync --b 1
   gaps_run sync_plain_b1 90 --draft synthetic:smollm2-135m-4l --k 2 --mode sync --b 1 --no-overlap
 fi
-if on smol_2048; then
-  C="$SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 64 --prompt-len 2048"
-  one smol_2048_ar 150 $C --modes ar
-  one smol_2048_sync_overlap 150 $C --modes sync
-  one smol_2048_sync_plain 150 $C --modes sync --no-overlap
-fi
-if on b1_self; then
-  C="--target synthetic:llama-1b --draft synthetic:llama-1b --k 4 --b 1 --output_len 128"
-  one b1_self_ar 150 $C --modes ar
-  one b1_self_sync_overlap 150 $C --modes sync
-  one b1_self_sync_plain 150 $C --modes sync --no-overlap
-fi
+on smol_2048 && three smol_2048 $SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 64 --prompt-len 2048
+on b1_self && three b1_self --target synthetic:llama-1b --draft synthetic:llama-1b --k 4 --b 1 --output_len 128
 if on real || on real_2048; then
   P=${P:-/tmp/persist} SITE=${SITE:-/tmp/site}
   source bench/gpu/smollm2_park.sh

@@ -56,8 +56,10 @@ class Drafter:
         """Called once per round right after the target's verify forward was launched: work the drafter
         may queue while the target verifies (SSD in the target's process: the next speculation tree)."""
 
-    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
-        """Row ``seq`` had ``old_len`` tokens before the round; ``accepted`` of its ``num_draft`` drafts were kept."""
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:
+        """Row ``seq`` had ``old_len`` tokens before the round; ``accepted`` of its ``num_draft`` drafts were kept.
+        in_flight: the row's next round is already running (only drafters with ``propose_moved`` overlap
+        rounds: engine/spec_overlap.py), so draft state past this round must be kept."""
 
     def free(self, seq) -> None:
         """The sequence left the batch (finished or preempted): drop its draft state."""

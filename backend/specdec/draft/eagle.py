@@ -151,7 +151,7 @@ class EagleDrafter(Drafter):
                 row.done, row.pending = len(s) - 1, []
         return Proposal(tokens[:B], None if probs is None else probs[:B], list(ks))
 
-    def commit(self, seq, old_len: int, accepted: int, num_draft: int) -> None:
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:
         """Nothing to do: the next :meth:`observe` starts at old_len - 1 and the catch-up rewrites from there."""
 
     def free(self, seq) -> None:

@@ -208,45 +208,38 @@ class LLMEngine:
         """Launch the next round from the device's outcome of the round in flight, then commit that one."""
         outs = self._drain_ar()
         sched, m, w0 = self.scheduler, self.metrics, self.timer.now()
-        for s in sched.make_room({s.seq_id: self.cfg.spec.k + 2 + k for s in sched.running}):   # two rounds
+        for s in sched.make_room({s.seq_id: self.spec_pipeline.k_max + 2 + k for s in sched.running}):   # 2 rounds
             log.info("preempted sequence %d (KV cache full); it will be recomputed", s.seq_id)
             m.preemptions += 1
         if not sched.running:
             return outs
         steady, marks = self.spec_pipeline.inflight is not None, (captures(), catch_up_forwards())
         rnd, rows = self.spec_pipeline.advance(self.drafter, list(sched.running), k)
-        live = [r[0] for s, r in zip(rnd.seqs, rows) if s.running]    # rows that stopped before it: wasted work
-        outs += self._commit_round(rnd, rows, w0, in_flight=True)
-        if self.auto_k is not None and live:
-            # the round committed now ran beside the one just launched: its cost is this step's wall time once
-            # one round is launched per step (the first launches two) and nothing was captured meanwhile
-            self.auto_k.spec_round(len(live), rnd.k, self.timer.seconds(rnd.marks[0], rnd.marks[1]),
-                                   self.timer.now() - w0, sum(live), sum(a < rnd.k for a in live),
-                                   timed=steady and marks == (captures(), catch_up_forwards()))
-        return outs
+        # the round committed now ran beside the one just launched: its cost is this step's wall time once one
+        # round is launched per step (the first launches two) and nothing was captured meanwhile
+        return outs + self._commit_round(rnd, rows, w0, in_flight=True,
+                                         timed=steady and marks == (captures(), catch_up_forwards()))
 
     def _drain_spec(self) -> list[StepOutput]:
+        """Commit the overlapped round in flight, if any (its acceptance counts for auto K; its time, with no step
+        of its own, does not)."""
         done = self.spec_pipeline.drain()
-        if done is None:
-            return []
-        rnd, rows = done
-        live = [r[0] for s, r in zip(rnd.seqs, rows) if s.running]    # rows that stopped before it: wasted work
-        outs = self._commit_round(rnd, rows, self.timer.now(), in_flight=False)
-        if self.auto_k is not None and live:  # its acceptance counts; its time (no step of its own) does not
-            self.auto_k.observe(len(live), rnd.k, 0.0, 0.0, sum(live), sum(a < rnd.k for a in live), timed=False)
-        return outs
+        return [] if done is None else self._commit_round(*done, self.timer.now(), in_flight=False, timed=False)
 
-    def _commit_round(self, rnd, rows: list[list[int]], w0: float, in_flight: bool) -> list[StepOutput]:
+    def _commit_round(self, rnd, rows: list[list[int]], w0: float, in_flight: bool, timed: bool) -> list[StepOutput]:
         """Commit an overlapped round's outcome rows [accepted, recovery, d_1..d_K] (rows that stopped, were
-        preempted or aborted since it was launched are dropped; k_policy auto observes the round apart)."""
+        preempted or aborted since it was launched are dropped: wasted work) and let auto K observe it."""
         keep = [b for b, s in enumerate(rnd.seqs) if s.running]
         if not keep:
             return []
-        seqs = [rnd.seqs[b] for b in keep]
-        k = rnd.k
-        return self._finish_round(seqs, None, [k] * len(seqs), [rows[b][2: 2 + k] for b in keep],
-                                  [rows[b][0] for b in keep], [rows[b][1] for b in keep], (*rnd.marks, w0),
-                                  in_flight=in_flight, observe=False)
+        seqs, k, acc = [rnd.seqs[b] for b in keep], rnd.k, [rows[b][0] for b in keep]
+        outs = self._finish_round(seqs, None, [k] * len(seqs), [rows[b][2: 2 + k] for b in keep], acc,
+                                  [rows[b][1] for b in keep], (*rnd.marks, w0), in_flight=in_flight, observe=False)
+        if self.auto_k is not None:
+            self.auto_k.spec_round(len(seqs), k, self.timer.seconds(rnd.marks[0], rnd.marks[1]) if timed else 0.0,
+                                   self.timer.now() - w0 if timed else 0.0, sum(acc), sum(a < k for a in acc),
+                                   timed=timed)
+        return outs
 
     def _commit_ar(self, seqs, tokens: list[int]) -> list[StepOutput]:
         outs = []
@@ -412,11 +405,9 @@ class LLMEngine:
             if hidden is not None:            # features of positions old_len - 1 .. old_len - 1 + acc
                 self.drafter.observe(s, old_len - 1, hidden[b][: acc[b] + 1])
             if num[b]:
-                if in_flight:
-                    self.drafter.commit(s, old_len, acc[b], num[b], in_flight=True)
-                else:
+                if not in_flight:
                     self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
-                    self.drafter.commit(s, old_len, acc[b], num[b])
+                self.drafter.commit(s, old_len, acc[b], num[b], in_flight)
                 if prop is not None and prop.status is not None and prop.status[b] is not RowStatus.NONE:
                     self._count_lookup(s, prop.status[b] is RowStatus.HIT, 1 + acc[b])
                 s.stats.rounds += 1

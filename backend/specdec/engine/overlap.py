@@ -33,6 +33,15 @@ from ..spec.verify import GreedyRound
 from ..transfer import download, upload
 
 
+def rows_of(t: torch.Tensor, launched: list, seqs: list) -> torch.Tensor:
+    """The rows of ``t`` (one per sequence of ``launched``, in that order) for ``seqs``, a subset of them in order
+    (rows that stopped, were preempted or aborted since have left): ``t`` itself when none left, else one gather."""
+    if [id(s) for s in seqs] == [id(s) for s in launched]:
+        return t
+    row = {id(s): i for i, s in enumerate(launched)}
+    return t.index_select(0, upload([row[id(s)] for s in seqs], t.device, torch.long))
+
+
 @dataclass(slots=True)
 class InFlight:
     seqs: list                    # row order of the step
@@ -63,13 +72,7 @@ class ARPipeline:
                 continue
             done = s.remaining <= 1 or len(s) + 1 >= self.max_model_len     # surely stops at prev's token
             feeds.append(Feed(s.seq_id, [0], len(s), dummy=done))
-        dev_tokens = None
-        if prev is not None and [id(s) for s in seqs] == [id(s) for s in prev.seqs]:
-            dev_tokens = (prev.out[:, 1:2], 0)              # same rows in the same order: no gather
-        elif prev is not None:
-            row = {id(s): i for i, s in enumerate(prev.seqs)}
-            idx = upload([row[id(s)] for s in seqs], prev.out.device, torch.long)
-            dev_tokens = (prev.out.index_select(0, idx)[:, 1:2], 0)
+        dev_tokens = None if prev is None else (rows_of(prev.out, prev.seqs, seqs)[:, 1:2], 0)
         rows = SamplingRows(seqs, self.runner.device, self.generator)
         if rows.all_greedy:
             out = self.runner.forward(feeds, dev_tokens, epilogue=GreedyRound([0] * len(seqs)))   # [B, 2]

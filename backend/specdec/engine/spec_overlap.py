@@ -35,6 +35,7 @@ from ..runner.feed import Feed
 from ..spec.round_k import request_k
 from ..spec.verify import GreedyRound
 from ..transfer import download, upload
+from .overlap import rows_of
 
 
 @dataclass(slots=True)
@@ -45,14 +46,13 @@ class RoundInFlight:
     out: torch.Tensor             # [B, 2 + K] on the device: accepted, recovery token, d_1..d_K (the verify graph's
                                   # output buffer: valid until that graph's next replay)
     host: torch.Tensor            # host copy of out (transfer.download), valid once ``ready`` has completed
-    ready: object                 # a CUDA event (None on CPU: out itself)
+    ready: object                 # a CUDA event (None off CUDA: the copy was made at once)
     marks: tuple                  # timer marks before the draft loop, between it and the verify, after the verify
 
 
 class SpecPipeline:
     def __init__(self, runner, max_model_len: int, k_max: int, timer):
         self.runner, self.max_model_len, self.k_max, self.timer = runner, max_model_len, k_max, timer
-        self.drafter = None
         self.inflight: RoundInFlight | None = None
 
     def round_k(self, drafter, seqs, k_now: int) -> int:
@@ -76,11 +76,10 @@ class SpecPipeline:
     def advance(self, drafter, seqs, k: int) -> tuple[RoundInFlight, list[list[int]]]:
         """Launch the next round for ``seqs`` (running rows, in flight or not), then wait for the round before
         it. Returns that earlier round and its outcome rows [accepted, recovery, d_1..d_K] for the engine."""
-        self.drafter = drafter
         prev = self.inflight
         if prev is None:
-            prev = self._launch(seqs, k, None)
-        self.inflight = self._launch(seqs, k, prev)
+            prev = self._launch(drafter, seqs, k, None)
+        self.inflight = self._launch(drafter, seqs, k, prev)
         return prev, self._read(prev)
 
     def drain(self) -> tuple[RoundInFlight, list[list[int]]] | None:
@@ -89,21 +88,17 @@ class SpecPipeline:
         return None if prev is None else (prev, self._read(prev))
 
     @torch.inference_mode()
-    def _launch(self, seqs, k: int, prev: RoundInFlight | None) -> RoundInFlight:
+    def _launch(self, drafter, seqs, k: int, prev: RoundInFlight | None) -> RoundInFlight:
         dev = self.runner.device
         B = len(seqs)
         feeds = [Feed(s.seq_id, [0] * (k + 1), len(s) - 1, num_logits=k + 1) for s in seqs]
         t0 = self.timer.mark()
         if prev is None:                  # from the host's state: the usual proposal (any catch-up)
             first = upload([s.last_token for s in seqs], dev, torch.long)
-            drafts = self.drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None)).tokens
+            drafts = drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None)).tokens
             shift = None
         else:
-            out, pfirst = prev.out, prev.first
-            if [id(s) for s in seqs] != [id(s) for s in prev.seqs]:     # rows left (stopped, preempted)
-                row = {id(s): i for i, s in enumerate(prev.seqs)}
-                idx = upload([row[id(s)] for s in seqs], dev, torch.long)
-                out, pfirst = out.index_select(0, idx), pfirst.index_select(0, idx)
+            out, pfirst = rows_of(prev.out, prev.seqs, seqs), rows_of(prev.first, prev.seqs, seqs)
             # first is kept for the next launch: a copy, since the next replay of this graph rewrites its output
             acc, first = out[:, 0], out[:, 1].clone()
             verified = torch.cat([pfirst[:, None], out[:, 2:]], dim=1)   # [last, d_1..d_K'] of the previous round
@@ -112,7 +107,7 @@ class SpecPipeline:
             shift = (acc + 1, most)
             for s in seqs:                # the target's blocks for the longest outcome, before the layout
                 self.runner.blocks.ensure(s.seq_id, len(s) + most + k)
-            drafts = self.drafter.propose_moved(seqs, [k] * B, tokens0, *shift).tokens
+            drafts = drafter.propose_moved(seqs, [k] * B, tokens0, *shift).tokens
         t1 = self.timer.mark()
         dev_tokens = (torch.cat([first[:, None], drafts[:, :k]], dim=1), 0)
         res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)   # [B, 2 + k]

@@ -159,8 +159,11 @@ class GraphRunner:
         """Logits [rows the feeds ask for, V]; with ``epilogue`` (engine/verify_step.py), its output
         over the padded logits [Bb, Q, V] instead, computed inside the same graph. ``hidden``: also
         the final hidden states, one [len(f.tokens), H] per feed (copied out of the graph's output).
-        ``shift``: (device [B] int64, its largest possible value): each row's positions move by its
-        device value (:meth:`_set_shift`); the caller has grown the block tables to cover it."""
+        ``shift`` (with an epilogue: an overlapped verify): (device [B] int64, its largest possible value):
+        each row's positions move by its device value (:meth:`_set_shift`); the caller has grown the block
+        tables to cover it."""
+        if shift is not None and (epilogue is None or hidden or self.head):
+            raise ValueError("shift: only for a verify with an epilogue, without hidden states or tensor parallelism")
         if hidden:
             return self._forward_hidden(feeds, device_tokens, epilogue)
         r = self.r
@@ -190,10 +193,7 @@ class GraphRunner:
         if epilogue is not None:
             key = (Bb, Q, KV, epilogue.name) + (("shift",) if shift else ())
             return self._replay(key, lambda: self._run_epilogue(Bb, Q, KV, epilogue, shift is not None))[:B]
-        if shift is not None:
-            out = self._replay((Bb, Q, KV, "shift"), lambda: self._run(Bb, Q, KV, True))
-        else:
-            out = self.execute((Bb, Q, KV))
+        out = self.execute((Bb, Q, KV))
         if rows == list(range(len(rows))):             # e.g. decode: the first B rows, no gather
             return out[: len(rows)]
         idx = upload(rows, r.device, torch.long)

@@ -234,16 +234,16 @@ class AutoK:
     def spec_round(self, batch: int, k: int, draft_s: float, round_s: float, accepted: int, rejections: int,
                    timed: bool = True) -> None:
         """A speculative round of ``k`` drafts that ran overlapped (engine/spec_overlap.py): the round committed
-        now was launched a step before the one :meth:`next_k` was last asked for, so it is observed here
-        (``round_s``: the step's wall time, one round in steady state; ``draft_s``: the draft loop's device time)."""
-        self._seen = None
+        now was launched a step before the one :meth:`next_k` was last asked for, so the engine observes it here,
+        not through :meth:`after_step` (``round_s``: the step's wall time, one round in steady state; ``draft_s``:
+        the draft loop's device time)."""
         self.observe(batch, k, draft_s, max(0.0, round_s - draft_s), accepted, rejections, timed=timed)
 
     def after_step(self, metrics, timed: bool = True) -> None:
         """:meth:`observe` the round that :meth:`next_k` was last asked for, from the changes of the
-        engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then (its draft time, and its
-        wall time as the round's cost) (a row that drafted
-        fewer than K tokens and accepted them all counts as a rejection: alpha is a lower bound there).
+        engine's :class:`~specdec.engine.metrics.EngineMetrics` counters since then: its draft time, its wall
+        time as the round's cost, its acceptance (a row that drafted fewer than K tokens and accepted them all
+        counts as a rejection: alpha is a lower bound there).
         Reads host numbers only (no device sync)."""
         if self._seen is None:
             return

@@ -30,11 +30,6 @@ def tensor(name: str, values, dtype) -> object:
     return pb().Tensor(name, arr)
 
 
-def scalar_tensor(name: str, value, dtype) -> object:
-    """A [1, 1] output tensor holding one number."""
-    return pb().Tensor(name, np.array([[value]], dtype=dtype))
-
-
 def string_tensor(name: str, text: str):
     return pb().Tensor(name, np.array([[text.encode("utf-8")]], dtype=object))
 

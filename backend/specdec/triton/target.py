@@ -86,13 +86,13 @@ class _Handle:
         t = [pbio.string_tensor("text_output", c.text)]
         req = self.req
         if req is None or req.return_num_output_tokens:
-            t.append(pbio.scalar_tensor("num_output_tokens", c.num_new_tokens, np.uint32))
+            t.append(pbio.tensor("num_output_tokens", [c.num_new_tokens], np.uint32))
         if req is not None and req.return_num_input_tokens:
-            t.append(pbio.scalar_tensor("num_input_tokens", self.num_input_tokens, np.uint32))
+            t.append(pbio.tensor("num_input_tokens", [self.num_input_tokens], np.uint32))
         if c.stats is not None:
-            t.append(pbio.scalar_tensor("acceptance_rate", c.stats["acceptance_rate"], np.float32))
-            t.append(pbio.scalar_tensor("total_accepted_draft_tokens", c.stats["accepted"], np.int32))
-            t.append(pbio.scalar_tensor("total_draft_tokens", c.stats["drafted"], np.int32))
+            t.append(pbio.tensor("acceptance_rate", [c.stats["acceptance_rate"]], np.float32))
+            t.append(pbio.tensor("total_accepted_draft_tokens", [c.stats["accepted"]], np.int32))
+            t.append(pbio.tensor("total_draft_tokens", [c.stats["drafted"]], np.int32))
         if c.finish_reason is not None:
             t.append(pbio.string_tensor("finish_reason", c.finish_reason))
         if c.cancel_key is not None:
