@@ -150,3 +150,67 @@ def test_device_fed_step_zero_is_the_two_newest_committed_tokens(tiny_llama, mon
                 shifts.add(shift)
     assert checked > 20 and {1, 4} <= shifts and len(shifts) >= 3, (checked, shifts)
     assert full
+
+
+@pytest.fixture
+def rule_says(monkeypatch):
+    """The build rule's choices, scripted: rule_says[0] is the choice while rule_says[1] > 0 rounds are left
+    (counting down), then the opposite. Round times would make the choice depend on this machine's speed."""
+    from specdec.spec.adaptive import BuildRule
+    script = [False, 10 ** 9]
+
+    def build(self, batch, *tokens):
+        script[1] -= 1
+        choice = script[0] if script[1] >= 0 else not script[0]
+        self.decisions[choice] += 1
+        return choice
+
+    monkeypatch.setattr(BuildRule, "build", build)
+    return script
+
+
+@pytest.mark.parametrize("which", ["unrelated", "identical"])
+def test_ssd_rounds_drafted_like_sync_overlap(tiny_llama, tiny_llama_draft, moved, rule_says, which):
+    """SSD in this process, its build rule drafting like sync: greedy rounds go through the overlapped pipeline
+    (launched from the device's outcome before the host reads it), every MOVED_PER_MEASURE-th round is a plain
+    one that samples the hit rate, the output is AR's, an identical draft accepts every draft (the K/V the
+    overlapped loops wrote is right, and the core catches nothing up again), and every block comes back."""
+    from specdec.draft.core import MOVED_PER_MEASURE
+    draft = tiny_llama_draft if which == "unrelated" else tiny_llama
+    params = SamplingParams(max_tokens=60 if which == "unrelated" else 150, ignore_eos=True)
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=8, graphs="off").generate(PROMPTS, params)
+    llm = LLM(str(tiny_llama), draft=str(draft), mode="async", k=3, max_batch_size=8, graphs="padded",
+              draft_placement="in_process")
+    core = llm.engine.drafter.core
+    outs = llm.generate(PROMPTS, params)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+    s = core.summary()
+    assert s["moved_rounds"] >= 2 * MOVED_PER_MEASURE and moved[0] == s["moved_rounds"], (s, moved[0])
+    assert s["tree_rounds"] == 0 and core.rule.hit_samples > 0           # the plain rounds measured the hit rate
+    assert s["device_rounds"] >= s["moved_rounds"] // MOVED_PER_MEASURE
+    m = llm.metrics
+    assert m.cache_lookups == m.rounds > 0                               # every overlapped round: a JIT lookup
+    assert m.cache_hits <= len(PROMPTS)                                  # only the first rounds (prefill trees)
+    if which == "identical":
+        assert m.accepted == m.drafted > 0
+        assert all(d.kv_valid >= len(d.tokens) - 1 - 3 for d in core.seqs.values())
+    llm.engine.step()
+    assert _free_all(llm)
+
+
+def test_ssd_turns_back_to_trees_after_overlapped_rounds(tiny_llama, moved, rule_says):
+    """The rule drafts like sync for a while (overlapped rounds), then builds trees again: the core, told of the
+    overlapped rounds afterwards, forks its trees from the right tokens, so a draft identical to the target hits
+    the cache, and the output stays AR's."""
+    params = SamplingParams(max_tokens=150, ignore_eos=True)
+    ref = LLM(str(tiny_llama), mode="ar", max_batch_size=4, graphs="off").generate(PROMPTS[:4], params)
+    rule_says[1] = 1                 # one choice to draft like sync (its overlapped rounds follow), then trees
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama), mode="async", k=3, max_batch_size=4, graphs="padded",
+              draft_placement="in_process")
+    outs = llm.generate(PROMPTS[:4], params)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in ref]
+    s, m = llm.engine.drafter.core.summary(), llm.metrics
+    assert moved[0] > 0 and s["tree_rounds"] > 0 and m.cache_hits > 0, (s, m.cache_hits)
+    assert m.accepted == m.drafted > 0
+    llm.engine.step()
+    assert _free_all(llm)

@@ -24,6 +24,12 @@ elsewhere, so this class can be driven directly in tests.
   core keeps (for the next round's K/V bookkeeping, a build, the shadow fork) is read later
   (:meth:`DraftCore._settle`). Only every ``SHADOW_EVERY``-th such round takes the shadow fork (a
   vocabulary-wide top-k per step): the hit-rate estimate needs a sample, not every round.
+* Rounds drafted like sync *by the engine's overlapped pipeline* (engine/spec_overlap.py, through
+  :class:`~.inprocess.InProcessDrafter`'s ``propose_moved``): while the rule builds no tree, greedy rounds are
+  launched from the device's outcome of the round before, as sync's are, and this core only hears of them
+  afterwards (:meth:`DraftCore.moved_round` per launch, :meth:`DraftCore.commit_moved` once they are
+  committed). Every ``MOVED_PER_MEASURE``-th round goes through :meth:`speculate` again, with the shadow fork,
+  so the hit rate (and with it the rule's choice) stays measured.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ from .tree_build import TreeBuilder, TreeRow
 log = logging.getLogger(__name__)
 
 SHADOW_EVERY = 8            # rounds drafted like sync on the device: the shadow fork on every Nth only
+MOVED_PER_MEASURE = 16      # overlapped rounds (engine/spec_overlap.py) between two measured rounds
 
 
 def shadow_fork(drafted: list[int], candidates: list[list[int]], width: int) -> list[list[int]]:
@@ -115,6 +122,9 @@ class DraftCore:
         self.tree: TreeBuilder | None = None
         self._unsettled: _Unsettled | None = None
         self.device_rounds = 0              # rounds drafted like sync with their tokens left on the device
+        self.moved_rounds = 0               # overlapped rounds since the last measured one (moved_round)
+        self.moved_total = 0
+        self._moved_t: tuple | None = None  # the last overlapped launch: (time, batch, captures)
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -129,6 +139,7 @@ class DraftCore:
         self._unsettled = None
         self.rule = BuildRule()
         self._round = None
+        self.choice = True                  # the build rule's latest choice (a tree; at first: explore it)
         self.tree = None
         if cfg.async_mode and hasattr(self.runner, "blocks"):
             self.tree = TreeBuilder(self.runner, self.device, cfg.vocab_size, self.cache,
@@ -224,16 +235,17 @@ class DraftCore:
         """Cache the sequences' tokens; in async mode also launch their first tree (keys k = -2)."""
         self.finish()
         self._settle()
+        self._moved_t = None
         self.free(msg.seq_ids)
         if self._round is not None:
-            self._round["prefill"] = True              # this round's time is not a decode round's
+            self._round["untimed"] = True              # this round's time is not a decode round's
         for i, sid in enumerate(msg.seq_ids):
             self.seqs[sid] = DraftSeq(list(msg.tokens[i]), msg.temperature[i], msg.top_k[i], msg.top_p[i])
         fits = self._fits({sid: len(t) for sid, t in zip(msg.seq_ids, msg.tokens)})
         rows = [i for i, sid in enumerate(msg.seq_ids) if sid in fits and msg.tokens[i]]
         if not rows:
             return
-        tree = self.tree is not None and self._last_choice()          # the build rule's latest choice
+        tree = self.tree is not None and self.choice                  # the build rule's latest choice
         feeds = [Feed(msg.seq_ids[i], msg.tokens[i], 0, num_logits=1 if tree and msg.k[i] > 0 else 0) for i in rows]
         logits = self._forward(feeds)                                         # [rows with logits, V]
         for i in rows:
@@ -243,10 +255,6 @@ class DraftCore:
             self.seqs[msg.seq_ids[i]].skipped = not tree
         if tree_rows:
             self._prefill_trees(msg, tree_rows, logits)
-
-    def _last_choice(self) -> bool:
-        r = self._round
-        return True if r is None else r.get("choice", True)
 
     def _prefill_trees(self, msg: Prefill, tree_rows: list[int], logits: torch.Tensor) -> None:
         """First trees after PREFILL: roots = the top-budget tokens after the last prompt token."""
@@ -277,6 +285,7 @@ class DraftCore:
         (a :class:`DeviceRound`; :meth:`_device_round` says when)."""
         self.finish()
         self._settle()
+        self._moved_t = None
         B = len(msg.seq_ids)
         self._end_round(B)
         seqs = [self._advance(msg, b) for b in range(B)]
@@ -342,7 +351,9 @@ class DraftCore:
         top = saguaro_top(self.adaptive.fan_out(RowStatus.JIT))
         catch_up = [Feed(sid, s.tokens[s.kv_valid:], s.kv_valid) if w else Feed(sid, [0], 0, dummy=True)
                     for sid, s, w in zip(msg.seq_ids, seqs, want)]
-        width = self._shadow_width() if self.device_rounds % SHADOW_EVERY == 0 else 0   # sample the hit rate
+        measured = self.moved_rounds >= MOVED_PER_MEASURE          # after overlapped rounds: this one measures
+        width = self._shadow_width() if measured or self.device_rounds % SHADOW_EVERY == 0 else 0   # the hit rate
+        self.moved_rounds = 0
         toks, probs, tops = draft_loop(self.runner, catch_up, [len(s.tokens) for s in seqs], list(want),
                                        self._loop_sampler(seqs, K, top, width), self.cfg.vocab_size)
         self.device_rounds += 1
@@ -353,6 +364,7 @@ class DraftCore:
         for b in drafted:
             seqs[b].kv_valid = len(seqs[b].tokens)
         self._record_round(seqs, want, status, jit=True)
+        self._round["untimed"] = measured            # a plain round among overlapped ones: not sync's round time
         self._pending = [(msg.seq_ids[b], None, RowStatus.JIT) for b in drafted]     # tokens: from _settle
         self.adaptive.jit_s.add(time.perf_counter() - t0)
         return DeviceRound(status, toks, probs)
@@ -379,6 +391,41 @@ class DraftCore:
                                        u.width)
         self._pending = [(sid, drafted.get(sid) if d is None else d, st) for sid, d, st in self._pending]
 
+    def moved_round(self, batch: int) -> None:
+        """The engine's overlapped pipeline launched a round drafted like sync for ``batch`` rows (no message:
+        :class:`~.inprocess.InProcessDrafter` drafts it on this core's runner). Launches follow each other one
+        round apart, so the time between two (same batch, no graph captured between) is a sync round's time."""
+        self.moved_rounds += 1
+        self.moved_total += 1
+        self.counts[RowStatus.JIT] += batch
+        now, cap = time.perf_counter(), captures()
+        last, self._moved_t = self._moved_t, (now, batch, cap)
+        if self.tree is not None and last is not None and last[1:] == (batch, cap):
+            self.rule.observe_round(batch, "sync", now - last[0])
+
+    def commit_moved(self, rows: list[tuple[int, list[int], int, int]], outcomes: list[tuple[int, int]]) -> None:
+        """Overlapped rounds were committed since this core last heard from the target. rows: (seq_id, the
+        committed tokens it has not been told of, how many there are in all, how many have K/V in the runner)
+        per sequence; outcomes: (accepted, drafted) per row and round, for the JIT's acceptance statistics.
+        Their K/V was written by the overlapped loops, so nothing is caught up again; the next
+        :meth:`speculate` sees no new tokens for these rows."""
+        self._settle()
+        for accepted, drafted in outcomes:
+            self.adaptive.observe(RowStatus.JIT, accepted, drafted)
+        done = set()
+        for sid, new, total, kv in rows:
+            s = self.seqs.get(sid)
+            if s is None:
+                continue
+            s.tokens.extend(new)
+            if len(s.tokens) != total:
+                raise ProtocolError(f"sequence {sid}: the draft has {len(s.tokens)} tokens, the target {total}")
+            s.kv_valid, s.spec = min(kv, total - 1), []
+            s.status, s.shadow, s.ranked = RowStatus.NONE, None, None
+            done.add(sid)
+        self._pending = [j for j in self._pending if j[0] not in done]
+        self._round = None
+
     def _shadow_width(self) -> int:
         """Candidates per depth the shadow fork takes: the widest the JIT's fan-out would fork, plus the drafted one."""
         return max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1
@@ -390,13 +437,13 @@ class DraftCore:
             s.status, s.num_draft = RowStatus(int(st)), w
             self.counts[s.status] += 1
         self._round = {"t": time.perf_counter(), "batch": len(seqs), "built": False, "jit": jit,
-                       "hits": bool((status == RowStatus.HIT).any()), "prefill": False, "choice": self._last_choice(),
+                       "hits": bool((status == RowStatus.HIT).any()), "untimed": False,
                        "captures": captures()}
 
     def _end_round(self, batch: int) -> None:
         """The round that ends now: its time goes to the build rule under its kind."""
         r, now = self._round, time.perf_counter()
-        if r is None or r["prefill"] or self.tree is None:
+        if r is None or r["untimed"] or self.tree is None:
             return
         if r["built"]:
             kind = "tree_miss" if r["jit"] else "tree_hit"
@@ -494,9 +541,7 @@ class DraftCore:
         if not jobs or self.tree is None:
             self._pending = []
             return False
-        choice = self._build_now(len(jobs))
-        if self._round is not None:
-            self._round["choice"] = choice
+        choice = self.choice = self._build_now(len(jobs))
         for sid, _, _ in jobs:
             self.seqs[sid].skipped = not choice
         self._pending = jobs if choice else []
@@ -544,4 +589,5 @@ class DraftCore:
                 "avg_draft_step_ms": 1e3 * self.build_time / self.builds if self.builds else 0.0,
                 "fan_out_hit": self.adaptive.fan_out(RowStatus.HIT), "r": self.adaptive.r,
                 "p_hit": self.rule.p_hit.get(0.0), "tree_rounds": self.rule.decisions[True],
-                "sync_rounds": self.rule.decisions[False], "device_rounds": self.device_rounds}
+                "sync_rounds": self.rule.decisions[False], "device_rounds": self.device_rounds,
+                "moved_rounds": self.moved_total}

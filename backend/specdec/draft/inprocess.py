@@ -20,6 +20,13 @@ work runs in the engine's thread: measured on a 2-core machine, once a second th
 work, every later forward of the target took ~40 % longer (most likely that thread's OpenMP team
 competing for the cores), and a build beside the verify had no core of its own to gain from.
 
+While the build rule drafts like sync (no tree for any row), greedy rounds go through the engine's overlapped
+pipeline as sync's do (engine/spec_overlap.py): :meth:`InProcessDrafter.propose_moved` runs the draft loop on
+the target's stream, fed from the device, and the core is told afterwards (:meth:`InProcessDrafter.commit`
+notes each committed round; the next call that needs the core hands them over). Every
+``core.MOVED_PER_MEASURE``-th round is a plain one again, which samples the hit rate (the shadow fork), so
+the rule can turn back to trees.
+
 The SIMULATED verifier (spec/simulate.py) reads its recovery tokens from here: the forked roots of the
 build in flight (on the device), or the JIT's shadow fork when no tree was built.
 """
@@ -42,7 +49,8 @@ from ..spec.fanout import resolve_fan_out
 from ..spec.status import RowStatus
 from ..transfer import upload
 from .base import Drafter, Proposal
-from .core import DeviceRound, DraftCore
+from .core import MOVED_PER_MEASURE, DeviceRound, DraftCore
+from .loop import moved_loop, moves_on
 from .messages import Config, Prefill, Speculate
 from .remote import proposal_q
 
@@ -151,6 +159,9 @@ class InProcessDrafter(Drafter):
         self.known: set[int] = set()
         self.fresh: set[int] = set()
         self._built = False
+        self._moved: dict[int, tuple] = {}     # seq_id -> (seq, old_len, accepted, drafted): its last overlapped round
+        self._outcomes: list[tuple[int, int]] = []   # (accepted, drafted) of every overlapped row-round not handed over
+        self._on_target = False                # draft K/V was last written on the target's stream (propose_moved)
         weakref.finalize(self, executor.close)          # a dropped engine's draft thread ends too
         self.configure(spec)
 
@@ -163,6 +174,7 @@ class InProcessDrafter(Drafter):
     def configure(self, spec: SpecConfig) -> None:
         """New settings: the core starts over (every sequence is re-prefilled lazily)."""
         self.spec = spec
+        self._hand_over()
         cfg = self.config_message(spec, self.vocab_size, self.max_batch_size, self.max_model_len, self.seed)
         self.exec.run(lambda: (self.core.free(list(self.core.seqs)), self.core.configure(cfg)))
         self.known.clear()
@@ -172,6 +184,7 @@ class InProcessDrafter(Drafter):
     def prefill(self, seqs) -> None:
         """New (or resumed) sequences: queued on the draft side before the target's own prefill, so the
         two overlap (CUDA: two streams; CPU: the draft thread)."""
+        self._hand_over()
         msg = Prefill.of(seqs, self.spec.k)
         self.exec.submit(lambda: self.core.prefill(msg))
         for s, t in zip(seqs, msg.tokens):
@@ -180,6 +193,7 @@ class InProcessDrafter(Drafter):
             self.fresh.add(s.seq_id)
 
     def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
+        self._hand_over()
         lazy = [s for s in seqs if s.seq_id not in self.known]
         if lazy:                                  # e.g. after configure(): catch the core up first
             self.prefill(lazy)
@@ -212,6 +226,57 @@ class InProcessDrafter(Drafter):
             q = proposal_q(reply, status, tokens, seqs, sampling, self.vocab_size, self.device)
         return Proposal(tokens, q, list(ks), status=status, wait_s=wait_s, build_s=build_s or 0.0)
 
+    # --- rounds drafted like sync, overlapped by the engine (engine/spec_overlap.py) -----------------
+    def moves(self, seqs=()) -> bool:
+        """Whether the engine may launch these rows' next rounds from the device (:meth:`propose_moved`): the
+        build rule drafts like sync (no tree), each row is known to the core with no cache entry, the draft's
+        loop is a static-buffer program on the target's device, its pool holds two more rounds, and the next
+        measured round is not due yet."""
+        core = self.core
+        if core.tree is None or core.choice or core.moved_rounds >= MOVED_PER_MEASURE \
+                or not moves_on(self.runner, self.device, self.vocab_size):
+            return False
+        for s in seqs:
+            d = core.seqs.get(s.seq_id)
+            if d is None or s.seq_id in self.fresh or s.seq_id not in self.known or not d.skipped \
+                    or s.seq_id in core.cache.entries:
+                return False
+        room = 2 * (self.spec.k + 2)
+        return not seqs or self.runner.can_hold({s.seq_id: len(s) + room for s in seqs})
+
+    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int) -> Proposal:
+        """Greedy drafts of a round launched from the device's outcome of the round in flight (draft/loop.py
+        ``moved_loop``), on the target's stream after every draft-stream job so far."""
+        self.exec.wait()                            # CPU: the draft thread is idle
+        self.exec.target_waits()                    # CUDA: prefills and the last plain round come first
+        self._on_target = True
+        self.core.moved_round(len(seqs))
+        tokens = moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size)
+        return Proposal(tokens, None, list(ks), status=[RowStatus.JIT] * len(seqs))
+
+    def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:
+        """A round committed while the next one was in flight, or the last round of such a run: noted for the core
+        (:meth:`_hand_over`); the loops wrote K/V up to its first rejected draft. Plain rounds need nothing here:
+        their outcome reaches the core with the next proposal."""
+        if num_draft and (in_flight or seq.seq_id in self._moved):
+            self._moved[seq.seq_id] = (seq, old_len, accepted, num_draft)
+            self._outcomes.append((accepted, num_draft))
+
+    def _hand_over(self) -> None:
+        """Before the core is used again: the draft stream waits for the overlapped loops (their K/V, and blocks
+        they wrote that a free may hand out), and the core learns every committed token and K/V length."""
+        if self._on_target and self.exec.stream is not None:
+            self.exec.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self._on_target = False
+        if not self._moved:
+            return
+        rows = [(s.seq_id, s.tokens_from(s.draft_cached), len(s), old + min(acc, n - 1))
+                for s, old, acc, n in self._moved.values() if s.seq_id in self.known]
+        for s, *_ in self._moved.values():
+            s.draft_cached = len(s)
+        outcomes, self._moved, self._outcomes = self._outcomes, {}, []
+        self.exec.run(lambda: self.core.commit_moved(rows, outcomes))
+
     def overlap(self) -> None:
         """The target's verify forward is queued: launch the next speculation tree beside it."""
         if not self._built:
@@ -221,6 +286,8 @@ class InProcessDrafter(Drafter):
 
     def free(self, seq) -> None:
         """Queued behind the draft's work in flight (CUDA: at once; its blocks are reused in stream order)."""
+        self._hand_over()
+        self._moved.pop(seq.seq_id, None)
         if seq.seq_id in self.known:
             sid = seq.seq_id
             self.exec.submit(lambda: self.core.free([sid]))
@@ -236,6 +303,7 @@ class InProcessDrafter(Drafter):
         """The recovery tokens that would be cache hits at ``depth`` for ``seq`` next round: a host list
         (the JIT's shadow fork when no tree is being built), or (roots on the device, first index,
         count, event) from the build in flight; None when there are none."""
+        self._hand_over()
         core = self.core
         if core.tree is not None and core.tree.pending is None and self.exec.threaded:
             self.exec.wait()                     # CPU: the build thread must have forked first
@@ -253,11 +321,13 @@ class InProcessDrafter(Drafter):
         return cands or None
 
     def summary(self) -> dict:
+        self._hand_over()
         self.exec.wait()
         return self.core.summary()
 
     def close(self, send_exit: bool = True) -> None:
         try:
+            self._hand_over()
             self.exec.run(self.core.finish)
         finally:
             self.exec.close()

@@ -123,6 +123,27 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
     return tokens, probs, (torch.stack(tops, dim=1) if tops else None)
 
 
+def moved_loop(runner, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int,
+               vocab_size: int) -> torch.Tensor:
+    """Greedy drafts [B, K] for a round launched before the round in flight has reached the host
+    (engine/spec_overlap.py), as one graph replay of ``runner``'s loop (a draft model's, the engine's
+    K/V kept). Each row's length is len(s) + shift[b] (device [B]; at most ``most`` more than the host
+    knows); step 0 feeds its two newest tokens ``tokens0`` [B, 2] (device) at its two newest positions
+    (the older one's K/V is written again, the same token), then ks[b] steps follow. The runner holds K/V
+    for every position before those two: the loop of the round in flight wrote them."""
+    catch_up = [Feed(s.seq_id, [0, 0], len(s) - 2) for s in seqs]
+    tokens, _, _ = runner.graph.loop(catch_up, [len(s) for s in seqs], ks, LoopSampler(greedy=True), vocab_size,
+                                     device_tokens=tokens0, shift=(shift, most))
+    return tokens
+
+
+def moves_on(runner, device, vocab_size: int) -> bool:
+    """Whether :func:`moved_loop` can run on ``runner`` for a target on ``device``: its loop is a static-buffer
+    program (no tensor parallelism) on that device, over at least the target's vocabulary."""
+    g = getattr(runner, "graph", None)
+    return g is not None and g.head == 0 and runner.device == torch.device(device) and vocab_size <= runner.vocab_size
+
+
 def shorten_catch_up(runner, catch_up: list[Feed], ks: list[int]) -> list[Feed]:
     """Write the K/V of every catch-up longer than LOOP_CATCH_UP but its last token with one forward (no
     logits), and return the feeds the loop runs: those rows reduced to their last token."""

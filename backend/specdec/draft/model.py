@@ -9,7 +9,7 @@ import torch
 from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from .base import Drafter, Proposal
-from .loop import LoopSampler, draft_loop
+from .loop import LoopSampler, draft_loop, moved_loop, moves_on
 
 
 class ModelDrafter(Drafter):
@@ -57,22 +57,14 @@ class ModelDrafter(Drafter):
 
     def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int) -> Proposal:
         """Greedy drafts for a round launched before the round in flight has reached the host
-        (engine/spec_overlap.py). Each row's length is len(s) + shift[b] (device [B]; at most ``most``
-        more than the host knows), its two newest tokens ``tokens0`` [B, 2] (device): step 0 feeds them
-        (the older one's K/V is written again, the same token), then ks[b] steps, as one graph replay.
-        The draft holds K/V for every position before those two: the loop of the round in flight wrote
-        them (``draft_cached`` is set when each round is committed: :meth:`commit`)."""
-        catch_up = [Feed(s.seq_id, [0, 0], len(s) - 2) for s in seqs]
-        tokens, _, _ = self.runner.graph.loop(catch_up, [len(s) for s in seqs], ks, LoopSampler(greedy=True),
-                                              self.vocab_size, device_tokens=tokens0, shift=(shift, most))
-        return Proposal(tokens, None, list(ks))
+        (engine/spec_overlap.py; draft/loop.py ``moved_loop``). ``draft_cached`` is set when each round is
+        committed (:meth:`commit`)."""
+        return Proposal(moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size), None, list(ks))
 
-    def moves(self) -> bool:
-        """Whether :meth:`propose_moved` can run: the loop is a static-buffer program here, on the target's device,
-        and the drafts' K/V is kept."""
-        g = getattr(self.runner, "graph", None)
-        return (g is not None and g.head == 0 and self.kv_append and self.runner.device == self.target_device
-                and self.vocab_size <= self.runner.vocab_size)
+    def moves(self, seqs=()) -> bool:
+        """Whether :meth:`propose_moved` can run (for any rows): the loop is a static-buffer program here, on the
+        target's device, and the drafts' K/V is kept."""
+        return self.kv_append and moves_on(self.runner, self.target_device, self.vocab_size)
 
     def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:
         """Keep the draft K/V that matches committed tokens; with kv_append=False, drop the drafts' K/V.

@@ -233,8 +233,10 @@ class LLMEngine:
         if not keep:
             return []
         seqs, k, acc = [rnd.seqs[b] for b in keep], rnd.k, [rows[b][0] for b in keep]
+        status = None if rnd.status is None else [rnd.status[b] for b in keep]
         outs = self._finish_round(seqs, None, [k] * len(seqs), [rows[b][2: 2 + k] for b in keep], acc,
-                                  [rows[b][1] for b in keep], (*rnd.marks, w0), in_flight=in_flight, observe=False)
+                                  [rows[b][1] for b in keep], (*rnd.marks, w0), in_flight=in_flight, observe=False,
+                                  status=status)
         if self.auto_k is not None:
             self.auto_k.spec_round(len(seqs), k, self.timer.seconds(rnd.marks[0], rnd.marks[1]) if timed else 0.0,
                                    self.timer.now() - w0 if timed else 0.0, sum(acc), sum(a < k for a in acc),
@@ -381,17 +383,19 @@ class LLMEngine:
         return self._finish_round(seqs, prop, num, drafts, acc, rec, (t0, t1, t2, w0), hidden)
 
     def _finish_round(self, seqs, prop, num, drafts, acc, rec, marks, hidden=None, in_flight=False,
-                      observe=True) -> list[StepOutput]:
+                      observe=True, status=None) -> list[StepOutput]:
         """Commit each row's outcome (k accepted drafts + recovery token), roll back, record stats.
         hidden: per-row features of the verify feed (EAGLE): the committed ones go to the drafter.
         in_flight: the next round is already running (engine/spec_overlap.py): its K/V lies past this
-        round's, so no row is rolled back."""
+        round's, so no row is rolled back. status: SSD's RowStatus per row, where ``prop`` does not carry it
+        (an overlapped round)."""
         m, timer = self.metrics, self.timer
         t0, t1, t2, w0 = marks
         if any(num):
             m.draft_time += timer.seconds(t0, t1)
             m.draft_steps += 1
         if prop is not None:
+            status = prop.status
             m.channel_wait_time += prop.wait_s
             if prop.build_s > 0:
                 m.draft_build_time += prop.build_s
@@ -408,8 +412,8 @@ class LLMEngine:
                 if not in_flight:
                     self.runner.truncate(s.seq_id, old_len + acc[b])  # rollback by length: rejected K/V is dropped
                 self.drafter.commit(s, old_len, acc[b], num[b], in_flight)
-                if prop is not None and prop.status is not None and prop.status[b] is not RowStatus.NONE:
-                    self._count_lookup(s, prop.status[b] is RowStatus.HIT, 1 + acc[b])
+                if status is not None and status[b] is not RowStatus.NONE:
+                    self._count_lookup(s, status[b] is RowStatus.HIT, 1 + acc[b])
                 s.stats.rounds += 1
                 s.stats.drafted += num[b]
                 s.stats.accepted += acc[b]

@@ -11,7 +11,7 @@ the host reads round r, as engine/overlap.py does for plain steps:
   up in block tables that the host grew beforehand to cover the longest outcome;
 * the draft loop's step 0 feeds each row's two newest tokens (the last accepted draft, or the
   round's first token when none was accepted, then ``rec``) at the two newest positions
-  (draft/model.py ``propose_moved``); the verify feeds ``rec`` then the new drafts.
+  (draft/loop.py ``moved_loop``); the verify feeds ``rec`` then the new drafts.
 
 While the GPU runs round r+1 the host waits for round r's readback (a pinned copy and an event),
 commits it, checks stop conditions and returns its outputs. K/V written by round r+1 lies past
@@ -22,7 +22,8 @@ reuses them before round r+1 has run.
 
 Used for rounds where every row is greedy and asks for the same K >= 1 drafts of a model drafter in
 this process (its loop a static-buffer program on the target's device), with room for two rounds
-before max_model_len; anything else drains the round in flight first (:meth:`SpecPipeline.drain`).
+before max_model_len: sync's drafter, and SSD's in-process drafter while its build rule drafts like sync
+(draft/inprocess.py ``moves``). Anything else drains the round in flight first (:meth:`SpecPipeline.drain`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class RoundInFlight:
     host: torch.Tensor            # host copy of out (transfer.download), valid once ``ready`` has completed
     ready: object                 # a CUDA event (None off CUDA: the copy was made at once)
     marks: tuple                  # timer marks before the draft loop, between it and the verify, after the verify
+    status: list | None = None    # SSD (draft/inprocess.py): how each row's drafts were produced (RowStatus)
 
 
 class SpecPipeline:
@@ -64,7 +66,7 @@ class SpecPipeline:
         fewer there): one such row does not hold the whole batch back."""
         g = getattr(self.runner, "graph", None)
         moves = getattr(drafter, "moves", None)
-        if k_now < 1 or g is None or g.head or moves is None or not moves() or len(seqs) > g.max_batch:
+        if k_now < 1 or g is None or g.head or moves is None or len(seqs) > g.max_batch or not moves(seqs):
             return 0
         ks = {request_k(k_now, s.params.num_draft_tokens) for s in seqs}
         k = ks.pop()
@@ -95,7 +97,7 @@ class SpecPipeline:
         t0 = self.timer.mark()
         if prev is None:                  # from the host's state: the usual proposal (any catch-up)
             first = upload([s.last_token for s in seqs], dev, torch.long)
-            drafts = drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None)).tokens
+            prop = drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None))
             shift = None
         else:
             out, pfirst = rows_of(prev.out, prev.seqs, seqs), rows_of(prev.first, prev.seqs, seqs)
@@ -107,13 +109,13 @@ class SpecPipeline:
             shift = (acc + 1, most)
             for s in seqs:                # the target's blocks for the longest outcome, before the layout
                 self.runner.blocks.ensure(s.seq_id, len(s) + most + k)
-            drafts = drafter.propose_moved(seqs, [k] * B, tokens0, *shift).tokens
+            prop = drafter.propose_moved(seqs, [k] * B, tokens0, *shift)
         t1 = self.timer.mark()
-        dev_tokens = (torch.cat([first[:, None], drafts[:, :k]], dim=1), 0)
+        dev_tokens = (torch.cat([first[:, None], prop.tokens[:, :k]], dim=1), 0)
         res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)   # [B, 2 + k]
         t2 = self.timer.mark()
         host, ready = download(res)
-        return RoundInFlight(list(seqs), k, first, res, host, ready, (t0, t1, t2))
+        return RoundInFlight(list(seqs), k, first, res, host, ready, (t0, t1, t2), prop.status)
 
     @staticmethod
     def _read(r: RoundInFlight) -> list[list[int]]:
