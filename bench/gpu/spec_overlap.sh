@@ -10,7 +10,8 @@
 #             hits, so the build rule drafts like sync and those rounds overlap too (draft/inprocess.py moves)
 #   gaps      profile_step.py --gaps, the smol_4l pair at b=1, overlapped and plain (GPU busy per round)
 #   real      SmolLM2 real weights + the shipped draft (parked: bench/gpu/smollm2_park.sh; .carry/draft), chat prompts:
-#             ar / sync K=2 overlapped / sync K=2 plain / sync K=3 overlapped / k_policy auto (K <= 4), b=1 and 16
+#             ar / sync K=2 overlapped / async K=2 (in process) / sync K=2 plain / k_policy auto (K <= 4) / sync K=3
+#             overlapped, b=1 and 16
 #   real_2048 the same at 2048-token prompts: ar / sync K=2 overlapped / k_policy auto
 # Logs and JSON in $OUT; the rows that matter are printed.
 set -u
@@ -64,9 +65,10 @@ if on real && [ "${SMOL_READY:-0}" = 1 ]; then
   C="--target smollm2-135m --chat --output_len 128 --sweep b=1,16"
   one real_ar 150 $C --modes ar
   one real_sync_k2_overlap 150 $C --modes sync --k 2
+  one real_async_k2 150 $C --modes async --k 2 --draft-placement in_process
   one real_sync_k2_plain 150 $C --modes sync --k 2 --no-overlap
-  one real_sync_k3_overlap 150 $C --modes sync --k 3
   one real_auto 200 $C --modes sync --k 4 --k-policy auto
+  one real_sync_k3_overlap 150 $C --modes sync --k 3
 fi
 if on real_2048 && [ "${SMOL_READY:-0}" = 1 ]; then
   C="--target smollm2-135m --prompt-len 2048 --output_len 64 --sweep b=1,16"
