@@ -45,3 +45,27 @@ def test_warm_up_runs_each_draft_count_with_auto_k_off(tiny_llama):
     del eng.step
     assert seen and all(a is None for a in seen)
     assert eng.auto_k.alpha == prior and eng.auto_k.costs(1) == (None, eng.auto_k.default_growth)
+
+
+def test_warm_up_of_ssd_in_process_runs_its_rounds_drafted_like_sync(tiny_llama, tiny_llama_draft):
+    """SSD in this process (graphs "padded"): the grid runs with trees, then with the build rule held at "no tree",
+    whose rounds overlap (their own keys); every key a run then meets was met in the warm-up, the core forgets the
+    dummy prompts' measurements (the rule explores the tree first again), nothing is left behind and the output is
+    the target's."""
+    from specdec.runner.graph_tools import captures
+    p = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    prompts = [[5, 17, 33, 99, 4], [42, 7, 8, 9, 10]]
+    ref = [o.token_ids for o in LLM(str(tiny_llama), mode="ar", graphs="off").generate(prompts, p)]
+    llm = LLM(str(tiny_llama), draft=str(tiny_llama_draft), mode="async", k=2, max_batch_size=2, graphs="padded",
+              draft_placement="in_process")
+    eng, core = llm.engine, llm.engine.drafter.core
+    free = eng.runner.num_free_blocks
+    done = warm_up(eng, prompt_lens=(5,), rounds=2, cuda_only=False)
+    assert done["shapes"] == 2 * 3 * 2                   # twice: k = 2, 1, 0 x batch buckets 1, 2
+    assert core.summary()["moved_rounds"] == 0 and core.choice and core.force_tree is None
+    assert core.rule.hit_samples == 0 and not core.rule.times      # forgotten
+    assert not eng.has_unfinished() and eng.runner.num_free_blocks == free
+    core.force_tree = False                              # the run drafts like sync at once, as the warm-up did
+    c0 = captures()
+    assert [o.token_ids for o in llm.generate(prompts, p)] == ref
+    assert core.summary()["moved_rounds"] > 0 and captures() == c0, "a key first met after the warm-up"

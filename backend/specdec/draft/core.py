@@ -114,37 +114,44 @@ class DraftCore:
         self.cache = SpeculationCache()
         self._pending: list[tuple[int, list[int], RowStatus]] = []
         self.last_build_s = 0.0
-        self.counts = {s: 0 for s in RowStatus}
-        self.build_time = 0.0
-        self.builds = 0
-        self.rule = BuildRule()
         self._round: dict | None = None      # the round in progress (for the build rule's round times)
         self.tree: TreeBuilder | None = None
         self._unsettled: _Unsettled | None = None
-        self.device_rounds = 0              # rounds drafted like sync with their tokens left on the device
-        self.moved_rounds = 0               # overlapped rounds since the last measured one (moved_round)
-        self.moved_total = 0
-        self._moved_t: tuple | None = None  # the last overlapped launch: (time, batch, captures)
-        self.configure(cfg)
+        self.cfg = cfg
+        self.forget()          # device_rounds: rounds drafted like sync with their tokens left on the device;
+        self.configure(cfg)    # moved_rounds: overlapped rounds since the last measured one (moved_round)
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.adaptive = Adaptive(cfg.k, sum(cfg.fan_out_hit), cfg.vocab_size, cfg.geometric,
-                                 cfg.fan_out_hit, cfg.fan_out_miss, cfg.fan_out_fast)
         if self.tree is not None:
             self.tree.complete()
         self.cache.clear()
         self._pending = []
         self._unsettled = None
-        self.rule = BuildRule()
-        self._round = None
-        self.choice = True                  # the build rule's latest choice (a tree; at first: explore it)
+        self.forget(counters=False)
         self.tree = None
         if cfg.async_mode and hasattr(self.runner, "blocks"):
             self.tree = TreeBuilder(self.runner, self.device, cfg.vocab_size, self.cache,
                                     cfg.max_batch_size * max(sum(cfg.fan_out_hit), 1), cfg.k, self.capture,
                                     cfg.geometric)
+
+    def forget(self, counters: bool = True) -> None:
+        """Drop what was measured (acceptance per kind of round, hit rate, round times; with ``counters`` the
+        counts of rounds too): the build rule starts over, exploring the tree first. Warm-up calls it after
+        its dummy prompts (engine/warmup.py)."""
+        cfg = self.cfg
+        self.adaptive = Adaptive(cfg.k, sum(cfg.fan_out_hit), cfg.vocab_size, cfg.geometric,
+                                 cfg.fan_out_hit, cfg.fan_out_miss, cfg.fan_out_fast)
+        self.rule = BuildRule()
+        self._round = None
+        self.choice = True                  # the build rule's latest choice (a tree; at first: explore it)
+        self.force_tree: bool | None = None     # warm-up: the rule's choice, imposed (None: the rule decides)
+        self.moved_rounds, self._moved_t = 0, None
+        if counters:
+            self.counts = {s: 0 for s in RowStatus}
+            self.build_time, self.builds = 0.0, 0
+            self.device_rounds = self.moved_total = 0
 
     # --- helpers ------------------------------------------------------------------------------
     def _forward(self, feeds: list[Feed], device_tokens=None) -> torch.Tensor:
@@ -202,6 +209,9 @@ class DraftCore:
         """The build rule's choice for this round's batch (async mode with a paged runner only)."""
         if self.tree is None:
             return False
+        if self.force_tree is not None:
+            self.rule.decisions[self.force_tree] += 1
+            return self.force_tree
         if self.cfg.tree_policy == "always":
             self.rule.decisions[True] += 1
             return True

@@ -320,6 +320,11 @@ class InProcessDrafter(Drafter):
         cands = s.shadow[depth][: fan[depth]]
         return cands or None
 
+    def forget(self) -> None:
+        """The core drops what it measured (DraftCore.forget): warm-up's dummy prompts must not steer it."""
+        self._hand_over()
+        self.exec.run(self.core.forget)
+
     def summary(self) -> dict:
         self._hand_over()
         self.exec.wait()

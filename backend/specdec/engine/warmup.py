@@ -8,7 +8,9 @@ of 130 ms at concurrency 4 against a p50 of 13 ms, with 36 captures inside the m
 every batch bucket, context bucket and draft count, so the steps users meet first are already captured.
 Under k_policy auto it runs each draft count with auto K off (auto K would pick lower ones: on an H100 the
 bench's capped passes left 3 captures to its timed run), then the drafts' K/V-only catch-up forwards that
-follow auto K's plain steps (runner/cuda_graphs.py warm_kv_writes).
+follow auto K's plain steps (runner/cuda_graphs.py warm_kv_writes). SSD in this process runs the grid twice:
+with trees, then with its build rule held at "no tree", whose rounds go through the overlapped pipeline (their
+own keys: shifted verify and draft loop); then the core forgets what the dummy prompts measured.
 
 Which shapes: for every batch bucket, every context bucket from 64 up to ``max_context`` (a prompt that
 fills half of the bucket, so the run stays inside it) and every draft count k from K down to 0 (the
@@ -69,16 +71,24 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
     c0, t0 = captures(), time.perf_counter()
     lens = prompt_lens or prompt_lengths(max_context, engine.max_model_len, rounds * (K + 1) + 1)
     auto, engine.auto_k = engine.auto_k, None      # k_policy auto: each count drafts exactly k (auto picks lower ones)
+    core = getattr(engine.drafter, "core", None) if K else None
     try:
         shapes = _run_shapes(engine, lens, K, rounds, vocab)
+        if core is not None and core.tree is not None:     # SSD in this process: its rounds drafted like sync
+            core.force_tree = False
+            shapes += _run_shapes(engine, lens, K, rounds, vocab)
     finally:
         engine.auto_k = auto
+        if core is not None:
+            core.force_tree = None
     if auto is not None:                           # the drafts' catch-ups after auto K's plain steps
         for r in engine.runners[1:]:
             if getattr(r, "graph", None) is not None:
                 r.graph.warm_kv_writes(engine.scheduler.max_batch_size, min(max_context, engine.max_model_len))
     engine.metrics.reset()
     engine.reset_auto_k()                          # dummy prompts' acceptance and timings must not steer K
+    if core is not None:
+        engine.drafter.forget()                    # nor the build rule's choice of trees
     leaked = free0 - engine.runner.num_free_blocks
     if leaked:
         log.warning("warm-up left %d KV blocks in use", leaked)
