@@ -6,8 +6,9 @@
 #   smol_self SmolLM2 shape, draft = target (identical weights: every draft accepted), K=2, b=1 and 16
 #   smol_2048 the smol_4l pair at 2048-token prompts
 #   b1_self   the 1B shape, draft = target, K=4, b=1 (issue 16: the overhead-bound worst case, >= 1.0x AR)
-#   ssd       SSD (async, draft in this process) against sync, the smol_4l pair, b=1 and 16: a random draft never
-#             hits, so the build rule drafts like sync and those rounds overlap too (draft/inprocess.py moves)
+#   ssd       SSD (async, draft in this process) against sync and AR, the smol_4l pair, b=1 and 16, each overlapped
+#             and plain: a random draft never hits, so the build rule drafts like sync and those rounds overlap too
+#             (draft/inprocess.py moves)
 #   gaps      profile_step.py --gaps, the smol_4l pair at b=1, overlapped and plain (GPU busy per round)
 #   real      SmolLM2 real weights + the shipped draft (parked: bench/gpu/smollm2_park.sh; .carry/draft), chat prompts:
 #             ar / sync K=2 overlapped / async K=2 (in process) / sync K=2 plain / k_policy auto (K <= 4) / sync K=3
@@ -40,11 +41,13 @@ if on smol_self; then
   one smol_self_sync_overlap 150 $C --modes sync
   one smol_self_sync_plain 150 $C --modes sync --no-overlap
 fi
-if on ssd; then
+if on ssd; then   # the smol_4l trio's sync rows and AR, then async overlapped and plain (the most in one short call)
   C="$SMOL --draft synthetic:smollm2-135m-4l --k 2 --sweep b=1,16 --output_len 128"
-  one ssd_sync 150 $C --modes sync
-  one ssd_async 150 $C --modes async --draft-placement in_process
-  one ssd_async_plain 150 $C --modes async --draft-placement in_process --no-overlap
+  one ssd_async 120 $C --modes async --draft-placement in_process
+  one ssd_sync 120 $C --modes sync
+  one ssd_ar 120 $C --modes ar
+  one ssd_async_plain 120 $C --modes async --draft-placement in_process --no-overlap
+  one ssd_sync_plain 120 $C --modes sync --no-overlap
 fi
 if on gaps; then
   P="$PY bench/gpu/profile_step.py --gaps --device $DEV $SMOL --prompt-len 128 --steps 60"
