@@ -208,7 +208,7 @@ def test_rounds_after_plain_stretches_draft_in_one_loop_program(tiny_llama, tiny
     loop.shorten_catch_up = spy
     from specdec.draft.model import ModelDrafter
     moved, propose_moved = [], ModelDrafter.propose_moved       # overlapped rounds (engine/spec_overlap.py):
-    ModelDrafter.propose_moved = lambda self, *a: (moved.append(1), propose_moved(self, *a))[1]   # 2-token step 0
+    ModelDrafter.propose_moved = lambda self, *a, **kw: (moved.append(1), propose_moved(self, *a, **kw))[1]   # 2-token step 0
     try:
         outs = llm.generate(PROMPTS[:2], params)
         graph = (llm.engine.drafter.core.runner if mode == "async" else llm.engine.drafter.runner).graph

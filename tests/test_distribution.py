@@ -95,6 +95,31 @@ def test_sync_sampling_follows_target_distribution(params, small_vocab_pair):
     assert min(chi2_pvalue(counts2, q2), chi2_pvalue(counts3, q3)) < 1e-9
 
 
+def test_overlapped_sampled_rounds_follow_target_distribution(small_vocab_pair, monkeypatch):
+    """Overlapped rounds (engine/spec_overlap.py, graphs "padded"), K=1: token 2 comes from the first round (its
+    verify's rejection sampling on the device after the graph), token 3 from that round's bonus or from the
+    round launched from its outcome on the device (draft loop sampled from device-fed tokens)."""
+    from specdec.engine import spec_overlap
+    moved = [0]
+    launch = spec_overlap.SpecPipeline._launch
+
+    def counting(self, drafter, seqs, k, prev):
+        moved[0] += prev is not None
+        return launch(self, drafter, seqs, k, prev)
+
+    monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
+    target, draft = small_vocab_pair
+    params = SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True)
+    llm = LLM(str(target), draft=str(draft), mode="sync", k=1, max_batch_size=64, seed=5, graphs="padded")
+    outs = llm.generate([PROMPT] * N, params)
+    toks = np.array([o.token_ids[:3] for o in outs])
+    assert moved[0] > 0 and 0.05 < llm.metrics.accepted / llm.metrics.drafted < 0.95
+    q1, q2, q3 = exact_marginals(draft, params)
+    for i, pi in enumerate(exact_marginals(target, params)):
+        assert chi2_pvalue(np.bincount(toks[:, i], minlength=len(pi)).astype(float), pi) > P_FAIL, i
+    assert chi2_pvalue(np.bincount(toks[:, 1], minlength=len(q2)).astype(float), q2) < 1e-9     # power
+
+
 def test_ngram_drafts_at_temperature_are_exact(small_vocab_pair):
     """One-hot (deterministic) drafts: accept with p(d), residual = p without d."""
     target, _ = small_vocab_pair

@@ -231,27 +231,28 @@ class InProcessDrafter(Drafter):
         """Whether the engine may launch these rows' next rounds from the device (:meth:`propose_moved`): the
         build rule drafts like sync (no tree), each row is known to the core with no cache entry, the draft's
         loop is a static-buffer program on the target's device, its pool holds two more rounds, and the next
-        measured round is not due yet."""
+        measured round is not due yet. Greedy rows only (sampled rows take SSD's own round: Saguaro's q)."""
         core = self.core
         if core.tree is None or core.choice or core.moved_rounds >= MOVED_PER_MEASURE \
                 or not moves_on(self.runner, self.device, self.vocab_size):
             return False
         for s in seqs:
             d = core.seqs.get(s.seq_id)
-            if d is None or s.seq_id in self.fresh or s.seq_id not in self.known or not d.skipped \
+            if d is None or not s.params.greedy or s.seq_id in self.fresh or s.seq_id not in self.known or not d.skipped \
                     or s.seq_id in core.cache.entries:
                 return False
         room = 2 * (self.spec.k + 2)
         return not seqs or self.runner.can_hold({s.seq_id: len(s) + room for s in seqs})
 
-    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int) -> Proposal:
+    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int,
+                      sampling=None) -> Proposal:
         """Greedy drafts of a round launched from the device's outcome of the round in flight (draft/loop.py
         ``moved_loop``), on the target's stream after every draft-stream job so far."""
         self.exec.wait()                            # CPU: the draft thread is idle
         self.exec.target_waits()                    # CUDA: prefills and the last plain round come first
         self._on_target = True
         self.core.moved_round(len(seqs))
-        tokens = moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size)
+        tokens, _ = moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size)
         return Proposal(tokens, None, list(ks), status=[RowStatus.JIT] * len(seqs))
 
     def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:

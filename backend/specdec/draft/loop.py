@@ -124,17 +124,18 @@ def draft_loop(runner, catch_up: list[Feed], ends: list[int], ks: list[int], sam
 
 
 def moved_loop(runner, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int,
-               vocab_size: int) -> torch.Tensor:
-    """Greedy drafts [B, K] for a round launched before the round in flight has reached the host
-    (engine/spec_overlap.py), as one graph replay of ``runner``'s loop (a draft model's, the engine's
-    K/V kept). Each row's length is len(s) + shift[b] (device [B]; at most ``most`` more than the host
-    knows); step 0 feeds its two newest tokens ``tokens0`` [B, 2] (device) at its two newest positions
-    (the older one's K/V is written again, the same token), then ks[b] steps follow. The runner holds K/V
-    for every position before those two: the loop of the round in flight wrote them."""
+               vocab_size: int, sampler: LoopSampler | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drafts [B, K] and their q [B, K, V] (None for a greedy sampler, the default) for a round launched
+    before the round in flight has reached the host (engine/spec_overlap.py), as one graph replay of
+    ``runner``'s loop (a draft model's, the engine's K/V kept). Each row's length is len(s) + shift[b]
+    (device [B]; at most ``most`` more than the host knows); step 0 feeds its two newest tokens ``tokens0``
+    [B, 2] (device) at its two newest positions (the older one's K/V is written again, the same token), then
+    ks[b] steps follow. The runner holds K/V for every position before those two: the loop of the round in
+    flight wrote them."""
     catch_up = [Feed(s.seq_id, [0, 0], len(s) - 2) for s in seqs]
-    tokens, _, _ = runner.graph.loop(catch_up, [len(s) for s in seqs], ks, LoopSampler(greedy=True), vocab_size,
-                                     device_tokens=tokens0, shift=(shift, most))
-    return tokens
+    tokens, probs, _ = runner.graph.loop(catch_up, [len(s) for s in seqs], ks, sampler or LoopSampler(greedy=True),
+                                         vocab_size, device_tokens=tokens0, shift=(shift, most))
+    return tokens, probs
 
 
 def moves_on(runner, device, vocab_size: int) -> bool:

@@ -38,12 +38,7 @@ class ModelDrafter(Drafter):
     def propose(self, seqs, ks: list[int], sampling: SamplingRows) -> Proposal:
         """K steps fed on the device with no host sync (draft/loop.py; one graph replay on CUDA).
         q is None when every row is greedy (verify() then takes q one-hot at the tokens)."""
-        dev = self.runner.device
-        if sampling.all_greedy:
-            sampler = LoopSampler(greedy=True)
-        else:
-            sampler = LoopSampler(False, sampling.temperature.to(dev), sampling.top_k.to(dev), sampling.top_p.to(dev),
-                                  sampling.uniforms_per_row(ks, max(ks)).to(dev), sampling.filtered, sampling.any_greedy)
+        sampler = self._sampler(sampling, ks)
         catch_up = [Feed(s.seq_id, s.tokens_from(s.draft_cached), s.draft_cached) if ks[b] else
                     Feed(s.seq_id, [0], 0, dummy=True) for b, s in enumerate(seqs)]
         tokens, probs, _ = draft_loop(self.runner, catch_up, [len(s) for s in seqs], ks, sampler, self.vocab_size)
@@ -55,15 +50,27 @@ class ModelDrafter(Drafter):
             probs = None if probs is None else probs.to(self.target_device, non_blocking=True)
         return Proposal(tokens, probs, list(ks))
 
-    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int) -> Proposal:
-        """Greedy drafts for a round launched before the round in flight has reached the host
+    def _sampler(self, sampling: SamplingRows | None, ks: list[int]) -> LoopSampler:
+        """The loop's sampler for these rows: argmax when all are greedy, else each row's parameters and its own
+        uniforms (drawn now: a seeded request's stream advances by its draft count)."""
+        if sampling is None or sampling.all_greedy:
+            return LoopSampler(greedy=True)
+        dev = self.runner.device
+        return LoopSampler(False, sampling.temperature.to(dev), sampling.top_k.to(dev), sampling.top_p.to(dev),
+                           sampling.uniforms_per_row(ks, max(ks)).to(dev), sampling.filtered, sampling.any_greedy)
+
+    def propose_moved(self, seqs, ks: list[int], tokens0: torch.Tensor, shift: torch.Tensor, most: int,
+                      sampling: SamplingRows | None = None) -> Proposal:
+        """Drafts (and q, for sampled rows) for a round launched before the round in flight has reached the host
         (engine/spec_overlap.py; draft/loop.py ``moved_loop``). ``draft_cached`` is set when each round is
         committed (:meth:`commit`)."""
-        return Proposal(moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size), None, list(ks))
+        tokens, probs = moved_loop(self.runner, seqs, ks, tokens0, shift, most, self.vocab_size,
+                                   self._sampler(sampling, ks))
+        return Proposal(tokens, probs, list(ks))
 
     def moves(self, seqs=()) -> bool:
-        """Whether :meth:`propose_moved` can run (for any rows): the loop is a static-buffer program here, on the
-        target's device, and the drafts' K/V is kept."""
+        """Whether :meth:`propose_moved` can run (for any rows, greedy or sampled): the loop is a static-buffer
+        program here, on the target's device, and the drafts' K/V is kept."""
         return self.kv_append and moves_on(self.runner, self.target_device, self.vocab_size)
 
     def commit(self, seq, old_len: int, accepted: int, num_draft: int, in_flight: bool = False) -> None:

@@ -87,7 +87,7 @@ class LLMEngine:
         self.simulator = make_simulator(cfg.spec, self.runner.vocab_size, cfg.seed)
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens, self.runner, self.draft)
         self.pipeline = ARPipeline(self.runner, self.max_model_len, self.generator)
-        self.spec_pipeline = SpecPipeline(self.runner, self.max_model_len, cfg.spec.k, self.timer)
+        self.spec_pipeline = SpecPipeline(self.runner, self.max_model_len, cfg.spec.k, self.timer, self.generator)
         self.auto_k = self._auto_k(cfg.spec)
         self._captures = 0                  # graphs captured before this round (its times are steady-state if unchanged)
         self._catch_ups = 0                 # the same for the draft's long catch-ups (draft/loop.py)

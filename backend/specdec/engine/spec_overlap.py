@@ -20,9 +20,15 @@ last round in flight is committed). A row that stops at round r wastes its round
 outputs are dropped; its blocks go back to the pool, and GPU work is stream-ordered, so nothing
 reuses them before round r+1 has run.
 
-Used for rounds where every row is greedy and asks for the same K >= 1 drafts of a model drafter in
-this process (its loop a static-buffer program on the target's device), with room for two rounds
-before max_model_len: sync's drafter, and SSD's in-process drafter while its build rule drafts like sync
+Sampled rows overlap too (sync's drafter): the draft loop samples each row with its own parameters and
+uniforms and returns q, the verify's graph returns the logits, and the rejection sampling (spec/verify.py)
+runs on the device right after it, with the plain round's uniform draws (the same count per row and round,
+from the row's own stream for a seeded request, in the same order: the draft's, then the verify's), so a
+seeded request gives the same tokens either way.
+
+Used for rounds where every row asks for the same K >= 1 drafts of a model drafter in this process (its
+loop a static-buffer program on the target's device), with room for two rounds before max_model_len:
+sync's drafter, and SSD's in-process drafter for greedy rows while its build rule drafts like sync
 (draft/inprocess.py ``moves``). Anything else drains the round in flight first (:meth:`SpecPipeline.drain`).
 """
 from __future__ import annotations
@@ -34,7 +40,7 @@ import torch
 from ..layers.sampling import SamplingRows
 from ..runner.feed import Feed
 from ..spec.round_k import request_k
-from ..spec.verify import GreedyRound
+from ..spec.verify import GreedyRound, verify
 from ..transfer import download, upload
 from .overlap import rows_of
 
@@ -52,16 +58,31 @@ class RoundInFlight:
     status: list | None = None    # SSD (draft/inprocess.py): how each row's drafts were produced (RowStatus)
 
 
+class Logits:
+    """An epilogue (runner/cuda_graphs.py) that returns the verify's logits [B, Q, V] as they are: a shifted
+    forward needs one, and a round with sampled rows verifies them outside the graph."""
+
+    name = "logits"
+
+    def __init__(self, batch: int):
+        self.row_ints = [0] * batch
+
+    def __call__(self, logits: torch.Tensor, verified: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
 class SpecPipeline:
-    def __init__(self, runner, max_model_len: int, k_max: int, timer):
+    def __init__(self, runner, max_model_len: int, k_max: int, timer, generator: torch.Generator | None = None):
         self.runner, self.max_model_len, self.k_max, self.timer = runner, max_model_len, k_max, timer
+        self.generator = generator
         self.inflight: RoundInFlight | None = None
 
     def round_k(self, drafter, seqs, k_now: int) -> int:
         """The K of an overlapped round for these rows, or 0 where they cannot overlap. They can when every
-        row is greedy and asks for the same K >= 1 drafts (the engine's K now, or its request's own fewer:
-        warm-up requests do, so the graphs of overlapped rounds are captured per K), with room for two rounds
-        before max_model_len, and the target's verify and the draft's loop are static-buffer programs. A row
+        row asks for the same K >= 1 drafts (the engine's K now, or its request's own fewer: warm-up requests
+        do, so the graphs of overlapped rounds are captured per K), with room for two rounds before
+        max_model_len, the target's verify and the draft's loop are static-buffer programs, and the drafter
+        can move these rows (``moves``: SSD's only greedy ones). A row
         near its max_tokens still drafts K (the commit stops it where it must; the plain round would draft
         fewer there): one such row does not hold the whole batch back."""
         g = getattr(self.runner, "graph", None)
@@ -73,7 +94,7 @@ class SpecPipeline:
         if ks or k < 1 or k > self.k_max:
             return 0
         room = 2 * (self.k_max + 1)
-        return k if all(s.params.greedy and len(s) + room < self.max_model_len for s in seqs) else 0
+        return k if all(len(s) + room < self.max_model_len for s in seqs) else 0
 
     def advance(self, drafter, seqs, k: int) -> tuple[RoundInFlight, list[list[int]]]:
         """Launch the next round for ``seqs`` (running rows, in flight or not), then wait for the round before
@@ -94,10 +115,11 @@ class SpecPipeline:
         dev = self.runner.device
         B = len(seqs)
         feeds = [Feed(s.seq_id, [0] * (k + 1), len(s) - 1, num_logits=k + 1) for s in seqs]
+        rows = SamplingRows(seqs, dev, self.generator)
         t0 = self.timer.mark()
         if prev is None:                  # from the host's state: the usual proposal (any catch-up)
             first = upload([s.last_token for s in seqs], dev, torch.long)
-            prop = drafter.propose(seqs, [k] * B, SamplingRows(seqs, dev, None))
+            prop = drafter.propose(seqs, [k] * B, rows)
             shift = None
         else:
             out, pfirst = rows_of(prev.out, prev.seqs, seqs), rows_of(prev.first, prev.seqs, seqs)
@@ -109,13 +131,30 @@ class SpecPipeline:
             shift = (acc + 1, most)
             for s in seqs:                # the target's blocks for the longest outcome, before the layout
                 self.runner.blocks.ensure(s.seq_id, len(s) + most + k)
-            prop = drafter.propose_moved(seqs, [k] * B, tokens0, *shift)
+            prop = drafter.propose_moved(seqs, [k] * B, tokens0, *shift, sampling=rows)
         t1 = self.timer.mark()
-        dev_tokens = (torch.cat([first[:, None], prop.tokens[:, :k]], dim=1), 0)
-        res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)   # [B, 2 + k]
+        drafts = prop.tokens[:, :k]
+        dev_tokens = (torch.cat([first[:, None], drafts], dim=1), 0)
+        if rows.all_greedy:
+            res = self.runner.graph.forward(feeds, dev_tokens, epilogue=GreedyRound([k] * B), shift=shift)  # [B, 2 + k]
+        else:
+            res = self._sampled(rows, feeds, dev_tokens, drafts, prop.probs, shift)
         t2 = self.timer.mark()
         host, ready = download(res)
         return RoundInFlight(list(seqs), k, first, res, host, ready, (t0, t1, t2), prop.status)
+
+    def _sampled(self, rows: SamplingRows, feeds, dev_tokens, drafts: torch.Tensor, q: torch.Tensor | None,
+                 shift) -> torch.Tensor:
+        """A round with sampled rows: the verify's logits, then rejection sampling on the device with the plain
+        round's uniforms (engine._decode: K + 1 per row, the accept tests' first, the recovery's last), laid out
+        like GreedyRound's [B, 2 + k] (accepted, recovery, d_1..d_k)."""
+        B, k = drafts.shape
+        logits = self.runner.graph.forward(feeds, dev_tokens, epilogue=Logits(B), shift=shift)    # [B, k + 1, V]
+        u = rows.uniforms(self.k_max + 1)
+        num = torch.full((B,), k, dtype=torch.long, device=drafts.device)
+        acc, rec = verify(rows.probs(logits), drafts, None if q is None else q[:, :k], num, u[:, :k],
+                          u[:, self.k_max])
+        return torch.cat([acc[:, None], rec[:, None], drafts], dim=1)
 
     @staticmethod
     def _read(r: RoundInFlight) -> list[list[int]]:
