@@ -74,3 +74,18 @@ def small_vocab_pair(model_dir) -> tuple[Path, Path]:
     return t, d
 
 
+
+
+@pytest.fixture
+def moved(monkeypatch):
+    """Counts the speculative rounds launched from the device's outcome of the round before (engine/spec_overlap.py)."""
+    from specdec.engine import spec_overlap
+    n = [0]
+    launch = spec_overlap.SpecPipeline._launch
+
+    def counting(self, drafter, seqs, k, prev):
+        n[0] += prev is not None
+        return launch(self, drafter, seqs, k, prev)
+
+    monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
+    return n

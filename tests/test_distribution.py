@@ -95,19 +95,10 @@ def test_sync_sampling_follows_target_distribution(params, small_vocab_pair):
     assert min(chi2_pvalue(counts2, q2), chi2_pvalue(counts3, q3)) < 1e-9
 
 
-def test_overlapped_sampled_rounds_follow_target_distribution(small_vocab_pair, monkeypatch):
+def test_overlapped_sampled_rounds_follow_target_distribution(small_vocab_pair, moved):
     """Overlapped rounds (engine/spec_overlap.py, graphs "padded"), K=1: token 2 comes from the first round (its
     verify's rejection sampling on the device after the graph), token 3 from that round's bonus or from the
     round launched from its outcome on the device (draft loop sampled from device-fed tokens)."""
-    from specdec.engine import spec_overlap
-    moved = [0]
-    launch = spec_overlap.SpecPipeline._launch
-
-    def counting(self, drafter, seqs, k, prev):
-        moved[0] += prev is not None
-        return launch(self, drafter, seqs, k, prev)
-
-    monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
     target, draft = small_vocab_pair
     params = SamplingParams(temperature=1.0, max_tokens=3, ignore_eos=True)
     llm = LLM(str(target), draft=str(draft), mode="sync", k=1, max_batch_size=64, seed=5, graphs="padded")

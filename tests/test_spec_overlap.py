@@ -10,27 +10,12 @@ import pytest
 from tiny import PROMPTS
 
 from specdec import LLM, SamplingParams
-from specdec.engine import spec_overlap
 
 
 def _free_all(llm) -> bool:
     eng = llm.engine
     runners = [eng.runner] + ([eng.draft.runner] if eng.draft.runner is not None else [])
     return all(r.num_free_blocks == r.blocks.num_blocks for r in runners)
-
-
-@pytest.fixture
-def moved(monkeypatch):
-    """Counts the rounds launched from the device's outcome of the round before."""
-    n = [0]
-    launch = spec_overlap.SpecPipeline._launch
-
-    def counting(self, drafter, seqs, k, prev):
-        n[0] += prev is not None
-        return launch(self, drafter, seqs, k, prev)
-
-    monkeypatch.setattr(spec_overlap.SpecPipeline, "_launch", counting)
-    return n
 
 
 @pytest.mark.parametrize("k", [1, 3])
