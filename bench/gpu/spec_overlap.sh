@@ -9,6 +9,8 @@
 #   ssd       SSD (async, draft in this process) against sync and AR, the smol_4l pair, b=1 and 16, each overlapped
 #             and plain: a random draft never hits, so the build rule drafts like sync and those rounds overlap too
 #             (draft/inprocess.py moves)
+#   sampled   temperature 0.7 (sampled rows overlap too): SmolLM2 shape, draft = target, K=2, b=1 and 16:
+#             ar / sync overlapped / sync plain
 #   gaps      profile_step.py --gaps, the smol_4l pair at b=1, overlapped and plain (GPU busy per round)
 #   real      SmolLM2 real weights + the shipped draft (parked: bench/gpu/smollm2_park.sh; .carry/draft), chat prompts:
 #             ar / sync K=2 overlapped / async K=2 (in process) / sync K=2 plain / k_policy auto (K <= 4) / sync K=3
@@ -49,6 +51,7 @@ if on ssd; then   # the smol_4l trio's sync rows and AR, then async overlapped a
   one ssd_async_plain 120 $C --modes async --draft-placement in_process --no-overlap
   one ssd_sync_plain 120 $C --modes sync --no-overlap
 fi
+on sampled && three sampled $SMOL --draft synthetic:smollm2-135m --k 2 --sweep b=1,16 --output_len 128 --temp 0.7
 if on gaps; then
   P="$PY bench/gpu/profile_step.py --gaps --device $DEV $SMOL --prompt-len 128 --steps 60"
   source bench/gpu/gaps_run.sh
