@@ -373,8 +373,7 @@ class DraftCore:
         status[drafted] = int(RowStatus.JIT)
         for b in drafted:
             seqs[b].kv_valid = len(seqs[b].tokens)
-        self._record_round(seqs, want, status, jit=True)
-        self._round["untimed"] = measured            # a plain round among overlapped ones: not sync's round time
+        self._record_round(seqs, want, status, jit=True, untimed=measured)   # among overlapped ones: not sync's time
         self._pending = [(msg.seq_ids[b], None, RowStatus.JIT) for b in drafted]     # tokens: from _settle
         self.adaptive.jit_s.add(time.perf_counter() - t0)
         return DeviceRound(status, toks, probs)
@@ -440,14 +439,15 @@ class DraftCore:
         """Candidates per depth the shadow fork takes: the widest the JIT's fan-out would fork, plus the drafted one."""
         return max(self.adaptive.fan_out(RowStatus.JIT)[:-1], default=0) + 1
 
-    def _record_round(self, seqs: list[DraftSeq], want: list[int], status: np.ndarray, jit: bool) -> None:
+    def _record_round(self, seqs: list[DraftSeq], want: list[int], status: np.ndarray, jit: bool,
+                      untimed: bool = False) -> None:
         """How each row's speculation of the round now answered was produced, and the round's start (for the
-        build rule's round times)."""
+        build rule's round times; ``untimed``: this round's time is not its kind's)."""
         for s, w, st in zip(seqs, want, status):
             s.status, s.num_draft = RowStatus(int(st)), w
             self.counts[s.status] += 1
         self._round = {"t": time.perf_counter(), "batch": len(seqs), "built": False, "jit": jit,
-                       "hits": bool((status == RowStatus.HIT).any()), "untimed": False,
+                       "hits": bool((status == RowStatus.HIT).any()), "untimed": untimed,
                        "captures": captures()}
 
     def _end_round(self, batch: int) -> None:

@@ -321,6 +321,12 @@ class InProcessDrafter(Drafter):
         cands = s.shadow[depth][: fan[depth]]
         return cands or None
 
+    def hold_rule(self, choice: bool | None) -> bool:
+        """Warm-up: the build rule's choice held at ``choice`` (False: draft like sync, so the overlapped rounds'
+        graphs are met; None: the rule decides again). Returns whether this core has a rule (async mode)."""
+        self.core.force_tree = choice
+        return self.core.tree is not None
+
     def forget(self) -> None:
         """The core drops what it measured (DraftCore.forget): warm-up's dummy prompts must not steer it."""
         self._hand_over()

@@ -82,9 +82,9 @@ class SpecPipeline:
         row asks for the same K >= 1 drafts (the engine's K now, or its request's own fewer: warm-up requests
         do, so the graphs of overlapped rounds are captured per K), with room for two rounds before
         max_model_len, the target's verify and the draft's loop are static-buffer programs, and the drafter
-        can move these rows (``moves``: SSD's only greedy ones). A row
-        near its max_tokens still drafts K (the commit stops it where it must; the plain round would draft
-        fewer there): one such row does not hold the whole batch back."""
+        can move these rows (``moves``: SSD's only greedy ones). A row near its max_tokens still drafts K (the
+        commit stops it where it must; the plain round would draft fewer there): one such row does not hold the
+        whole batch back."""
         g = getattr(self.runner, "graph", None)
         moves = getattr(drafter, "moves", None)
         if k_now < 1 or g is None or g.head or moves is None or len(seqs) > g.max_batch or not moves(seqs):

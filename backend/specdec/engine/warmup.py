@@ -71,23 +71,22 @@ def warm_up(engine, max_context: int = MAX_CONTEXT, rounds: int = 2, cuda_only: 
     c0, t0 = captures(), time.perf_counter()
     lens = prompt_lens or prompt_lengths(max_context, engine.max_model_len, rounds * (K + 1) + 1)
     auto, engine.auto_k = engine.auto_k, None      # k_policy auto: each count drafts exactly k (auto picks lower ones)
-    core = getattr(engine.drafter, "core", None) if K else None
+    hold = getattr(engine.drafter, "hold_rule", None) if K else None     # SSD in this process
     try:
         shapes = _run_shapes(engine, lens, K, rounds, vocab)
-        if core is not None and core.tree is not None:     # SSD in this process: its rounds drafted like sync
-            core.force_tree = False
+        if hold is not None and hold(False):               # its rounds drafted like sync, overlapped
             shapes += _run_shapes(engine, lens, K, rounds, vocab)
     finally:
         engine.auto_k = auto
-        if core is not None:
-            core.force_tree = None
+        if hold is not None:
+            hold(None)
     if auto is not None:                           # the drafts' catch-ups after auto K's plain steps
         for r in engine.runners[1:]:
             if getattr(r, "graph", None) is not None:
                 r.graph.warm_kv_writes(engine.scheduler.max_batch_size, min(max_context, engine.max_model_len))
     engine.metrics.reset()
     engine.reset_auto_k()                          # dummy prompts' acceptance and timings must not steer K
-    if core is not None:
+    if hold is not None:
         engine.drafter.forget()                    # nor the build rule's choice of trees
     leaked = free0 - engine.runner.num_free_blocks
     if leaked:
